@@ -1,0 +1,124 @@
+"""The concept adapter: a Perceiver that compresses codec frames into a few concept vectors per window.
+
+    codec latents [clips, frames, latent_dim]             (EnCodec: 75 frames/s)
+      -> split into windows of `window_frames`            [clips * windows, window_frames, width]
+      -> `concepts_per_window` learned queries read each window (cross-attention, self-attention, MLP) x layers
+      -> concepts [clips, windows * concepts_per_window, thinker_hidden]   (e.g. 4 concepts/s)
+
+Windows never look at each other, so a window's concepts are final as soon as its frames exist: the adapter
+streams, and feeding audio in pieces gives the same concepts as feeding it whole.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention through `scaled_dot_product_attention` (SDPA); queries and keys may differ."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.kv_proj = nn.Linear(hidden_size, 2 * hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+        self.dropout = dropout
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """queries `[n, q, width]`, keys `[n, k, width]`, key_mask `[n, k]` (True = attend) -> `[n, q, width]`."""
+        n, q_len, width = queries.shape
+        q = self.q_proj(queries).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv_proj(keys).view(n, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.o_proj(out.transpose(1, 2).reshape(n, q_len, width))
+
+
+class PerceiverBlock(GradientCheckpointingLayer):
+    """Pre-norm block: concepts read the window's frames, then each other, then an MLP."""
+
+    def __init__(self, config):
+        super().__init__()
+        width, eps = config.hidden_size, config.layer_norm_eps
+        self.cross_norm = nn.LayerNorm(width, eps=eps)
+        self.frame_norm = nn.LayerNorm(width, eps=eps)
+        self.cross_attention = MultiHeadAttention(width, config.num_attention_heads, config.dropout)
+        self.self_norm = nn.LayerNorm(width, eps=eps)
+        self.self_attention = MultiHeadAttention(width, config.num_attention_heads, config.dropout)
+        self.mlp_norm = nn.LayerNorm(width, eps=eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, config.intermediate_size),
+            nn.GELU(),
+            nn.Linear(config.intermediate_size, width),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, concepts: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """concepts `[windows, concepts_per_window, width]`, frames `[windows, window_frames, width]`."""
+        concepts = concepts + self.dropout(
+            self.cross_attention(self.cross_norm(concepts), self.frame_norm(frames), frame_mask)
+        )
+        normed = self.self_norm(concepts)
+        concepts = concepts + self.dropout(self.self_attention(normed, normed))
+        return concepts + self.dropout(self.mlp(self.mlp_norm(concepts)))
+
+
+class ConceptAdapter(nn.Module):
+    """Codec latents -> concept vectors in the thinker's embedding space.
+
+    Args:
+        config: the `ConceptAdapterConfig`.
+        latent_dim: width of the codec's quantised latent (EnCodec 128, Mimi 512, Lyra 64).
+        window_frames: codec frames per window (window_seconds x frame rate).
+        output_size: the thinker's hidden size.
+    """
+
+    def __init__(self, config, latent_dim: int, window_frames: int, output_size: int):
+        super().__init__()
+        self.window_frames = window_frames
+        self.concepts_per_window = config.concepts_per_window
+        width = config.hidden_size
+        self.frame_proj = nn.Linear(latent_dim, width)
+        self.frame_position = nn.Parameter(torch.zeros(window_frames, width))
+        self.queries = nn.Parameter(torch.zeros(config.concepts_per_window, width))
+        self.blocks = nn.ModuleList(PerceiverBlock(config) for _ in range(config.num_layers))
+        self.out_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        # Into the thinker's embedding space: concepts are read there as if they were words.
+        self.projection = nn.Sequential(nn.Linear(width, output_size), nn.GELU(), nn.Linear(output_size, output_size))
+
+    def forward(self, latents: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concepts for each clip.
+
+        Args:
+            latents: `[clips, frames, latent_dim]` quantised codec latents.
+            frame_mask: `[clips, frames]` bool, True for real frames (clips are right-padded).
+
+        Returns:
+            concepts `[clips, windows * concepts_per_window, output_size]` and their mask
+            `[clips, windows * concepts_per_window]` (a window holding at least one real frame is real).
+        """
+        clips, frames, _ = latents.shape
+        if frame_mask is None:
+            frame_mask = torch.ones(clips, frames, dtype=torch.bool, device=latents.device)
+        windows = -(-frames // self.window_frames)
+        pad = windows * self.window_frames - frames
+        hidden = self.frame_proj(latents)
+        hidden = F.pad(hidden, (0, 0, 0, pad)).view(clips * windows, self.window_frames, -1)
+        mask = F.pad(frame_mask, (0, pad)).view(clips * windows, self.window_frames)
+        hidden = hidden + self.frame_position
+        window_real = mask.any(dim=-1)
+        # A window of padding only has nothing to attend to; let it see frame 0 and drop its concepts below.
+        mask = mask.clone()
+        mask[:, 0] |= ~window_real
+        concepts = self.queries.expand(clips * windows, -1, -1)
+        for block in self.blocks:
+            concepts = block(concepts, hidden, mask)
+        concepts = self.projection(self.out_norm(concepts))
+        concepts = concepts.reshape(clips, windows * self.concepts_per_window, -1)
+        concept_mask = window_real.view(clips, windows).repeat_interleave(self.concepts_per_window, dim=1)
+        return concepts, concept_mask

@@ -1,0 +1,278 @@
+"""Configuration of Concept-Talker: a composite config around a Qwen2 thinker and a neural audio codec.
+
+The parts nest as in Qwen2.5-Omni: each role has its own config, stored inside the parent config.
+
+    ConceptTalkerConfig
+    ├── thinker_config   Qwen2Config             the LLM that reads concepts and writes the reply text
+    ├── codec_config     EncodecConfig | MimiConfig | LyraCodecConfig
+    │                                            frozen codec: audio <-> discrete codes [codebooks, frames]
+    ├── adapter_config   ConceptAdapterConfig    Perceiver: codec frames -> a few concept vectors per window
+    └── talker_config    TalkerConfig            small causal transformer: thinker states -> audio codes
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+# Bumped whenever a saved config can no longer be read by this code without a change of meaning.
+CONFIG_FORMAT_VERSION = 1
+
+AUDIO_START_TOKEN = "<|audio_start|>"
+AUDIO_TOKEN = "<|audio_pad|>"
+AUDIO_END_TOKEN = "<|audio_end|>"
+AUDIO_SPECIAL_TOKENS = (AUDIO_START_TOKEN, AUDIO_TOKEN, AUDIO_END_TOKEN)
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ConceptAdapterConfig(PreTrainedConfig):
+    r"""The concept adapter: a Perceiver that reads fixed windows of codec frames.
+
+    Each window of `window_seconds` of audio (codec frames, quantised latents) is read by
+    `concepts_per_window` learned queries through `num_layers` blocks of cross-attention (queries -> frames),
+    self-attention (queries <-> queries) and an MLP. Windows are independent, so the adapter streams: a window's
+    concepts are final as soon as the window is complete.
+
+    Args:
+        window_seconds (`float`): window length in seconds; `window_seconds * codec frame rate` must be whole.
+        concepts_per_window (`int`): concept tokens per window (4 per 1 s window = 4 concepts/s).
+        hidden_size (`int`): width of the Perceiver.
+        num_layers (`int`), num_attention_heads (`int`), intermediate_size (`int`): Perceiver depth and width.
+        dropout (`float`): dropout inside the Perceiver blocks.
+    """
+
+    model_type = "concept_talker_adapter"
+
+    window_seconds: float = 1.0
+    concepts_per_window: int = 4
+    hidden_size: int = 512
+    num_layers: int = 2
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+
+
+class TalkerConfig(PreTrainedConfig):
+    r"""The talker: a small causal transformer that writes audio codes from thinker states.
+
+    Its input interleaves thinker states and audio frames by the read-R / write-W schedule: read `read_tokens`
+    thinker states, write `write_frames` audio steps, repeat; when the reply text has ended, write until the end
+    of audio. All codebooks are predicted at each step, with MusicGen's delay pattern (codebook k lags k steps).
+
+    Args:
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer size.
+        read_tokens (`int`): R, thinker tokens read per block.
+        write_frames (`int`): W, audio steps written per block.
+        num_codebooks (`int`, *optional*): codebooks predicted; must equal the codec's `codec_num_codebooks`
+            (filled in from it when left unset).
+        codebook_size (`int`, *optional*): entries per codebook; must equal the codec's (filled in when unset).
+        num_style_concepts (`int`): concept vectors of a reference voice the talker attends to (0 disables).
+        max_position_embeddings (`int`): longest talker sequence (thinker states + audio steps) it is built for.
+        detach_thinker_states (`bool`): stop the talker's loss from flowing back into the thinker.
+    """
+
+    model_type = "concept_talker_talker"
+
+    hidden_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 6
+    intermediate_size: int = 1024
+    read_tokens: int = 3
+    write_frames: int = 24
+    num_codebooks: int | None = None
+    codebook_size: int | None = None
+    num_style_concepts: int = 0
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    dropout: float = 0.0
+    detach_thinker_states: bool = True
+
+
+class LyraCodecConfig(PreTrainedConfig):
+    r"""The Lyra v2 SoundStream codec (TFLite models run with `ai-edge-litert`).
+
+    Args:
+        model_dir (`str`): folder holding `soundstream_encoder.tflite`, `quantizer.tflite` and `lyragan.tflite`.
+        num_quantizers (`int`): residual quantizers used (1..46; 16 = 3.2 kbps).
+    """
+
+    model_type = "lyra_soundstream"
+
+    model_dir: str | None = None
+    num_quantizers: int = 16
+    sampling_rate: int = 16000
+    hop_length: int = 320
+    codebook_size: int = 16
+    max_num_quantizers: int = 46
+    latent_dim: int = 64
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sampling_rate / self.hop_length
+
+
+AutoConfig.register(LyraCodecConfig.model_type, LyraCodecConfig, exist_ok=True)
+
+
+class ConceptTalkerConfig(PreTrainedConfig):
+    r"""Configuration of [`ConceptTalkerForConditionalGeneration`].
+
+    Args:
+        thinker_config (`dict` or `Qwen2Config`): the thinker LLM (default: Qwen2 architecture).
+        codec_config (`dict` or `EncodecConfig`/`MimiConfig`/`LyraCodecConfig`): the audio codec (default EnCodec 24 kHz).
+        adapter_config (`dict` or [`ConceptAdapterConfig`]): the concept adapter.
+        talker_config (`dict` or [`TalkerConfig`]): the talker.
+        codec_num_codebooks (`int`): how many of the codec's residual codebooks are used (EnCodec: 8 = 6 kbps).
+        lora_r (`int`): LoRA rank on the thinker (0: no LoRA, the thinker's own weights are what trains).
+        lora_alpha (`int`), lora_dropout (`float`), lora_target_modules (`list[str]`): LoRA settings.
+        audio_start_token_id, audio_token_id, audio_end_token_id (`int`): ids of `<|audio_start|>`,
+            `<|audio_pad|>` (one per concept slot) and `<|audio_end|>` in the thinker's vocabulary.
+        max_audio_seconds (`float`): longest user audio accepted.
+        audio_loss_weight (`float`): weight of the talker's loss in the total loss.
+        thinker_name_or_path, codec_name_or_path (`str`, *optional*): where the pretrained thinker and codec came
+            from; a checkpoint that stores only trainable weights reloads the rest from them.
+    """
+
+    model_type = "concept_talker"
+    sub_configs_defaults = {
+        "thinker_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "codec_config": SubConfigSpec(config_class=AutoConfig, model_type="encodec"),
+        "adapter_config": ConceptAdapterConfig,
+        "talker_config": TalkerConfig,
+    }
+
+    thinker_config: dict | PreTrainedConfig | None = None
+    codec_config: dict | PreTrainedConfig | None = None
+    adapter_config: dict | PreTrainedConfig | None = None
+    talker_config: dict | PreTrainedConfig | None = None
+    codec_num_codebooks: int = 8
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    audio_start_token_id: int = 151665
+    audio_token_id: int = 151666
+    audio_end_token_id: int = 151667
+    max_audio_seconds: float = 30.0
+    audio_loss_weight: float = 1.0
+    initializer_range: float = 0.02
+    thinker_name_or_path: str | None = None
+    codec_name_or_path: str | None = None
+    config_format_version: int = CONFIG_FORMAT_VERSION
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.lora_target_modules is None:
+            self.lora_target_modules = list(DEFAULT_LORA_TARGETS)
+        self.validate_parts()
+
+    # ---- codec facts, whatever the codec -------------------------------------------------------------
+    @property
+    def codec_type(self) -> str:
+        return self.codec_config.model_type
+
+    @property
+    def sampling_rate(self) -> int:
+        """Sampling rate of the codec, Hz: user audio is resampled to it, reply audio comes out at it."""
+        return int(self.codec_config.sampling_rate)
+
+    @property
+    def frame_rate(self) -> float:
+        """Codec frames per second (EnCodec 75, Mimi 12.5, Lyra 50)."""
+        return float(self.codec_config.frame_rate)
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per codec frame."""
+        return int(round(self.sampling_rate / self.frame_rate))
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.codec_config.codebook_size)
+
+    @property
+    def codec_max_codebooks(self) -> int:
+        if self.codec_type == "lyra_soundstream":
+            return int(self.codec_config.max_num_quantizers)
+        return int(self.codec_config.num_quantizers)
+
+    @property
+    def window_frames(self) -> int:
+        """Codec frames in one concept-adapter window."""
+        return int(round(self.adapter_config.window_seconds * self.frame_rate))
+
+    @property
+    def concepts_per_second(self) -> float:
+        return self.adapter_config.concepts_per_window / self.adapter_config.window_seconds
+
+    def validate_parts(self) -> None:
+        """Check that the parts agree with each other; raise a `ValueError` that says what to change."""
+        if self.codec_type not in ("encodec", "mimi", "lyra_soundstream"):
+            raise ValueError(
+                f"codec_config has model_type={self.codec_type!r}; Concept-Talker supports 'encodec' (default), "
+                "'mimi' and 'lyra_soundstream'."
+            )
+        if not 1 <= self.codec_num_codebooks <= self.codec_max_codebooks:
+            raise ValueError(
+                f"codec_num_codebooks={self.codec_num_codebooks}, but the {self.codec_type} codec has "
+                f"{self.codec_max_codebooks} codebooks: choose a number from 1 to {self.codec_max_codebooks}."
+            )
+        frames = self.adapter_config.window_seconds * self.frame_rate
+        if frames < 1 or abs(frames - round(frames)) > 1e-6:
+            raise ValueError(
+                f"adapter_config.window_seconds={self.adapter_config.window_seconds} is {frames:g} frames of the "
+                f"{self.frame_rate:g} Hz codec; it must be a whole number of frames (e.g. window_seconds="
+                f"{max(1, math.ceil(frames)) / self.frame_rate:g})."
+            )
+        talker = self.talker_config
+        if talker.num_codebooks is None:
+            talker.num_codebooks = self.codec_num_codebooks
+        if talker.codebook_size is None:
+            talker.codebook_size = self.codebook_size
+        if talker.num_codebooks != self.codec_num_codebooks:
+            raise ValueError(
+                f"The talker predicts {talker.num_codebooks} codebooks but the codec is set to use "
+                f"{self.codec_num_codebooks} (codec_num_codebooks): set talker_config.num_codebooks="
+                f"{self.codec_num_codebooks}, or leave it unset to follow the codec."
+            )
+        if talker.codebook_size != self.codebook_size:
+            raise ValueError(
+                f"The talker's codebooks have {talker.codebook_size} entries but the {self.codec_type} codec's have "
+                f"{self.codebook_size}: set talker_config.codebook_size={self.codebook_size}, or leave it unset."
+            )
+        if talker.write_frames < 1 or talker.read_tokens < 1:
+            raise ValueError(
+                f"The talker's schedule must read and write at least one step per block, got "
+                f"read_tokens={talker.read_tokens}, write_frames={talker.write_frames}."
+            )
+        if talker.hidden_size % talker.num_attention_heads:
+            raise ValueError(
+                f"talker_config.hidden_size={talker.hidden_size} is not divisible by "
+                f"num_attention_heads={talker.num_attention_heads}."
+            )
+        adapter = self.adapter_config
+        if adapter.hidden_size % adapter.num_attention_heads:
+            raise ValueError(
+                f"adapter_config.hidden_size={adapter.hidden_size} is not divisible by "
+                f"num_attention_heads={adapter.num_attention_heads}."
+            )
+        vocab = self.thinker_config.vocab_size
+        for name in ("audio_start_token_id", "audio_token_id", "audio_end_token_id"):
+            if not 0 <= getattr(self, name) < vocab:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is outside the thinker's vocabulary of {vocab} ids: give the "
+                    "audio tokens ids inside it (the Qwen2.5 embedding table has unused rows from 151665)."
+                )
+        if self.max_audio_seconds <= 0:
+            raise ValueError(f"max_audio_seconds must be positive, got {self.max_audio_seconds}.")
+
+
+__all__ = ["ConceptTalkerConfig", "ConceptAdapterConfig", "TalkerConfig", "LyraCodecConfig"]
+
+ConceptTalkerConfig.register_for_auto_class()

@@ -1,0 +1,466 @@
+"""Concept-Talker: speech in, speech out, through a concept adapter, a LoRA thinker and a talker.
+
+    user audio [clips, samples] (codec rate)    or precomputed codes [clips, codebooks, frames]
+      -> codec encoder (frozen)                 codes, 75 frames/s (EnCodec)
+      -> codec quantiser latents                [clips, frames, latent_dim]
+      -> ConceptAdapter (Perceiver, windows)    concepts [clips, slots, thinker_hidden], e.g. 4 per second
+      -> written into the thinker's input embeddings at the <|audio_pad|> placeholders
+      -> thinker (Qwen2 + LoRA)                 reply text logits; hidden states of the reply tokens
+      -> Talker (read R states, write W steps)  audio code logits [batch, steps, codebooks, codebook_size + 1]
+      -> codec decoder                          reply audio
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .audio import count_concept_slots
+from .codec import AudioCodec, build_codec
+from .concept_adapter import ConceptAdapter
+from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerConfig
+from .talker import IGNORE_INDEX, RotaryEmbedding, Talker, build_delay_pattern
+
+
+@dataclass
+class ConceptTalkerOutput(ModelOutput):
+    """Output of [`ConceptTalkerForConditionalGeneration.forward`].
+
+    Args:
+        loss: `text_loss + audio_loss_weight * audio_loss` (whichever parts have labels).
+        text_loss: mean cross-entropy over reply-text tokens.
+        audio_loss: mean of `audio_codebook_losses`.
+        audio_codebook_losses: `[codebooks]` cross-entropy of each codebook's head (EOS steps included).
+        logits: `[batch, length, vocab]` thinker logits (only when no text labels are given, to save memory).
+        audio_logits: `[batch, steps, codebooks, codebook_size + 1]` talker logits (when audio labels are given).
+        audio_targets: `[batch, codebooks, steps]` the delayed targets the audio logits were scored against.
+        cache: the thinker's key/value cache.
+    """
+
+    loss: torch.FloatTensor | None = None
+    text_loss: torch.FloatTensor | None = None
+    audio_loss: torch.FloatTensor | None = None
+    audio_codebook_losses: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    audio_logits: torch.FloatTensor | None = None
+    audio_targets: torch.LongTensor | None = None
+    cache: object | None = None
+
+
+class ConceptTalkerPreTrainedModel(PreTrainedModel):
+    config: ConceptTalkerConfig
+    config_class = ConceptTalkerConfig
+    base_model_prefix = "concept_talker"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["Qwen2DecoderLayer", "PerceiverBlock", "TalkerBlock"]
+
+    def _init_weights(self, module):
+        std = 0.02
+        if isinstance(module, ConceptAdapter):
+            init.normal_(module.queries, std=std)
+            init.normal_(module.frame_position, std=std)
+        elif isinstance(module, Talker):
+            init.normal_(module.heads, std=std)
+        elif isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())  # not saved: rebuilt on load
+        elif _is_lora_layer(module):
+            for name in module.lora_A:
+                init.kaiming_uniform_(module.lora_A[name].weight, a=5**0.5)
+                init.zeros_(module.lora_B[name].weight)
+        elif isinstance(module, nn.RMSNorm):
+            init.ones_(module.weight)
+        else:
+            super()._init_weights(module)
+
+
+def _is_lora_layer(module: nn.Module) -> bool:
+    return hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base_layer")
+
+
+class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, GenerationMixin):
+    """The whole model: codec, concept adapter, thinker (+ LoRA) and talker.
+
+    Build it from a config (random weights), from pretrained parts with [`from_pretrained_parts`], or from a
+    saved Concept-Talker checkpoint with `from_pretrained`.
+    """
+
+    accepts_loss_kwargs = False  # the loss is a per-batch mean
+
+    def __init__(self, config: ConceptTalkerConfig):
+        super().__init__(config)
+        if getattr(config, "config_format_version", CONFIG_FORMAT_VERSION) > CONFIG_FORMAT_VERSION:
+            raise ValueError(
+                f"This checkpoint's config has format version {config.config_format_version}, newer than this code "
+                f"(version {CONFIG_FORMAT_VERSION}): upgrade concept-talker to load it."
+            )
+        config.validate_parts()
+        self.codec: AudioCodec = build_codec(config)
+        thinker_hidden = config.thinker_config.hidden_size
+        self.concept_adapter = ConceptAdapter(
+            config.adapter_config, self.codec.latent_dim, config.window_frames, thinker_hidden
+        )
+        self.thinker = AutoModelForCausalLM.from_config(config.thinker_config)
+        self.talker = Talker(config.talker_config, thinker_hidden)
+        self.post_init()
+        if config.lora_r > 0:
+            self._inject_lora()
+        self.set_trainable()
+
+    # ---- parts ---------------------------------------------------------------------------------------------
+    def _inject_lora(self) -> None:
+        """Wrap the thinker's target projections in LoRA adapters (after `post_init`, so `lora_B` stays zero)."""
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError as err:
+            raise ImportError(
+                "This checkpoint's thinker has LoRA adapters (lora_r > 0), which need peft: pip install peft==0.21.2 "
+                "(or load a merged checkpoint, whose config has lora_r=0)."
+            ) from err
+        lora_config = LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=list(self.config.lora_target_modules),
+        )
+        inject_adapter_in_model(lora_config, self.thinker)
+
+    def add_lora(self, r: int = 16, alpha: int | None = None, dropout: float = 0.05, target_modules=None) -> None:
+        """Add fresh LoRA adapters to a thinker that has none (e.g. after loading pretrained weights into it)."""
+        if self.has_lora:
+            raise ValueError("The thinker already has LoRA adapters; merge them first with merge_lora().")
+        self.config.lora_r = r
+        self.config.lora_alpha = alpha if alpha is not None else 2 * r
+        self.config.lora_dropout = dropout
+        if target_modules is not None:
+            self.config.lora_target_modules = list(target_modules)
+        self._inject_lora()
+        self.set_trainable()
+
+    @property
+    def has_lora(self) -> bool:
+        return any(_is_lora_layer(module) for module in self.thinker.modules())
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapters into the thinker's weights and remove them (for export and fast inference).
+
+        Afterwards `config.lora_r == 0`, so a saved checkpoint holds plain Qwen2 weights.
+        """
+        for name, module in list(self.thinker.named_modules()):
+            if not _is_lora_layer(module):
+                continue
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = self.thinker.get_submodule(parent_name) if parent_name else self.thinker
+            setattr(parent, child, module.get_base_layer())
+        self.config.lora_r = 0
+
+    def set_trainable(self, concept_adapter: bool = True, thinker: str = "lora", talker: bool = True) -> None:
+        """Choose what trains. The codec never does.
+
+        Args:
+            concept_adapter: train the concept adapter.
+            thinker: `"lora"` (only the LoRA weights), `"full"` (every thinker weight) or `"frozen"`.
+            talker: train the talker.
+        """
+        if thinker not in ("lora", "full", "frozen"):
+            raise ValueError(f"thinker must be 'lora', 'full' or 'frozen', got {thinker!r}.")
+        self.codec.requires_grad_(False)
+        self.concept_adapter.requires_grad_(concept_adapter)
+        self.talker.requires_grad_(talker)
+        for name, parameter in self.thinker.named_parameters():
+            parameter.requires_grad_(thinker == "full" or (thinker == "lora" and "lora_" in name))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.thinker.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.thinker.set_input_embeddings(value)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of each part (the thinker's LoRA weights counted apart)."""
+        lora = sum(p.numel() for n, p in self.thinker.named_parameters() if "lora_" in n)
+        thinker = sum(p.numel() for p in self.thinker.parameters()) - lora  # a tied weight counts once
+        return {
+            "codec": sum(p.numel() for p in self.codec.parameters()),
+            "concept_adapter": sum(p.numel() for p in self.concept_adapter.parameters()),
+            "thinker": thinker,
+            "lora": lora,
+            "talker": sum(p.numel() for p in self.talker.parameters()),
+        }
+
+    # ---- building from pretrained parts -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained_parts(
+        cls,
+        thinker: str = "Qwen/Qwen2.5-0.5B",
+        codec: str = "facebook/encodec_24khz",
+        lora_r: int = 16,
+        lora_alpha: int | None = None,
+        dtype: torch.dtype | None = None,
+        **config_kwargs,
+    ) -> ConceptTalkerForConditionalGeneration:
+        """Build a Concept-Talker around a pretrained thinker and codec (Hub ids or local folders).
+
+        The concept adapter and the talker start from random weights; LoRA adapters are added to the thinker.
+
+        Args:
+            thinker: a Qwen2-architecture causal LM (`Qwen/Qwen2.5-0.5B`, or a folder from `save_pretrained`).
+            codec: an EnCodec or Mimi model (`facebook/encodec_24khz`, `kyutai/mimi`), or a folder holding the Lyra
+                SoundStream TFLite models.
+            lora_r, lora_alpha: LoRA rank and scale (alpha defaults to 2 r); `lora_r=0` trains no adapters.
+            dtype: dtype of the thinker's weights (e.g. `torch.bfloat16`).
+            config_kwargs: any other `ConceptTalkerConfig` field (`adapter_config`, `talker_config`,
+                `codec_num_codebooks`, ...).
+        """
+        from transformers import AutoConfig
+
+        from .configuration_concept_talker import LyraCodecConfig
+        from .lyra import is_lyra_model_dir
+
+        thinker_model = AutoModelForCausalLM.from_pretrained(thinker, dtype=dtype or torch.float32)
+        if is_lyra_model_dir(codec):
+            codec_config, codec_model = LyraCodecConfig(model_dir=str(codec)), None
+        else:
+            codec_config = AutoConfig.from_pretrained(codec)
+            codec_model = _load_codec_model(codec, codec_config.model_type)
+        config = ConceptTalkerConfig(
+            thinker_config=thinker_model.config.to_dict(),
+            codec_config=codec_config.to_dict(),
+            lora_r=0,
+            thinker_name_or_path=str(thinker),
+            codec_name_or_path=str(codec),
+            **config_kwargs,
+        )
+        model = cls(config)
+        model.thinker = thinker_model
+        if codec_model is not None:
+            model.codec.model = codec_model.requires_grad_(False).eval()
+        if lora_r > 0:
+            model.add_lora(lora_r, lora_alpha, dropout=config.lora_dropout)
+        model.set_trainable()
+        return model
+
+    # ---- concepts ------------------------------------------------------------------------------------------
+    def encode_audio(self, input_values: torch.Tensor, input_values_mask: torch.Tensor | None = None):
+        """Clips `[clips, samples]` at the codec's rate -> codes `[clips, codebooks, frames]` and frame mask `[clips, frames]`."""
+        codes = self.codec.encode(input_values)
+        if input_values_mask is None:
+            lengths = torch.full((input_values.shape[0],), input_values.shape[-1], device=codes.device)
+        else:
+            lengths = input_values_mask.sum(-1)
+        frames = -(-lengths // self.codec.hop_length)
+        frame_mask = torch.arange(codes.shape[-1], device=codes.device)[None, :] < frames[:, None]
+        return codes, frame_mask
+
+    def get_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None):
+        """Codes `[clips, codebooks, frames]` -> concepts `[clips, slots, thinker_hidden]` and mask `[clips, slots]`."""
+        codes = self.codec.check_codes(codes, "input_audio_codes")
+        latents = self.codec.embed_codes(codes).to(self.concept_adapter.frame_proj.weight.dtype)
+        return self.concept_adapter(latents, frame_mask)
+
+    def merge_concepts(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, concepts: torch.Tensor, concept_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Write each clip's concepts into the `<|audio_pad|>` positions of the text, clips in reading order."""
+        placeholder = input_ids == self.config.audio_token_id
+        real = concepts[concept_mask]
+        if int(placeholder.sum()) != real.shape[0]:
+            raise ValueError(
+                f"The text has {int(placeholder.sum())} <|audio_pad|> slots but the audio makes {real.shape[0]} "
+                f"concepts ({self.config.adapter_config.concepts_per_window} per "
+                f"{self.config.adapter_config.window_seconds:g} s window): build inputs with ConceptTalkerProcessor, "
+                "which gives each clip the right number of slots."
+            )
+        inputs_embeds = inputs_embeds.clone()
+        inputs_embeds[placeholder] = real.to(inputs_embeds.dtype)
+        return inputs_embeds
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        input_values: torch.Tensor | None = None,
+        input_values_mask: torch.Tensor | None = None,
+        input_audio_codes: torch.Tensor | None = None,
+        input_audio_codes_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Thinker input embeddings `[batch, length, hidden]`, with concepts at the audio placeholders."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        has_placeholders = bool((input_ids == self.config.audio_token_id).any())
+        if input_values is not None and input_audio_codes is not None:
+            raise ValueError("Pass the user's audio either as input_values or as input_audio_codes, not both.")
+        if input_values is not None:
+            input_audio_codes, input_audio_codes_mask = self.encode_audio(input_values, input_values_mask)
+        if input_audio_codes is None:
+            if has_placeholders:
+                raise ValueError(
+                    "The text has <|audio_pad|> placeholders but no audio was given: pass input_values (or "
+                    "input_audio_codes) with the clips they stand for."
+                )
+            return inputs_embeds
+        concepts, concept_mask = self.get_concepts(input_audio_codes, input_audio_codes_mask)
+        return self.merge_concepts(input_ids, inputs_embeds, concepts, concept_mask)
+
+    def concept_slots(self, num_samples: int) -> int:
+        """Concept slots the processor reserves for a clip of `num_samples` at the codec's rate."""
+        return count_concept_slots(
+            self.codec.num_frames(num_samples), self.config.window_frames, self.config.adapter_config.concepts_per_window
+        )
+
+    # ---- the talker's view of the reply ------------------------------------------------------------------
+    def reply_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor):
+        """Thinker states of the reply tokens, as the talker reads them.
+
+        The state of reply token t at position p is the thinker's last hidden state at p - 1 (what it knew when it
+        chose t) and t's input embedding. Reply tokens are the positions with a text label.
+
+        Returns:
+            states `[batch, max_reply, hidden]`, token embeddings (same shape), lengths `[batch]`.
+        """
+        is_reply = labels[:, 1:] != IGNORE_INDEX  # token at position p + 1 is a reply token
+        lengths = is_reply.sum(-1)
+        max_reply = int(lengths.max()) if lengths.numel() else 0
+        # Stable sort puts each row's reply positions first, in order.
+        order = torch.sort((~is_reply).to(torch.int8), dim=1, stable=True).indices[:, :max_reply]
+        states = torch.gather(hidden[:, :-1], 1, order[..., None].expand(-1, -1, hidden.shape[-1]))
+        tokens = torch.gather(input_ids[:, 1:], 1, order)
+        return states, self.get_input_embeddings()(tokens), lengths
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_values: torch.FloatTensor | None = None,
+        input_values_mask: torch.Tensor | None = None,
+        input_audio_codes: torch.LongTensor | None = None,
+        input_audio_codes_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        audio_labels: torch.LongTensor | None = None,
+        style_embeds: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> ConceptTalkerOutput:
+        """One teacher-forced pass.
+
+        Args:
+            input_ids: `[batch, length]` chat text with `<|audio_pad|>` slots (from `ConceptTalkerProcessor`).
+            attention_mask: `[batch, length]`.
+            input_values: `[clips, samples]` user audio at the codec's rate, one row per clip, in reading order.
+            input_values_mask: `[clips, samples]`, 1 for real samples.
+            input_audio_codes: `[clips, codebooks, frames]` the same audio as precomputed codec codes.
+            input_audio_codes_mask: `[clips, frames]`, True for real frames.
+            labels: `[batch, length]` reply-text labels, `-100` where no loss applies (unshifted, as in HF causal LMs).
+            audio_labels: `[batch, codebooks, frames]` codec codes of the spoken reply, `-100` after each reply ends.
+                Needs `labels` (the talker reads the thinker's states of the labelled reply tokens).
+            style_embeds: `[batch, num_style_concepts, hidden]` reference-voice concepts for the talker.
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("Pass input_ids (from ConceptTalkerProcessor) or inputs_embeds.")
+            inputs_embeds = self.embed_inputs(
+                input_ids, input_values, input_values_mask, input_audio_codes, input_audio_codes_mask
+            )
+        if audio_labels is not None and labels is None:
+            raise ValueError("audio_labels need text labels too: the talker speaks the labelled reply tokens.")
+
+        kwargs.pop("num_items_in_batch", None)
+        thinker_out = self.thinker.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache if use_cache is not None else labels is None,
+            **kwargs,
+        )
+        hidden = thinker_out.last_hidden_state
+        output = ConceptTalkerOutput(cache=getattr(thinker_out, "cache", None))
+        losses = []
+
+        if labels is None:
+            output.logits = self.thinker.lm_head(hidden)
+        else:
+            targets = labels[:, 1:]
+            scored = targets != IGNORE_INDEX
+            if not bool(scored.any()):
+                raise ValueError("labels has no token to learn (all -100): mark the reply tokens with their ids.")
+            logits = self.thinker.lm_head(hidden[:, :-1][scored])  # only where there is a label
+            output.text_loss = F.cross_entropy(logits.float(), targets[scored])
+            losses.append(output.text_loss)
+
+        if audio_labels is not None:
+            audio_loss, per_codebook, audio_logits, audio_targets = self._audio_loss(
+                hidden, input_ids, labels, audio_labels, style_embeds
+            )
+            output.audio_loss, output.audio_codebook_losses = audio_loss, per_codebook
+            output.audio_logits, output.audio_targets = audio_logits, audio_targets
+            losses.append(self.config.audio_loss_weight * audio_loss)
+
+        if losses:
+            output.loss = sum(losses)
+        return output
+
+    def _audio_loss(self, hidden, input_ids, labels, audio_labels, style_embeds):
+        if input_ids is None:
+            raise ValueError("audio_labels need input_ids to find the reply tokens the talker reads.")
+        valid = audio_labels[:, 0] != IGNORE_INDEX
+        frame_lengths = valid.sum(-1)
+        codes = self.codec.check_codes(torch.where(audio_labels == IGNORE_INDEX, 0, audio_labels), "audio_labels")
+        states, token_embeds, text_lengths = self.reply_states(hidden, input_ids, labels)
+        if self.config.talker_config.detach_thinker_states:
+            states, token_embeds = states.detach(), token_embeds.detach()
+        talker_dtype = self.talker.heads.dtype
+        text_embeds = self.talker.embed_text(states.to(talker_dtype), token_embeds.to(talker_dtype))
+        audio_inputs, audio_targets = build_delay_pattern(codes, frame_lengths, self.talker.codebook_size)
+        audio_lengths = frame_lengths + self.talker.num_codebooks
+        style = None if style_embeds is None else self.talker.embed_style(style_embeds.to(talker_dtype))
+        logits = self.talker(text_embeds, text_lengths, audio_inputs, audio_lengths, style)
+        flat_logits = logits.float().permute(2, 0, 1, 3)  # [codebooks, batch, steps, vocab]
+        flat_targets = audio_targets.permute(1, 0, 2)  # [codebooks, batch, steps]
+        per_codebook = torch.stack(
+            [
+                F.cross_entropy(flat_logits[k].reshape(-1, flat_logits.shape[-1]), flat_targets[k].reshape(-1))
+                for k in range(self.talker.num_codebooks)
+            ]
+        )
+        return per_codebook.mean(), per_codebook, logits, audio_targets
+
+    # ---- text generation through GenerationMixin ----------------------------------------------------------
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+        """Audio goes in on the first step only; later steps feed the newest token with the thinker's cache."""
+        model_inputs = self.thinker.prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
+        )
+        first_step = kwargs.get("cache_position") is None or int(kwargs["cache_position"][0]) == 0
+        if first_step:
+            for key in ("input_values", "input_values_mask", "input_audio_codes", "input_audio_codes_mask"):
+                if kwargs.get(key) is not None:
+                    model_inputs[key] = kwargs[key]
+            if model_inputs.get("inputs_embeds") is None:
+                model_inputs["input_ids"] = input_ids
+        model_inputs.pop("logits_to_keep", None)
+        return model_inputs
+
+
+def _load_codec_model(name_or_path: str, model_type: str):
+    from transformers import EncodecModel, MimiModel
+
+    if model_type == "encodec":
+        return EncodecModel.from_pretrained(name_or_path)
+    if model_type == "mimi":
+        return MimiModel.from_pretrained(name_or_path)
+    raise ValueError(f"{name_or_path} holds a {model_type!r} model; the codec must be EnCodec, Mimi or Lyra.")
+
+
+__all__ = ["ConceptTalkerForConditionalGeneration", "ConceptTalkerPreTrainedModel", "ConceptTalkerOutput"]
+
+ConceptTalkerForConditionalGeneration.register_for_auto_class("AutoModel")

@@ -1,0 +1,234 @@
+"""The Concept-Talker processor: the Qwen2.5 tokenizer plus audio preparation and the spoken-turn chat format.
+
+    processor(text="<|im_start|>user\\n<|audio_pad|><|im_end|>...", audio=wav, sampling_rate=16000)
+      audio: numpy / torch / list, any rate (resampled to the codec's), mono or stereo (averaged), checked
+      text:  each <|audio_pad|> stands for one clip and becomes
+             <|audio_start|> + <|audio_pad|> x (concept slots for the clip's length) + <|audio_end|>
+      -> input_ids, attention_mask, input_values [clips, samples], input_values_mask [clips, samples]
+
+A spoken turn is written with `build_prompt` (or `apply_chat_template` on messages whose content has
+`{"type": "audio"}` items); training and generation use the same function, so they see the same format.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import BatchFeature, ProcessorMixin
+
+from .audio import count_concept_slots, count_frames, prepare_audio
+from .configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_SPECIAL_TOKENS, AUDIO_START_TOKEN, AUDIO_TOKEN
+
+DEFAULT_SYSTEM_PROMPT = "You are a patient spoken English tutor. Answer in one or two short sentences."
+
+# ChatML as Qwen2.5 writes it. An audio item is one <|audio_pad|> that the processor expands; the items of a message
+# are joined with newlines, so [{"type": "audio"}, {"type": "text", "text": "Speak slowly."}] renders as build_prompt.
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{ message['content'] }}"
+    "{%- else %}{%- for item in message['content'] %}"
+    "{%- if not loop.first %}{{ '\\n' }}{%- endif %}"
+    "{%- if item['type'] == 'audio' %}{{ '" + AUDIO_TOKEN + "' }}"
+    "{%- elif item['type'] == 'text' %}{{ item['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def build_prompt(
+    instruction: str | None = None,
+    history: list[tuple[str, str]] | None = None,
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    task: str | None = None,
+) -> str:
+    """The thinker's prompt for one spoken user turn, ending where the assistant's reply begins.
+
+    Args:
+        instruction: a tutor instruction given as text with the spoken turn ("Speak slowly.", "Repeat after me.").
+        history: earlier turns as (user text, assistant text) pairs.
+        system_prompt: the tutor's standing instruction.
+        task: replaces the whole user text after the audio (e.g. "Transcribe the audio." for alignment).
+
+    Returns:
+        ChatML text with one `<|audio_pad|>` for the user's audio, e.g.
+        `<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n<|audio_pad|>\\nSpeak slowly.<|im_end|>\\n<|im_start|>assistant\\n`
+    """
+    turns = [f"<|im_start|>system\n{system_prompt}<|im_end|>\n"]
+    for user, assistant in history or []:
+        turns.append(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n")
+    extra = task if task is not None else instruction
+    turns.append(f"<|im_start|>user\n{AUDIO_TOKEN}" + (f"\n{extra}" if extra else "") + "<|im_end|>\n")
+    turns.append("<|im_start|>assistant\n")
+    return "".join(turns)
+
+
+class ConceptTalkerProcessor(ProcessorMixin):
+    """Qwen2.5 tokenizer + audio preparation for Concept-Talker.
+
+    Args:
+        tokenizer: a Qwen2.5 tokenizer; the audio special tokens are added to it if missing.
+        sampling_rate: the codec's sampling rate in Hz (audio is resampled to it).
+        hop_length: audio samples per codec frame.
+        window_frames: codec frames per concept-adapter window.
+        concepts_per_window: concept slots per window.
+        max_audio_seconds: longest clip accepted.
+        padding_side: `"left"` (for batched generation, default) or `"right"`.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        chat_template: str | None = None,
+        sampling_rate: int = 24000,
+        hop_length: int = 320,
+        window_frames: int = 75,
+        concepts_per_window: int = 4,
+        max_audio_seconds: float = 30.0,
+        padding_side: str = "left",
+    ):
+        missing = [t for t in AUDIO_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": list(AUDIO_SPECIAL_TOKENS)})
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = "<|endoftext|>"
+        self.sampling_rate = int(sampling_rate)
+        self.hop_length = int(hop_length)
+        self.window_frames = int(window_frames)
+        self.concepts_per_window = int(concepts_per_window)
+        self.max_audio_seconds = float(max_audio_seconds)
+        self.padding_side = padding_side
+        super().__init__(tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+
+    @classmethod
+    def from_config(cls, config, tokenizer) -> ConceptTalkerProcessor:
+        """A processor matching a `ConceptTalkerConfig` around `tokenizer` (an instance, or a folder / Hub id)."""
+        if isinstance(tokenizer, str):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        processor = cls(
+            tokenizer,
+            sampling_rate=config.sampling_rate,
+            hop_length=config.hop_length,
+            window_frames=config.window_frames,
+            concepts_per_window=config.adapter_config.concepts_per_window,
+            max_audio_seconds=config.max_audio_seconds,
+        )
+        ids = processor.tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
+        expected = [config.audio_start_token_id, config.audio_token_id, config.audio_end_token_id]
+        if ids != expected:
+            raise ValueError(
+                f"The tokenizer gives the audio tokens {AUDIO_SPECIAL_TOKENS} the ids {ids}, but the model expects "
+                f"{expected}: set audio_start_token_id/audio_token_id/audio_end_token_id in the config to match."
+            )
+        return processor
+
+    @property
+    def audio_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+
+    def concept_slots(self, num_samples: int) -> int:
+        """Concept slots for a clip of `num_samples` at the codec's rate."""
+        return count_concept_slots(count_frames(num_samples, self.hop_length), self.window_frames, self.concepts_per_window)
+
+    def prepare_audio(self, audio, sampling_rate, name: str = "audio") -> torch.Tensor:
+        """One clip -> mono float32 `[samples]` at the codec's rate (checked, downmixed, resampled)."""
+        return prepare_audio(audio, sampling_rate, self.sampling_rate, self.max_audio_seconds, name=name)
+
+    def expand_audio_placeholders(self, texts: list[str], clip_lengths: list[int]) -> list[str]:
+        """Replace the i-th `<|audio_pad|>` (in reading order across `texts`) by the slots of the i-th clip."""
+        count = sum(text.count(AUDIO_TOKEN) for text in texts)
+        if any(AUDIO_START_TOKEN in text for text in texts):
+            raise ValueError(
+                f"The text already holds {AUDIO_START_TOKEN}: write one {AUDIO_TOKEN} per clip and let the processor "
+                "expand it."
+            )
+        if count != len(clip_lengths):
+            raise ValueError(
+                f"The text has {count} audio placeholder(s) ({AUDIO_TOKEN}) but {len(clip_lengths)} audio clip(s) were "
+                f"given: put exactly one {AUDIO_TOKEN} in the text for each clip, in the order of the clips "
+                "(build_prompt and apply_chat_template do this)."
+            )
+        lengths = iter(clip_lengths)
+        expanded = []
+        for text in texts:
+            pieces = text.split(AUDIO_TOKEN)
+            out = [pieces[0]]
+            for piece in pieces[1:]:
+                out.append(AUDIO_START_TOKEN + AUDIO_TOKEN * self.concept_slots(next(lengths)) + AUDIO_END_TOKEN + piece)
+            expanded.append("".join(out))
+        return expanded
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        audio=None,
+        sampling_rate: int | None = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        padding_side: str | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize chat text and prepare the audio clips it refers to.
+
+        Args:
+            text: one text or a batch of texts, each with one `<|audio_pad|>` per clip.
+            audio: one clip, or a list of clips in the order their placeholders appear across the batch.
+            sampling_rate: rate of the given audio in Hz (required with audio).
+            padding_side: overrides the processor's (`"left"` for generation, `"right"` for training).
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` and, with audio, `input_values` `[clips, samples]`
+            (float32 at the codec's rate, zero-padded) and `input_values_mask` `[clips, samples]`.
+        """
+        if text is None:
+            raise ValueError(
+                "Pass text: the chat prompt with one <|audio_pad|> per clip (see build_prompt or apply_chat_template)."
+            )
+        texts = [text] if isinstance(text, str) else list(text)
+        if audio is None:
+            clips = []
+        elif isinstance(audio, list | tuple) and len(audio) and not isinstance(audio[0], int | float):
+            clips = list(audio)
+        else:
+            clips = [audio]
+        waves = [self.prepare_audio(clip, sampling_rate, name=f"audio clip {i}") for i, clip in enumerate(clips)]
+        texts = self.expand_audio_placeholders(texts, [w.numel() for w in waves])
+        encoded = self.tokenizer(
+            texts,
+            padding=padding,
+            padding_side=padding_side or self.padding_side,
+            return_tensors=return_tensors,
+            add_special_tokens=False,
+            **kwargs,
+        )
+        data = dict(encoded)
+        if waves:
+            longest = max(w.numel() for w in waves)
+            values = torch.zeros(len(waves), longest)
+            mask = torch.zeros(len(waves), longest, dtype=torch.long)
+            for i, wave in enumerate(waves):
+                values[i, : wave.numel()] = wave
+                mask[i, : wave.numel()] = 1
+            data["input_values"], data["input_values_mask"] = values, mask
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "input_values", "input_values_mask"]
+
+
+__all__ = ["ConceptTalkerProcessor", "build_prompt", "DEFAULT_SYSTEM_PROMPT"]
+
+ConceptTalkerProcessor.register_for_auto_class("AutoProcessor")

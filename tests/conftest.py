@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests run offline: real assets come from ../shared/assets, models are tiny and random."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("CONCEPT_TALKER_ASSETS", REPO.parent / "shared" / "assets"))
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    if not ASSETS.is_dir():
+        pytest.fail(f"The shared assets are missing at {ASSETS}: set CONCEPT_TALKER_ASSETS to their folder.")
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(assets) -> str:
+    return str(assets / "qwen2.5-tokenizer")
+
+
+@pytest.fixture
+def tiny_config():
+    from configuration import load_preset
+
+    return load_preset("tiny")
+
+
+@pytest.fixture
+def tiny_processor(tiny_config, tokenizer_dir):
+    from modeling_concept_talker import ConceptTalkerProcessor
+
+    return ConceptTalkerProcessor.from_config(tiny_config, tokenizer_dir)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from modeling_concept_talker import ConceptTalkerForConditionalGeneration
+
+    torch.manual_seed(0)
+    return ConceptTalkerForConditionalGeneration(tiny_config).eval()

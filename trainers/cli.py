@@ -1,0 +1,44 @@
+"""`concept-talker`: one command line for the whole project.
+
+Each subcommand lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int`; modules are
+imported only when their subcommand runs, so `concept-talker chat` does not import the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "chat": ("trainers.chat", "answer a spoken question with a spoken reply (streaming), printing the timings"),
+    "bench": ("benchmarks.bench", "latency and throughput benchmark against plain transformers generate()"),
+    "synth": ("trainers.synth", "build a synthetic spoken-tutoring dataset (TTS + codec codes)"),
+    "train": ("trainers.train", "train with a recipe: configuration/<recipe>.yaml [--key value ...]"),
+    "push": ("trainers.push", "push a checkpoint to the Hub with its model card (or --dry-run to a folder)"),
+    "eval-speech": ("trainers.eval_speech", "intelligibility of spoken replies (WER through pocketsphinx)"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(prog="concept-talker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parsers = {name: sub.add_parser(name, help=help_text, description=help_text) for name, (_, help_text) in SUBCOMMANDS.items()}
+    return parser, parsers
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, parsers = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in SUBCOMMANDS:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    module.add_arguments(parsers[command])
+    args = parser.parse_args(argv)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
