@@ -140,7 +140,7 @@ class EncodecCodec(AudioCodec):
         frames = self.num_frames(audio.shape[-1])
         audio = nn.functional.pad(audio, (0, frames * self.hop_length - audio.shape[-1]))
         latents = self.model.encoder(audio[:, None, :].to(self._dtype))
-        codes = self.model.quantizer.encode(latents.float(), None)  # all quantizers; keep the first K
+        codes = self.model.quantizer.encode(latents, None)  # all quantizers; keep the first K
         return codes[: self.num_codebooks].transpose(0, 1).contiguous()
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -278,7 +278,7 @@ class _EncodecStreamingEncoder(StreamingCodecEncoder):
     def _quantize(self, latents: torch.Tensor) -> torch.Tensor:
         if latents.shape[-1] == 0:
             return torch.zeros(latents.shape[0], self.codec.num_codebooks, 0, dtype=torch.long)
-        codes = self.codec.model.quantizer.encode(latents.float(), None)
+        codes = self.codec.model.quantizer.encode(latents, None)
         return codes[: self.codec.num_codebooks].transpose(0, 1).contiguous()
 
 
