@@ -175,3 +175,49 @@ def save_audio(path: str, wave, sampling_rate: int) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class StreamingResampler:
+    """`resample` for audio arriving in pieces: `push` returns the output samples that are final, `flush` the rest.
+
+    The pieces joined give the samples of `resample` on the whole recording (up to float rounding).
+    """
+
+    def __init__(self, orig_sampling_rate: int, new_sampling_rate: int):
+        g = math.gcd(orig_sampling_rate, new_sampling_rate)
+        self.orig, self.new = orig_sampling_rate // g, new_sampling_rate // g
+        self.identity = self.orig == self.new
+        if not self.identity:
+            self.kernel, self.half_width = _resampling_kernel(self.orig, self.new, 16, 0.97)
+        # Input padded on the left as `resample` pads it; blocks of `orig` inputs make `new` outputs.
+        self.buffer = torch.zeros(0 if self.identity else self.half_width)
+        self.samples_in = 0
+        self.samples_out = 0
+
+    def _blocks(self, final: bool) -> torch.Tensor:
+        taps = self.kernel.shape[-1]
+        if self.buffer.numel() < taps:
+            return torch.zeros(0)
+        count = (self.buffer.numel() - taps) // self.orig + 1
+        used = self.buffer[: (count - 1) * self.orig + taps]
+        out = torch.nn.functional.conv1d(used[None, None], self.kernel, stride=self.orig)[0].T.reshape(-1)
+        self.buffer = self.buffer[count * self.orig :]
+        if final:
+            out = out[: max(0, math.ceil(self.samples_in * self.new / self.orig) - self.samples_out)]
+        self.samples_out += out.numel()
+        return out
+
+    def push(self, wave: torch.Tensor) -> torch.Tensor:
+        """Mono float32 `[samples]` at the original rate -> the output samples now final."""
+        self.samples_in += wave.numel()
+        if self.identity:
+            return wave
+        self.buffer = torch.cat([self.buffer, wave.to(torch.float32)])
+        return self._blocks(final=False)
+
+    def flush(self) -> torch.Tensor:
+        """End of the recording: the remaining output samples (the right edge zero-padded as `resample` does)."""
+        if self.identity:
+            return torch.zeros(0)
+        self.buffer = torch.cat([self.buffer, torch.zeros(self.half_width + self.orig)])
+        return self._blocks(final=True)

@@ -128,12 +128,28 @@ class EncodecCodec(AudioCodec):
                 "Concept-Talker streams the codec, so it needs the causal EnCodec without loudness normalisation "
                 "or chunking (the 24 kHz model, normalize=False, chunk_length_s=None)."
             )
-        # A freshly built EnCodec has all-zero codebooks (it expects pretrained weights). Give a random codec
-        # distinct codewords so that its codes carry information; pretrained weights overwrite them.
-        with torch.no_grad():
-            for layer in self.model.quantizer.layers:
-                layer.codebook.embed.normal_()
+        self._init_random_codebooks()
         self.requires_grad_(False)
+
+    @torch.no_grad()
+    def _init_random_codebooks(self) -> None:
+        """Make a randomly initialised EnCodec's codes follow its input.
+
+        A freshly built `EncodecModel` expects pretrained weights: its codebooks are zero and its encoder's output is
+        dominated by its biases, so every frame would get the same code. Here the encoder's biases are zeroed and each
+        residual codebook is spread at the scale of what it quantises (measured on noise). Pretrained weights, loaded
+        afterwards, replace all of it. Skipped on the meta device (`from_pretrained` loads real weights).
+        """
+        if any(p.is_meta for p in self.model.parameters()):
+            return
+        for name, parameter in self.model.encoder.named_parameters():
+            if "bias" in name:
+                parameter.zero_()
+        residual = self.model.encoder(0.1 * torch.randn(1, 1, 50 * self.hop_length))
+        for layer in self.model.quantizer.layers:
+            codebook = layer.codebook
+            codebook.embed.copy_(torch.randn_like(codebook.embed) * residual.std())
+            residual = residual - layer.decode(layer.encode(residual))
 
     @torch.no_grad()
     def encode(self, audio: torch.Tensor) -> torch.Tensor:

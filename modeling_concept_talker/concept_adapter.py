@@ -83,6 +83,8 @@ class ConceptAdapter(nn.Module):
         self.window_frames = window_frames
         self.concepts_per_window = config.concepts_per_window
         width = config.hidden_size
+        # Codecs' latents come at very different scales (and a random codec's are tiny): normalise each frame.
+        self.latent_norm = nn.LayerNorm(latent_dim, eps=config.layer_norm_eps)
         self.frame_proj = nn.Linear(latent_dim, width)
         self.frame_position = nn.Parameter(torch.zeros(window_frames, width))
         self.queries = nn.Parameter(torch.zeros(config.concepts_per_window, width))
@@ -107,7 +109,7 @@ class ConceptAdapter(nn.Module):
             frame_mask = torch.ones(clips, frames, dtype=torch.bool, device=latents.device)
         windows = -(-frames // self.window_frames)
         pad = windows * self.window_frames - frames
-        hidden = self.frame_proj(latents)
+        hidden = self.frame_proj(self.latent_norm(latents))
         hidden = F.pad(hidden, (0, 0, 0, pad)).view(clips * windows, self.window_frames, -1)
         mask = F.pad(frame_mask, (0, pad)).view(clips * windows, self.window_frames)
         hidden = hidden + self.frame_position

@@ -133,6 +133,7 @@ class ConceptTalkerConfig(PreTrainedConfig):
         audio_start_token_id, audio_token_id, audio_end_token_id (`int`): ids of `<|audio_start|>`,
             `<|audio_pad|>` (one per concept slot) and `<|audio_end|>` in the thinker's vocabulary.
         max_audio_seconds (`float`): longest user audio accepted.
+        reply_end_token_ids (`list[int]`): thinker tokens that end a reply (default `<|im_end|>`, `<|endoftext|>`).
         audio_loss_weight (`float`): weight of the talker's loss in the total loss.
         thinker_name_or_path, codec_name_or_path (`str`, *optional*): where the pretrained thinker and codec came
             from; a checkpoint that stores only trainable weights reloads the rest from them.
@@ -159,6 +160,7 @@ class ConceptTalkerConfig(PreTrainedConfig):
     audio_token_id: int = 151666
     audio_end_token_id: int = 151667
     max_audio_seconds: float = 30.0
+    reply_end_token_ids: list[int] | None = None
     audio_loss_weight: float = 1.0
     initializer_range: float = 0.02
     thinker_name_or_path: str | None = None
@@ -170,6 +172,8 @@ class ConceptTalkerConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.lora_target_modules is None:
             self.lora_target_modules = list(DEFAULT_LORA_TARGETS)
+        if self.reply_end_token_ids is None:
+            self.reply_end_token_ids = [151645, 151643]  # Qwen2.5's <|im_end|> and <|endoftext|>
         self.validate_parts()
 
     # ---- codec facts, whatever the codec -------------------------------------------------------------

@@ -434,6 +434,71 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         )
         return per_codebook.mean(), per_codebook, logits, audio_targets
 
+    # ---- spoken replies --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_values: torch.FloatTensor | None = None,
+        input_values_mask: torch.Tensor | None = None,
+        input_audio_codes: torch.LongTensor | None = None,
+        input_audio_codes_mask: torch.Tensor | None = None,
+        style_embeds: torch.FloatTensor | None = None,
+        streamer=None,
+        **settings,
+    ):
+        """Answer a batch of spoken turns with reply text, reply audio codes and reply waveforms.
+
+        Inputs are those of `forward` (from `ConceptTalkerProcessor`; left padding for batches). Settings are
+        keywords of [`SpokenGenerationConfig`], prefixed by the part they steer: `thinker_max_new_tokens`,
+        `thinker_do_sample`, `thinker_temperature`, `talker_do_sample`, `talker_temperature`, `talker_top_k`,
+        `max_audio_seconds`, `seed`. Greedy decoding of both parts is deterministic.
+
+        With `streamer` (an [`AudioIteratorStreamer`]), audio chunks are handed over as soon as they exist.
+
+        Returns:
+            [`SpokenReply`]: `sequences` (reply text ids; decode with the processor), `audio_codes`, `waveforms`
+            (float32 numpy, `sampling_rate` Hz) and `timings`. For text-only generation with transformers'
+            own loop, use `generate_text`.
+        """
+        from .generation import ReplyTimer, SpokenGenerationConfig, prefill, run_spoken_reply
+
+        timer = ReplyTimer()
+        config = SpokenGenerationConfig.from_kwargs(settings)
+        inputs = {
+            "input_ids": input_ids, "attention_mask": attention_mask, "input_values": input_values,
+            "input_values_mask": input_values_mask, "input_audio_codes": input_audio_codes,
+            "input_audio_codes_mask": input_audio_codes_mask,
+        }
+        if input_ids is None:
+            raise ValueError("generate needs input_ids: build the inputs with ConceptTalkerProcessor.")
+        runner, logits, hidden = prefill(self, inputs, config)
+        return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer)
+
+    def stream(self, style_embeds: torch.FloatTensor | None = None, **inputs_and_settings):
+        """Like `generate`, but yields [`AudioChunk`]s (float32 numpy + sampling rate) as soon as each exists.
+
+        The chunks joined are the reply audio; stopping the iteration early stops generation.
+        """
+        from .generation import SpokenGenerationConfig, prefill, spoken_reply_events
+
+        names = ("input_ids", "attention_mask", "input_values", "input_values_mask", "input_audio_codes",
+                 "input_audio_codes_mask")
+        inputs = {k: inputs_and_settings.pop(k) for k in names if k in inputs_and_settings}
+        config = SpokenGenerationConfig.from_kwargs(inputs_and_settings)
+        with torch.no_grad():
+            runner, logits, hidden = prefill(self, inputs, config)
+        events = spoken_reply_events(self, runner, logits, hidden, config, style_embeds, decode_stream=True)
+        for kind, payload in events:
+            if kind == "audio":
+                yield payload
+
+    def generate_text(self, **kwargs):
+        """Reply text only, through transformers' own `GenerationMixin.generate` (the audio goes in on the first
+        step). Takes the usual generation arguments (`max_new_tokens`, `do_sample`, ...)."""
+        return GenerationMixin.generate(self, **kwargs)
+
     # ---- text generation through GenerationMixin ----------------------------------------------------------
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
         """Audio goes in on the first step only; later steps feed the newest token with the thinker's cache."""

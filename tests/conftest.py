@@ -49,3 +49,24 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return ConceptTalkerForConditionalGeneration(tiny_config).eval()
+
+
+def liven(model, seed: int = 0):
+    """Give a random model weights large enough that its replies depend on what it hears.
+
+    A freshly initialised thinker (std 0.02, tied embeddings) answers every input with the same token, which would
+    make tests of "same reply" pass for the wrong reason. Larger random weights make the greedy reply a sensitive
+    function of the audio, so equal replies mean equal computations.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(model.thinker.named_parameters()) + list(model.concept_adapter.named_parameters()):
+            if p.ndim == 2 and "lora_" not in name:
+                std = 0.5 if "embed" in name else 0.15
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
+@pytest.fixture
+def lively_model(tiny_model):
+    return liven(tiny_model)

@@ -1,0 +1,495 @@
+"""Spoken-reply generation: the thinker writes the reply text, the talker speaks it as soon as it can.
+
+One loop serves `generate()` and streaming alike:
+
+    thinker step -> token t_i and its state        (greedy or sampled; KV cache in a ThinkerRunner)
+    talker: while the schedule's next block has the states it needs (read R, write W; schedule.py):
+            read the new states, write W audio steps (all codebooks, delay pattern), decode the frames that
+            became complete with the codec's streaming decoder -> an audio chunk
+    ... until the thinker ends the reply and the talker ends the audio (EOS in codebook 0, then K - 1 steps)
+
+The talker reads exactly the layout it was trained on (`ReadWriteSchedule.positions`), so streaming is not an
+approximation of the trained model: it is the trained model.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from .schedule import ReadWriteSchedule
+from .talker import undelay_codes
+
+
+@dataclass
+class SpokenGenerationConfig:
+    """Settings of a spoken reply; pass them to `generate`/`stream` as keywords (prefixed by part).
+
+    Args:
+        thinker_max_new_tokens: longest reply text, in tokens.
+        thinker_do_sample, thinker_temperature, thinker_top_k, thinker_top_p: the thinker's sampling
+            (greedy by default: deterministic).
+        talker_do_sample, talker_temperature, talker_top_k: the talker's sampling of each codebook.
+        max_audio_seconds: longest reply audio; the talker ends the audio there.
+        seed: seed of the sampling generator (None: torch's global generator).
+        thinker_runner: "auto" (the fast runner when it supports the thinker, else the reference),
+            "fast" or "reference".
+        thinker_dtype: compute dtype of the fast runner, "bfloat16" or "float32" (default: the thinker's own).
+    """
+
+    thinker_max_new_tokens: int = 128
+    thinker_do_sample: bool = False
+    thinker_temperature: float = 1.0
+    thinker_top_k: int = 0
+    thinker_top_p: float = 1.0
+    talker_do_sample: bool = True
+    talker_temperature: float = 0.8
+    talker_top_k: int = 50
+    max_audio_seconds: float = 30.0
+    seed: int | None = None
+    thinker_runner: str = "auto"
+    thinker_dtype: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> SpokenGenerationConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(
+                f"Unknown generation setting(s) {unknown}. Thinker and talker settings are prefixed: "
+                f"{', '.join(sorted(names))}."
+            )
+        config = cls(**kwargs)
+        if config.thinker_runner not in ("auto", "fast", "reference"):
+            raise ValueError(f"thinker_runner must be 'auto', 'fast' or 'reference', got {config.thinker_runner!r}.")
+        return config
+
+
+@dataclass
+class AudioChunk:
+    """A piece of reply audio: `samples` float32 mono at `sampling_rate` Hz, starting at `start` samples into the
+    reply of conversation `row`. `text` is the reply text tokens the thinker has written so far."""
+
+    samples: np.ndarray
+    sampling_rate: int
+    start: int
+    row: int = 0
+    text_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sampling_rate
+
+
+@dataclass
+class SpokenReply:
+    """What `generate` returns for a batch of spoken turns.
+
+    Args:
+        sequences: `[batch, reply_tokens]` reply text ids, padded with `pad_token_id` (end-of-reply token included).
+        audio_codes: per row, `[codebooks, frames]` codec codes of the reply.
+        waveforms: per row, float32 `[samples]` reply audio at `sampling_rate` Hz.
+        timings: seconds from the start of generation to the first audio (`first_audio_s`) and to the end
+            (`total_s`), seconds of audio made (`audio_s`) and the real-time factor (`rtf` = total / audio).
+    """
+
+    sequences: torch.LongTensor
+    audio_codes: list[torch.LongTensor]
+    waveforms: list[np.ndarray]
+    sampling_rate: int
+    timings: dict[str, float]
+
+
+class StreamClosed(Exception):
+    """Raised inside generation when the consumer of a stream has gone away; generation then stops cleanly."""
+
+
+def choose_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one id per row of `logits` `[..., vocab]`: argmax, or a sample with temperature / top-k / top-p."""
+    if not do_sample or temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+class TalkerStream:
+    """One row's talker, run block by block as the thinker's states arrive.
+
+    Feed thinker states with `add_text`; call `write_block` to write the next block of audio steps when the
+    schedule allows; read the newly complete frames from `take_frames`. Audio ends when codebook 0 writes EOS (the other codebooks finish
+    their delayed steps after it) or at `max_frames`.
+    """
+
+    def __init__(self, model, settings: SpokenGenerationConfig, style_embeds: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        talker = model.talker
+        self.talker = talker
+        self.settings = settings
+        self.generator = generator
+        self.schedule: ReadWriteSchedule = talker.schedule
+        self.num_codebooks = talker.num_codebooks
+        self.max_frames = max(1, int(settings.max_audio_seconds * model.codec.frame_rate))
+        dtype = talker.heads.dtype
+        device = talker.heads.device
+        max_text = settings.thinker_max_new_tokens + 1
+        prefix = 0 if style_embeds is None else style_embeds.shape[1]
+        self.cache = talker.new_cache(1, prefix + max_text + self.max_frames + self.num_codebooks + 1, dtype, device)
+        if style_embeds is not None:
+            talker.run(talker.embed_style(style_embeds.to(dtype)), self.cache)
+        self.pending_text: list[torch.Tensor] = []  # embedded states not yet read
+        self.text_read = 0
+        self.text_done = False
+        self.num_text = 0
+        self.columns: list[torch.Tensor] = []  # delayed columns written, each [codebooks]
+        self.previous = torch.full((1, self.num_codebooks, 1), talker.bos_id, dtype=torch.long, device=device)
+        self.eos_step: int | None = None  # step at which codebook 0 wrote EOS (= number of frames)
+        self.frames_taken = 0
+        self.finished = False
+
+    def add_text(self, state: torch.Tensor, token_embed: torch.Tensor, last: bool) -> None:
+        """One reply token's thinker state and token embedding, `[hidden]` each; `last` marks the end of the reply."""
+        dtype = self.talker.heads.dtype
+        self.pending_text.append(self.talker.embed_text(state[None, None].to(dtype), token_embed[None, None].to(dtype)))
+        self.num_text += 1
+        self.text_done = self.text_done or last
+
+    def end_text(self) -> None:
+        """The thinker has stopped (end of reply or length limit)."""
+        self.text_done = True
+
+    @torch.no_grad()
+    def write_block(self) -> bool:
+        """Write the rest of the current block of W audio steps, reading the thinker states it needs first.
+
+        Returns False, writing nothing, if those states do not exist yet or the audio has ended.
+        """
+        if self.finished:
+            return False
+        step = len(self.columns)
+        needed = self.schedule.text_needed(step, self.num_text if self.text_done else None)
+        if self.text_read < needed:
+            available = self.text_read + len(self.pending_text)
+            if available < needed and not self.text_done:
+                return False
+            take = min(needed, available) - self.text_read
+            if take:
+                self.talker.run(torch.cat(self.pending_text[:take], dim=1), self.cache)
+                del self.pending_text[:take]
+                self.text_read += take
+        block_end = (step // self.schedule.write_frames + 1) * self.schedule.write_frames
+        while step < block_end and not self.finished:
+            self._write_step(step)
+            step += 1
+        return True
+
+    def _write_step(self, step: int) -> None:
+        talker = self.talker
+        hidden = talker.run(talker.embed_audio(self.previous), self.cache)
+        logits = talker.logits(hidden)[0, -1]  # [codebooks, codebook_size + 1]
+        k = torch.arange(self.num_codebooks, device=logits.device)
+        if self.eos_step is None:
+            logits[1:, talker.eos_id] = float("-inf")  # only codebook 0 may end the audio
+            if step >= self.max_frames:
+                logits[0, : talker.eos_id] = float("-inf")  # length limit: end now
+        column = choose_tokens(logits, self.settings.talker_do_sample, self.settings.talker_temperature,
+                               self.settings.talker_top_k, generator=self.generator)
+        if self.eos_step is None and int(column[0]) == talker.eos_id:
+            self.eos_step = step
+        column = torch.where(step < k, talker.bos_id, column)  # delayed codebooks have not started
+        if self.eos_step is not None:
+            column = torch.where(step - k >= self.eos_step, talker.eos_id, column)
+        self.columns.append(column)
+        self.previous = column.view(1, -1, 1)
+        if self.eos_step is not None and step >= self.eos_step + self.num_codebooks - 1:
+            self.finished = True
+
+    @property
+    def complete_frames(self) -> int:
+        """Frames whose every codebook has been written."""
+        written = len(self.columns) - self.num_codebooks + 1
+        if self.eos_step is not None:
+            written = min(written, self.eos_step)
+        return max(0, written)
+
+    def take_frames(self) -> torch.Tensor:
+        """Frames completed since the last call, `[1, codebooks, new_frames]`."""
+        end = self.complete_frames
+        start, self.frames_taken = self.frames_taken, end
+        if end <= start:
+            return torch.zeros(1, self.num_codebooks, 0, dtype=torch.long)
+        delayed = torch.stack(self.columns, dim=-1)[None]  # [1, codebooks, steps]
+        return undelay_codes(delayed[..., start:], end - start)
+
+    def all_frames(self) -> torch.Tensor:
+        """Every complete frame, `[codebooks, frames]`."""
+        if not self.columns:
+            return torch.zeros(self.num_codebooks, 0, dtype=torch.long)
+        return undelay_codes(torch.stack(self.columns, dim=-1)[None], self.complete_frames)[0]
+
+
+def make_runner(model, batch_size: int, settings: SpokenGenerationConfig, max_length: int):
+    """The thinker runner for a turn: the fast one when available and asked for, else the reference one."""
+    from .thinker_runner import ThinkerRunner
+
+    if settings.thinker_runner != "reference":
+        try:
+            from .fast_thinker import FastThinkerRunner
+        except ImportError:
+            FastThinkerRunner = None
+        if FastThinkerRunner is not None:
+            dtype = getattr(torch, settings.thinker_dtype) if settings.thinker_dtype else model.thinker.dtype
+            try:
+                return FastThinkerRunner(model.thinker, batch_size=batch_size, max_length=max_length, dtype=dtype)
+            except (ValueError, NotImplementedError):
+                if settings.thinker_runner == "fast":
+                    raise
+        elif settings.thinker_runner == "fast":
+            raise ImportError("The fast thinker runner is not available in this installation.")
+    return ThinkerRunner(model.thinker, batch_size=batch_size)
+
+
+def reply_end_ids(model) -> set[int]:
+    ids = model.config.reply_end_token_ids
+    return {int(i) for i in ids}
+
+
+@torch.no_grad()
+def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tensor, settings: SpokenGenerationConfig,
+                        style_embeds: torch.Tensor | None = None, decode_stream: bool = True):
+    """The generation loop, as a generator of events, after the prompt has been read by `runner`.
+
+    Args:
+        runner: a thinker runner holding the prompt; `logits` `[batch, vocab]` and `hidden` `[batch, hidden]` are
+            those of the prompt's last position.
+        style_embeds: `[batch, p, hidden]` reference-voice concepts for the talker, or None.
+        decode_stream: decode audio chunk by chunk (for streaming) rather than leave decoding to the caller.
+
+    Yields:
+        `("audio", AudioChunk)` as frames complete (when `decode_stream`), and finally `("done", rows)` where rows
+        is a list of `(reply token ids, codes [codebooks, frames])`.
+    """
+    batch = logits.shape[0]
+    generator = None
+    if settings.seed is not None:
+        generator = torch.Generator(device=logits.device).manual_seed(settings.seed)
+    end_ids = reply_end_ids(model)
+    talkers = [TalkerStream(model, settings, None if style_embeds is None else style_embeds[row : row + 1], generator)
+               for row in range(batch)]
+    decoders = [model.codec.streaming_decoder(1) for _ in range(batch)] if decode_stream else None
+    samples_out = [0] * batch
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    text_done = [False] * batch
+    pad_id = model.config.thinker_config.pad_token_id
+    pad_id = pad_id if pad_id is not None else min(end_ids)
+    embed = model.get_input_embeddings()
+    last_hidden = hidden
+
+    def audio_events():
+        """Every block the talkers can write now, each decoded into a chunk as soon as it is written."""
+        for row, talker in enumerate(talkers):
+            while talker.write_block():
+                if decoders is None:
+                    continue
+                frames = talker.take_frames()
+                if frames.shape[-1] == 0:
+                    continue
+                wave = decoders[row].push(frames)[0]
+                if wave.numel():
+                    chunk = AudioChunk(wave.numpy().astype(np.float32), model.codec.sampling_rate,
+                                       samples_out[row], row, list(tokens[row]))
+                    samples_out[row] += wave.numel()
+                    yield ("audio", chunk)
+
+    for _ in range(settings.thinker_max_new_tokens):
+        if all(text_done):
+            break
+        chosen = choose_tokens(logits, settings.thinker_do_sample, settings.thinker_temperature,
+                               settings.thinker_top_k, settings.thinker_top_p, generator)
+        token_embeds = embed(chosen)
+        for row in range(batch):
+            if text_done[row]:
+                chosen[row] = pad_id
+                continue
+            token = int(chosen[row])
+            tokens[row].append(token)
+            last = token in end_ids or len(tokens[row]) >= settings.thinker_max_new_tokens
+            talkers[row].add_text(last_hidden[row], token_embeds[row], last)
+            text_done[row] = last
+        yield from audio_events()
+        if all(text_done):
+            break
+        logits, new_hidden = runner.append(embed(chosen[:, None]))
+        last_hidden = new_hidden[:, -1]
+    for talker in talkers:
+        talker.end_text()
+    while not all(t.finished for t in talkers):
+        yield from audio_events()
+    if decoders is not None:
+        for row, decoder in enumerate(decoders):
+            wave = decoder.flush()[0]
+            if wave.numel():
+                yield ("audio", AudioChunk(wave.numpy().astype(np.float32), model.codec.sampling_rate,
+                                           samples_out[row], row, list(tokens[row])))
+                samples_out[row] += wave.numel()
+    yield ("done", [(tokens[row], talkers[row].all_frames()) for row in range(batch)])
+
+
+def prefill(model, inputs: dict, settings: SpokenGenerationConfig):
+    """Read a whole prompt (text + audio) into a new runner; returns the runner and the last logits and hidden."""
+    input_ids = inputs["input_ids"]
+    attention_mask = inputs.get("attention_mask")
+    embeds = model.embed_inputs(
+        input_ids,
+        inputs.get("input_values"),
+        inputs.get("input_values_mask"),
+        inputs.get("input_audio_codes"),
+        inputs.get("input_audio_codes_mask"),
+    )
+    runner = make_runner(model, input_ids.shape[0], settings, input_ids.shape[1] + settings.thinker_max_new_tokens + 1)
+    logits, hidden = runner.append(embeds, attention_mask)
+    return runner, logits, hidden[:, -1]
+
+
+class AudioIteratorStreamer(BaseStreamer):
+    """A `BaseStreamer` for spoken replies: `generate(..., streamer=streamer)` in one thread, iterate in another.
+
+        streamer = AudioIteratorStreamer()
+        thread = threading.Thread(target=model.generate, kwargs={**inputs, "streamer": streamer})
+        thread.start()
+        for chunk in streamer:          # AudioChunk: float32 numpy samples + sampling rate
+            play(chunk.samples)
+        thread.join()
+
+    If the consumer stops reading, call `close()` (or let `timeout` seconds pass): generation stops at its next
+    chunk and the producing thread ends; no thread or queued audio is left behind.
+
+    Args:
+        timeout: seconds the producer waits for room in the queue, and the consumer for the next chunk.
+        max_chunks: chunks buffered between producer and consumer.
+    """
+
+    def __init__(self, timeout: float | None = 30.0, max_chunks: int = 64):
+        self.queue: queue.Queue = queue.Queue(maxsize=max_chunks)
+        self.timeout = timeout
+        self.closed = threading.Event()
+        self._end = object()
+
+    def put(self, chunk: AudioChunk) -> None:
+        if self.closed.is_set():
+            raise StreamClosed("the consumer closed the stream")
+        try:
+            self.queue.put(chunk, timeout=self.timeout)
+        except queue.Full as err:
+            self.close()
+            raise StreamClosed(f"the consumer read nothing for {self.timeout} s") from err
+
+    def end(self) -> None:
+        if not self.closed.is_set():
+            try:
+                self.queue.put(self._end, timeout=self.timeout)
+            except queue.Full:
+                self.close()
+
+    def close(self) -> None:
+        """The consumer is done: stop generation and drop what is queued."""
+        self.closed.set()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> AudioChunk:
+        if self.closed.is_set():
+            raise StopIteration
+        try:
+            item = self.queue.get(timeout=self.timeout)
+        except queue.Empty as err:
+            self.close()
+            raise TimeoutError(f"no audio arrived for {self.timeout} s") from err
+        if item is self._end:
+            raise StopIteration
+        return item
+
+
+class ReplyTimer:
+    """Seconds to the first audio, to the end, and the real-time factor of a reply."""
+
+    def __init__(self, start: float | None = None):
+        self.start = time.perf_counter() if start is None else start
+        self.first_audio: float | None = None
+        self.audio_seconds = 0.0
+
+    def audio(self, seconds: float) -> None:
+        if self.first_audio is None:
+            self.first_audio = time.perf_counter() - self.start
+        self.audio_seconds += seconds
+
+    def summary(self) -> dict[str, float]:
+        total = time.perf_counter() - self.start
+        return {
+            "first_audio_s": self.first_audio if self.first_audio is not None else total,
+            "total_s": total,
+            "audio_s": self.audio_seconds,
+            "rtf": total / self.audio_seconds if self.audio_seconds else float("inf"),
+        }
+
+
+def run_spoken_reply(model, runner, logits, hidden, settings, style_embeds=None, streamer=None,
+                     timer: ReplyTimer | None = None) -> SpokenReply | None:
+    """Drive `spoken_reply_events` to the end and return the `SpokenReply`.
+
+    With a `streamer`, audio is decoded chunk by chunk and handed to it as it is made, and the returned waveforms
+    are those chunks joined; without, each row's codes are decoded in one go at the end. Returns None if the
+    streamer's consumer went away (generation stopped early).
+    """
+    timer = timer or ReplyTimer()
+    streaming = streamer is not None
+    chunks: dict[int, list[np.ndarray]] = {}
+    rows = None
+    try:
+        for kind, payload in spoken_reply_events(model, runner, logits, hidden, settings, style_embeds, streaming):
+            if kind == "audio":
+                timer.audio(payload.duration)
+                chunks.setdefault(payload.row, []).append(payload.samples)
+                streamer.put(payload)
+            else:
+                rows = payload
+    except StreamClosed:
+        return None
+    finally:
+        if streamer is not None:
+            streamer.end()
+    pad_id = model.config.thinker_config.pad_token_id
+    pad_id = pad_id if pad_id is not None else min(reply_end_ids(model))
+    sequences = torch.full((len(rows), max((len(t) for t, _ in rows), default=0)), pad_id, dtype=torch.long)
+    waveforms = []
+    for row, (tokens, frames) in enumerate(rows):
+        sequences[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        if streaming:
+            wave = np.concatenate(chunks.get(row, [np.zeros(0, np.float32)]))
+        else:
+            wave = model.codec.decode(frames[None]).squeeze(0).cpu().numpy().astype(np.float32) if frames.shape[-1] else np.zeros(0, np.float32)
+            timer.audio(len(wave) / model.codec.sampling_rate)
+        waveforms.append(wave)
+    return SpokenReply(sequences, [frames for _, frames in rows], waveforms, model.codec.sampling_rate, timer.summary())

@@ -1,0 +1,152 @@
+"""Streaming in: a spoken turn fed in pieces while the user speaks.
+
+    turn = SpokenTurn(model, processor, sampling_rate=16000, instruction="Speak slowly.")
+    for piece in microphone():           # any sizes, at the declared rate
+        turn.feed(piece)                 # codec encoder (streaming), then for each completed window:
+                                         # concept adapter -> thinker prefill
+    for chunk in turn.stream_reply():    # end of speech: only the last window and the prompt's tail remain
+        play(chunk.samples)
+
+The thinker reads the same embeddings, in the same order, as when the whole recording goes through the processor
+and `generate`: the prompt up to `<|audio_start|>`, the concepts of each window, then `<|audio_end|>` and the rest.
+Windows are independent in the concept adapter and the codec streams exactly, so feeding in pieces gives the
+same reply as feeding the whole recording.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .audio import StreamingResampler, check_sampling_rate, to_mono_float
+from .configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_START_TOKEN, AUDIO_TOKEN
+from .generation import (
+    ReplyTimer,
+    SpokenGenerationConfig,
+    make_runner,
+    run_spoken_reply,
+    spoken_reply_events,
+)
+from .processing_concept_talker import DEFAULT_SYSTEM_PROMPT, build_prompt
+
+
+class SpokenTurn:
+    """One user turn, fed as it is spoken, then answered.
+
+    Args:
+        model: a `ConceptTalkerForConditionalGeneration` (eval mode).
+        processor: its `ConceptTalkerProcessor`.
+        sampling_rate: rate of the pieces that will be fed, Hz (resampled to the codec's as they arrive).
+        instruction, history, system_prompt: as in `build_prompt`.
+        settings: generation settings (`SpokenGenerationConfig` keywords), e.g. `thinker_max_new_tokens=64`.
+    """
+
+    def __init__(self, model, processor, sampling_rate: int, instruction: str | None = None, history=None,
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, style_embeds: torch.Tensor | None = None, **settings):
+        self.model = model
+        self.processor = processor
+        self.sampling_rate = check_sampling_rate(sampling_rate)
+        self.settings = SpokenGenerationConfig.from_kwargs(settings)
+        self.style_embeds = style_embeds
+        before, after = build_prompt(instruction, history, system_prompt).split(AUDIO_TOKEN)
+        tokenizer = processor.tokenizer
+        self.head_ids = tokenizer(before + AUDIO_START_TOKEN, add_special_tokens=False, return_tensors="pt").input_ids
+        self.tail_ids = tokenizer(AUDIO_END_TOKEN + after, add_special_tokens=False, return_tensors="pt").input_ids
+        config = model.config
+        self.window_frames = config.window_frames
+        self.max_samples = int(config.max_audio_seconds * self.sampling_rate)
+        max_slots = processor.concept_slots(int(config.max_audio_seconds * model.codec.sampling_rate))
+        max_length = self.head_ids.shape[1] + max_slots + self.tail_ids.shape[1] + self.settings.thinker_max_new_tokens + 1
+        self.runner = make_runner(model, 1, self.settings, max_length)
+        self.resampler = StreamingResampler(self.sampling_rate, model.codec.sampling_rate)
+        self.encoder = model.codec.streaming_encoder(1)
+        self.pending_codes = torch.zeros(1, model.codec.num_codebooks, 0, dtype=torch.long)
+        self.samples_fed = 0
+        self.state = "listening"
+        with torch.no_grad():
+            self.runner.append(self.runner.embed(self.head_ids))
+
+    def _check_open(self) -> None:
+        if self.state != "listening":
+            raise RuntimeError(f"This turn is {self.state}: start a new SpokenTurn for the next thing the user says.")
+
+    @torch.no_grad()
+    def feed(self, piece, sampling_rate: int | None = None) -> None:
+        """Add a piece of the user's audio (numpy / torch / list, mono or stereo) at the turn's sampling rate.
+
+        Zero-length pieces are allowed and do nothing. Each window of audio completed by this piece is encoded,
+        turned into concepts and read by the thinker now.
+        """
+        self._check_open()
+        if sampling_rate is not None and check_sampling_rate(sampling_rate) != self.sampling_rate:
+            raise ValueError(
+                f"This piece is at {sampling_rate} Hz but the turn was started at {self.sampling_rate} Hz: feed every "
+                "piece at the rate given to SpokenTurn (or start the turn with this rate)."
+            )
+        if len(piece) == 0:
+            return
+        wave = to_mono_float(piece, name="audio piece")
+        self.samples_fed += wave.numel()
+        if self.samples_fed > self.max_samples:
+            self.close()
+            raise ValueError(
+                f"The turn is longer than {self.model.config.max_audio_seconds:g} s (config.max_audio_seconds): "
+                "end the turn sooner, or raise max_audio_seconds."
+            )
+        codes = self.encoder.push(self.resampler.push(wave)[None])
+        self._add_codes(codes, final=False)
+
+    def _add_codes(self, codes: torch.Tensor, final: bool) -> None:
+        self.pending_codes = torch.cat([self.pending_codes, codes], dim=-1)
+        windows = self.pending_codes.shape[-1] // self.window_frames
+        if final and self.pending_codes.shape[-1] % self.window_frames:
+            windows += 1  # the last, partial window
+        if windows == 0:
+            return
+        used = min(windows * self.window_frames, self.pending_codes.shape[-1])
+        concepts, mask = self.model.get_concepts(self.pending_codes[..., :used])
+        self.pending_codes = self.pending_codes[..., used:]
+        self.runner.append(concepts[mask][None])
+
+    @torch.no_grad()
+    def end_of_speech(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user stopped: read the last partial window and the prompt's tail. Returns the last logits and hidden."""
+        self._check_open()
+        if self.samples_fed == 0:
+            self.close()
+            raise ValueError("The turn has no audio: feed at least one piece before ending it.")
+        codes = self.encoder.push(self.resampler.flush()[None])
+        codes = torch.cat([codes, self.encoder.flush()], dim=-1)
+        self._add_codes(codes, final=True)
+        logits, hidden = self.runner.append(self.runner.embed(self.tail_ids))
+        self.state = "answering"
+        return logits, hidden[:, -1]
+
+    def reply(self, streamer=None):
+        """End the turn and answer it: a `SpokenReply` (with `streamer`, chunks are handed to it as they come).
+        Timings count from the end of speech."""
+        timer = ReplyTimer()
+        logits, hidden = self.end_of_speech()
+        try:
+            return run_spoken_reply(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
+                                    streamer, timer)
+        finally:
+            self.close()
+
+    def stream_reply(self):
+        """End the turn and yield the reply's `AudioChunk`s as they are made."""
+        logits, hidden = self.end_of_speech()
+        try:
+            events = spoken_reply_events(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
+                                         decode_stream=True)
+            for kind, payload in events:
+                if kind == "audio":
+                    yield payload
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the turn's state (thinker cache, codec state). Safe to call more than once."""
+        self.state = "closed"
+        self.runner = None
+        self.encoder = None
+        self.pending_codes = None

@@ -1,0 +1,229 @@
+"""Spoken replies: generate, stream out, stream in, batches, stopping, and streams that end badly."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_concept_talker import build_prompt
+from modeling_concept_talker.generation import AudioIteratorStreamer
+from modeling_concept_talker.streaming import SpokenTurn
+
+GREEDY = dict(thinker_max_new_tokens=10, talker_do_sample=False, max_audio_seconds=1.5)
+# Chunked and one-shot decoding run the same float32 operations on different slices of the same signal; they agree
+# to rounding (about 1e-7 of a full-scale sample here). 1e-5 is 100x that and far below audibility (-100 dBFS).
+SAMPLE_TOLERANCE = 1e-5
+
+
+def question(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(int(seconds * rate)).astype(np.float32) * 0.1
+
+
+def ask(processor, seconds=2.3, rate=24000, seed=0, instruction=None):
+    return processor(text=build_prompt(instruction), audio=question(seconds, rate, seed), sampling_rate=rate)
+
+
+def test_reply_depends_on_the_audio(lively_model, tiny_processor):
+    """Guards the other tests: equal replies below mean equal computations, not a constant model."""
+    replies = {tuple(lively_model.generate(**ask(tiny_processor, seed=s), **GREEDY).sequences[0].tolist()) for s in range(3)}
+    assert len(replies) == 3
+
+
+def test_greedy_generation_is_deterministic(lively_model, tiny_processor):
+    batch = ask(tiny_processor)
+    a, b = lively_model.generate(**batch, **GREEDY), lively_model.generate(**batch, **GREEDY)
+    assert torch.equal(a.sequences, b.sequences)
+    assert torch.equal(a.audio_codes[0], b.audio_codes[0])
+    assert np.array_equal(a.waveforms[0], b.waveforms[0])
+    k = lively_model.config.codec_num_codebooks
+    assert a.audio_codes[0].shape[0] == k
+    assert len(a.waveforms[0]) == a.audio_codes[0].shape[1] * lively_model.codec.hop_length
+    assert a.sampling_rate == 24000 and a.waveforms[0].dtype == np.float32
+
+
+def test_streaming_output_equals_generate(lively_model, tiny_processor):
+    batch = ask(tiny_processor)
+    whole = lively_model.generate(**batch, **GREEDY)
+    chunks = list(lively_model.stream(**batch, **GREEDY))
+    assert len(chunks) > 3  # it really streamed
+    assert all(c.samples.dtype == np.float32 and c.sampling_rate == 24000 for c in chunks)
+    assert [c.start for c in chunks] == list(np.cumsum([0] + [len(c.samples) for c in chunks[:-1]]))
+    streamed = np.concatenate([c.samples for c in chunks])
+    assert streamed.shape == whole.waveforms[0].shape
+    assert np.abs(streamed - whole.waveforms[0]).max() < SAMPLE_TOLERANCE
+    assert chunks[-1].text_tokens == whole.sequences[0].tolist()
+
+
+def test_first_audio_comes_before_the_reply_text_is_finished(lively_model, tiny_processor):
+    settings = dict(GREEDY, thinker_max_new_tokens=30)
+    first = next(lively_model.stream(**ask(tiny_processor), **settings))
+    read_tokens = lively_model.config.talker_config.read_tokens
+    assert len(first.text_tokens) == read_tokens  # the first block needed only R of the reply's 30 tokens
+    assert lively_model.generate(**ask(tiny_processor), **settings).sequences.shape[1] == 30
+
+
+def test_audio_iterator_streamer_in_a_thread(lively_model, tiny_processor):
+    batch = ask(tiny_processor)
+    whole = lively_model.generate(**batch, **GREEDY)
+    streamer = AudioIteratorStreamer(timeout=60)
+    thread = threading.Thread(target=lively_model.generate, kwargs={**batch, **GREEDY, "streamer": streamer})
+    thread.start()
+    streamed = np.concatenate([chunk.samples for chunk in streamer])
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert np.abs(streamed - whole.waveforms[0]).max() < SAMPLE_TOLERANCE
+
+
+def test_a_client_that_stops_reading_stops_generation(lively_model, tiny_processor):
+    streamer = AudioIteratorStreamer(timeout=60, max_chunks=2)
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(lively_model.generate(**ask(tiny_processor), **dict(GREEDY, max_audio_seconds=5), streamer=streamer))
+    )
+    thread.start()
+    next(iter(streamer))
+    streamer.close()  # the client goes away
+    thread.join(timeout=30)
+    assert not thread.is_alive() and results == [None]
+    assert streamer.queue.empty()
+
+
+def test_a_stalled_client_times_out(lively_model, tiny_processor):
+    streamer = AudioIteratorStreamer(timeout=0.2, max_chunks=1)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(lively_model.generate(**ask(tiny_processor), **GREEDY, streamer=streamer)))
+    thread.start()
+    thread.join(timeout=30)  # nobody reads: the producer gives up after its timeout
+    assert not thread.is_alive() and results == [None]
+
+
+def test_closing_the_stream_iterator_early(lively_model, tiny_processor):
+    stream = lively_model.stream(**ask(tiny_processor), **GREEDY)
+    first = next(stream)
+    stream.close()  # a plain generator: nothing keeps running
+    assert len(first.samples) > 0
+    with pytest.raises(StopIteration):
+        next(stream)
+
+
+def test_batch_rows_equal_single_runs(lively_model, tiny_processor):
+    clips = [question(2.3, 24000, 0), question(1.1, 24000, 1)]
+    prompts = [build_prompt(), build_prompt("Speak slowly.")]
+    batch = tiny_processor(text=prompts, audio=clips, sampling_rate=24000)
+    together = lively_model.generate(**batch, **GREEDY)
+    for row in range(2):
+        alone = lively_model.generate(**tiny_processor(text=prompts[row], audio=clips[row], sampling_rate=24000), **GREEDY)
+        n = alone.sequences.shape[1]
+        assert together.sequences[row, :n].tolist() == alone.sequences[0].tolist()
+        assert torch.equal(together.audio_codes[row], alone.audio_codes[0])
+
+
+def test_audio_stops_at_the_maximum_duration(lively_model, tiny_processor):
+    reply = lively_model.generate(**ask(tiny_processor), **dict(GREEDY, max_audio_seconds=0.4))
+    assert reply.audio_codes[0].shape[1] == int(0.4 * 75)
+
+
+def test_text_stops_at_the_end_of_reply_token(lively_model, tiny_processor):
+    end = lively_model.config.reply_end_token_ids[0]
+    with torch.no_grad():
+        lively_model.thinker.lm_head.weight[end] *= 0  # tied: also the token's embedding
+        lively_model.thinker.model.norm.weight.fill_(1.0)
+        lively_model.thinker.lm_head.weight[end] += 50 * lively_model.thinker.lm_head.weight.mean(0)
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY)
+    tokens = reply.sequences[0].tolist()
+    if end in tokens:
+        assert tokens.index(end) == len(tokens) - 1  # nothing after the end-of-reply token
+
+
+def test_talker_end_of_audio_ends_the_reply_audio(lively_model, tiny_processor, monkeypatch):
+    talker = lively_model.talker
+    scored = talker.logits
+    steps = []
+
+    def eos_at_step_5(hidden):
+        logits = scored(hidden)
+        steps.append(None)
+        if len(steps) == 6:
+            logits[..., 0, talker.eos_id] = 1e4  # codebook 0 ends the audio at step 5
+        return logits
+
+    monkeypatch.setattr(talker, "logits", eos_at_step_5)
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY)
+    assert reply.audio_codes[0].shape[1] == 5  # five frames, then EOS
+    assert len(reply.waveforms[0]) == 5 * lively_model.codec.hop_length
+    assert len(steps) == 5 + lively_model.config.codec_num_codebooks  # the delayed codebooks finish, then stop
+
+
+def test_sampling_uses_the_seed(lively_model, tiny_processor):
+    settings = dict(thinker_max_new_tokens=8, thinker_do_sample=True, thinker_temperature=1.5, talker_do_sample=True,
+                    max_audio_seconds=1.0, seed=7)
+    batch = ask(tiny_processor)
+    a, b = lively_model.generate(**batch, **settings), lively_model.generate(**batch, **settings)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.audio_codes[0], b.audio_codes[0])
+    c = lively_model.generate(**batch, **dict(settings, seed=8))
+    assert not torch.equal(a.audio_codes[0], c.audio_codes[0])
+
+
+def test_unknown_setting_is_refused(lively_model, tiny_processor):
+    with pytest.raises(TypeError, match=r"Unknown generation setting.*\['temperature'\].*prefixed"):
+        lively_model.generate(**ask(tiny_processor), temperature=0.7)
+
+
+# ---- streaming in ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate", [24000, 16000])
+def test_feeding_audio_in_pieces_gives_the_same_reply(lively_model, tiny_processor, rate):
+    audio = question(2.3, rate)
+    whole = lively_model.generate(**tiny_processor(text=build_prompt("Speak slowly."), audio=audio, sampling_rate=rate), **GREEDY)
+    turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=rate, instruction="Speak slowly.", **GREEDY)
+    position = 0
+    for size in [100, 0, 5000, 20000, 3, 12000, 1]:
+        turn.feed(audio[position : position + size])
+        position += size
+    turn.feed(audio[position:])
+    reply = turn.reply()
+    assert reply.sequences.tolist() == whole.sequences.tolist()
+    assert torch.equal(reply.audio_codes[0], whole.audio_codes[0])
+    assert np.abs(reply.waveforms[0] - whole.waveforms[0]).max() < SAMPLE_TOLERANCE
+
+
+def test_windows_are_read_while_the_user_speaks(lively_model, tiny_processor):
+    turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **GREEDY)
+    start = turn.runner.length
+    turn.feed(question(2.5, 24000))
+    assert turn.runner.length - start == 2 * 4  # two complete 1 s windows, 4 concepts each, already in the thinker
+    chunks = list(turn.stream_reply())
+    assert chunks and turn.state == "closed"
+
+
+def test_stream_in_bad_input(lively_model, tiny_processor):
+    turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=16000, **GREEDY)
+    with pytest.raises(ValueError, match=r"44100 Hz but the turn was started at 16000 Hz"):
+        turn.feed(question(0.1, 44100), sampling_rate=44100)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        turn.feed(np.full(100, np.nan, np.float32))
+    turn.feed(np.zeros(0, np.float32))  # nothing happens
+    turn.close()
+    with pytest.raises(RuntimeError, match="closed: start a new SpokenTurn"):
+        turn.feed(question(0.1, 16000))
+    empty = SpokenTurn(lively_model, tiny_processor, sampling_rate=16000, **GREEDY)
+    with pytest.raises(ValueError, match="no audio: feed at least one piece"):
+        empty.reply()
+    long = SpokenTurn(lively_model, tiny_processor, sampling_rate=8000, **GREEDY)
+    with pytest.raises(ValueError, match=r"longer than 30 s"):
+        for _ in range(31):
+            long.feed(np.zeros(8000, np.float32))
+    assert long.state == "closed" and long.runner is None
+
+
+def test_a_turn_closed_early_holds_nothing(lively_model, tiny_processor):
+    turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **GREEDY)
+    turn.feed(question(1.5, 24000))
+    stream = turn.stream_reply()
+    next(stream)
+    stream.close()
+    assert turn.state == "closed" and turn.runner is None and turn.encoder is None
