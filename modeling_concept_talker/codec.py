@@ -155,9 +155,16 @@ class EncodecCodec(AudioCodec):
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         frames = self.num_frames(audio.shape[-1])
         audio = nn.functional.pad(audio, (0, frames * self.hop_length - audio.shape[-1]))
-        latents = self.model.encoder(audio[:, None, :].to(self._dtype))
-        codes = self.model.quantizer.encode(latents, None)  # all quantizers; keep the first K
-        return codes[: self.num_codebooks].transpose(0, 1).contiguous()
+        return self.quantize(self.model.encoder(audio[:, None, :].to(self._dtype)))
+
+    def quantize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Encoder latents `[batch, dim, frames]` -> codes `[batch, codebooks, frames]` (residual VQ, first K codebooks)."""
+        residual, codes = latents, []
+        for layer in self.model.quantizer.layers[: self.num_codebooks]:
+            indices = layer.encode(residual)
+            residual = residual - layer.decode(indices)
+            codes.append(indices)
+        return torch.stack(codes, dim=1)
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         latents = self.model.quantizer.decode(codes.transpose(0, 1))  # [batch, dim, frames]
@@ -294,8 +301,7 @@ class _EncodecStreamingEncoder(StreamingCodecEncoder):
     def _quantize(self, latents: torch.Tensor) -> torch.Tensor:
         if latents.shape[-1] == 0:
             return torch.zeros(latents.shape[0], self.codec.num_codebooks, 0, dtype=torch.long)
-        codes = self.codec.model.quantizer.encode(latents, None)
-        return codes[: self.codec.num_codebooks].transpose(0, 1).contiguous()
+        return self.codec.quantize(latents)
 
 
 class _EncodecStreamingDecoder(StreamingCodecDecoder):

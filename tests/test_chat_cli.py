@@ -1,0 +1,61 @@
+"""`concept-talker chat` answers a spoken question on the tiny preset, streaming or not, and prints its timings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import soundfile
+
+from trainers.cli import main
+
+
+def question_file(assets) -> str:
+    return str(assets / "speech" / "ljspeech-dev" / "wavs" / "LJ001-0002.flac")
+
+
+def test_chat_writes_the_reply_and_its_timings(assets, tmp_path, capsys):
+    out, report = tmp_path / "reply.wav", tmp_path / "reply.json"
+    code = main(["chat", "--audio", question_file(assets), "--out", str(out), "--max-new-tokens", "6",
+                 "--max-audio-seconds", "1", "--json", str(report)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM weights" in printed  # says plainly what the default model is
+    assert "Reply text:" in printed and "first audio" in printed and "real-time factor" in printed
+    info = soundfile.info(str(out))
+    assert info.samplerate == 24000 and info.channels == 1 and 0 < info.duration <= 1.0 + 1e-6
+    timings = json.loads(report.read_text())
+    assert timings["first_audio_s"] <= timings["total_s"] and timings["audio_s"] > 0
+
+
+def test_chat_streams_in_and_out(assets, tmp_path, capsys):
+    out = tmp_path / "streamed.wav"
+    code = main(["chat", "--audio", question_file(assets), "--out", str(out), "--stream", "--max-new-tokens", "6",
+                 "--max-audio-seconds", "1", "--instruction", "Speak slowly."])
+    assert code == 0
+    assert "after the end of speech" in capsys.readouterr().out
+    assert soundfile.info(str(out)).duration > 0
+    assert not [p for p in tmp_path.iterdir() if p.name != "streamed.wav"]  # no temporary file left behind
+
+
+def test_chat_refuses_a_missing_file(tmp_path):
+    try:
+        main(["chat", "--audio", str(tmp_path / "nope.wav"), "--out", str(tmp_path / "r.wav")])
+    except SystemExit as exit:
+        assert "No such audio file" in str(exit)
+    else:
+        raise AssertionError("expected SystemExit")
+
+
+def test_the_installed_command_runs(assets, tmp_path):
+    command = shutil.which("concept-talker") or sys.executable
+    args = [command] if command.endswith("concept-talker") else [command, "-m", "trainers.cli"]
+    result = subprocess.run(
+        args + ["chat", "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"), "--max-new-tokens", "4",
+                "--max-audio-seconds", "0.5"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Timings:" in result.stdout

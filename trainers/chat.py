@@ -1,0 +1,146 @@
+"""`concept-talker chat`: answer one spoken question with a spoken reply, and say how fast it was.
+
+    concept-talker chat --audio question.wav --out reply.wav [--model DIR_OR_HUB_ID] [--instruction "Speak slowly."]
+                        [--stream] [--say "What does brave mean?"]
+
+With `--stream`, the question is fed in 100 ms pieces as if spoken live (the thinker reads each completed window
+while the user speaks) and the reply is written as its chunks arrive; the first-audio time then counts from the end
+of speech, which is what a user waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+DEFAULT_MODEL = "tiny"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"checkpoint folder, Hub id, or preset name (default: {DEFAULT_MODEL})")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--audio", help="the spoken question: a WAV/FLAC file, any rate, mono or stereo")
+    source.add_argument("--say", help="speak this question with the offline TTS (espeak-ng) instead of --audio")
+    parser.add_argument("--out", default="reply.wav", help="where to write the spoken reply (WAV)")
+    parser.add_argument("--instruction", help='a tutor instruction given as text, e.g. "Speak slowly."')
+    parser.add_argument("--stream", action="store_true", help="stream in (live pieces) and out (chunks)")
+    parser.add_argument("--tokenizer", help="tokenizer folder or Hub id, for presets (default: offline Qwen2.5 copy)")
+    parser.add_argument("--lyra-dir", help="folder of the Lyra SoundStream models, for Lyra presets and checkpoints")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply text, in tokens")
+    parser.add_argument("--max-audio-seconds", type=float, default=20.0, help="longest reply audio")
+    parser.add_argument("--sample", action="store_true", help="sample the reply text (default: greedy)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the talker's sampling")
+    parser.add_argument("--json", help="also write the reply text and timings to this JSON file")
+
+
+def question_audio(args) -> tuple[np.ndarray, int]:
+    from modeling_concept_talker.audio import load_audio
+
+    if args.say:
+        from trainers.tts import default_tts
+
+        tts = default_tts()
+        wave, rate = tts.synthesize(args.say)
+        return np.asarray(wave, dtype=np.float32), int(rate)
+    if not args.audio:
+        raise SystemExit("Give the spoken question with --audio FILE (or --say TEXT to synthesise one).")
+    if not os.path.isfile(args.audio):
+        raise SystemExit(f"No such audio file: {args.audio}")
+    return load_audio(args.audio)
+
+
+class WavChunkWriter:
+    """A streamer that writes each reply chunk to a WAV file as it arrives (a temporary file, renamed when done)."""
+
+    def __init__(self, path: str, sampling_rate: int):
+        import soundfile
+
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(suffix=".wav", dir=directory)
+        os.close(fd)
+        self.file = soundfile.SoundFile(self.tmp, "w", samplerate=sampling_rate, channels=1, subtype="PCM_16")
+        self.chunks = 0
+
+    def put(self, chunk) -> None:
+        self.file.write(np.clip(chunk.samples, -1.0, 1.0))
+        self.chunks += 1
+
+    def end(self) -> None:
+        pass
+
+    def close(self, keep: bool) -> None:
+        self.file.close()
+        if keep:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+def run(args) -> int:
+    import torch
+
+    from modeling_concept_talker import build_prompt
+    from modeling_concept_talker.audio import save_audio
+    from modeling_concept_talker.streaming import SpokenTurn
+    from trainers.loading import load_model
+
+    overrides = {}
+    if args.lyra_dir:
+        overrides["codec_config"] = {"model_type": "lyra_soundstream", "model_dir": args.lyra_dir}
+    loaded = load_model(args.model, tokenizer=args.tokenizer, **overrides)
+    model, processor = loaded.model, loaded.processor
+    print(f"Model: {loaded.description}")
+    audio, rate = question_audio(args)
+    settings = dict(thinker_max_new_tokens=args.max_new_tokens, thinker_do_sample=args.sample,
+                    max_audio_seconds=args.max_audio_seconds, seed=args.seed)
+
+    with torch.inference_mode():
+        if args.stream:
+            turn = SpokenTurn(model, processor, sampling_rate=rate, instruction=args.instruction, **settings)
+            piece = max(1, rate // 10)  # 100 ms pieces, as a microphone would deliver them
+            for start in range(0, len(audio), piece):
+                turn.feed(audio[start : start + piece])
+            writer = WavChunkWriter(args.out, model.codec.sampling_rate)
+            reply = None
+            try:
+                reply = turn.reply(streamer=writer)
+            finally:
+                writer.close(keep=reply is not None)
+            measured_from = "end of speech"
+        else:
+            batch = processor(text=build_prompt(args.instruction), audio=audio, sampling_rate=rate)
+            reply = model.generate(**batch, **settings)
+            save_audio(args.out, reply.waveforms[0], reply.sampling_rate)
+            measured_from = "start of generate()"
+
+    text = processor.decode(reply.sequences[0], skip_special_tokens=True).strip()
+    timings = reply.timings
+    print(f"Question: {len(audio) / rate:.2f} s of audio at {rate} Hz")
+    print(f"Reply text: {text!r}")
+    print(f"Reply audio: {timings['audio_s']:.2f} s -> {args.out}")
+    print(
+        f"Timings: first audio {1000 * timings['first_audio_s']:.0f} ms after the {measured_from}, "
+        f"total {timings['total_s']:.2f} s, real-time factor {timings['rtf']:.2f}"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"text": text, "model": loaded.description, "stream": args.stream, **timings}, f, indent=2)
+    return 0
+
+
+def main(argv=None) -> int:  # pragma: no cover - convenience
+    parser = argparse.ArgumentParser(prog="concept-talker chat")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
