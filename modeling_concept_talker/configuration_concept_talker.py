@@ -136,7 +136,10 @@ class ConceptTalkerConfig(PreTrainedConfig):
         reply_end_token_ids (`list[int]`): thinker tokens that end a reply (default `<|im_end|>`, `<|endoftext|>`).
         audio_loss_weight (`float`): weight of the talker's loss in the total loss.
         thinker_name_or_path, codec_name_or_path (`str`, *optional*): where the pretrained thinker and codec came
-            from; a checkpoint that stores only trainable weights reloads the rest from them.
+            from (Hub id, or a folder; a relative folder is taken relative to the checkpoint); a checkpoint that
+            stores only trainable weights reloads the rest from them.
+        saved_weights (`str`): what a saved checkpoint holds: `"full"` (every weight) or `"trainable"` (concept
+            adapter, talker and LoRA weights, plus the codec's unless `codec_name_or_path` points to it).
     """
 
     model_type = "concept_talker"
@@ -165,6 +168,7 @@ class ConceptTalkerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     thinker_name_or_path: str | None = None
     codec_name_or_path: str | None = None
+    saved_weights: str = "full"
     config_format_version: int = CONFIG_FORMAT_VERSION
     tie_word_embeddings: bool = False
 

@@ -21,7 +21,6 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .audio import count_concept_slots
 from .codec import AudioCodec, build_codec
 from .concept_adapter import ConceptAdapter
 from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerConfig
@@ -216,7 +215,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             thinker: a Qwen2-architecture causal LM (`Qwen/Qwen2.5-0.5B`, or a folder from `save_pretrained`).
             codec: an EnCodec or Mimi model (`facebook/encodec_24khz`, `kyutai/mimi`), or a folder holding the Lyra
                 SoundStream TFLite models.
-            lora_r, lora_alpha: LoRA rank and scale (alpha defaults to 2 r); `lora_r=0` trains no adapters.
+            lora_r, lora_alpha: LoRA rank and scale (alpha defaults to 2 r); `lora_r=0` adds no adapters.
             dtype: dtype of the thinker's weights (e.g. `torch.bfloat16`).
             config_kwargs: any other `ConceptTalkerConfig` field (`adapter_config`, `talker_config`,
                 `codec_num_codebooks`, ...).
@@ -228,26 +227,121 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
 
         thinker_model = AutoModelForCausalLM.from_pretrained(thinker, dtype=dtype or torch.float32)
         if is_lyra_model_dir(codec):
-            codec_config, codec_model = LyraCodecConfig(model_dir=str(codec)), None
+            codec_config = LyraCodecConfig(model_dir=str(codec))
         else:
             codec_config = AutoConfig.from_pretrained(codec)
-            codec_model = _load_codec_model(codec, codec_config.model_type)
         config = ConceptTalkerConfig(
             thinker_config=thinker_model.config.to_dict(),
             codec_config=codec_config.to_dict(),
-            lora_r=0,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
             thinker_name_or_path=str(thinker),
             codec_name_or_path=str(codec),
             **config_kwargs,
         )
+        return cls._assemble(config, thinker_model, str(codec))
+
+    @classmethod
+    def _assemble(cls, config: ConceptTalkerConfig, thinker_model, codec_name_or_path: str | None):
+        """A model of `config` whose thinker is `thinker_model` and whose codec is loaded from its reference;
+        LoRA adapters (per `config.lora_r`) are added after the pretrained weights are in place."""
+        lora_r = config.lora_r
+        config.lora_r = 0
         model = cls(config)
         model.thinker = thinker_model
-        if codec_model is not None:
-            model.codec.model = codec_model.requires_grad_(False).eval()
+        if codec_name_or_path and config.codec_type != "lyra_soundstream":
+            model.codec.model = _load_codec_model(codec_name_or_path, config.codec_type).requires_grad_(False).eval()
         if lora_r > 0:
-            model.add_lora(lora_r, lora_alpha, dropout=config.lora_dropout)
+            model.add_lora(lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
         model.set_trainable()
         return model
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def trainable_state_keys(self) -> set[str]:
+        """Weights a trainable-only checkpoint holds: concept adapter, talker, LoRA, and the codec's own weights
+        unless `config.codec_name_or_path` can reload them."""
+        keys = set()
+        for name in self.state_dict():
+            if name.startswith(("concept_adapter.", "talker.")) or "lora_" in name:
+                keys.add(name)
+            elif name.startswith("codec.") and not self.config.codec_name_or_path:
+                keys.add(name)
+        return keys
+
+    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, trainable_only: bool | None = None,
+                        **kwargs):
+        """Save the config and weights (safetensors).
+
+        Args:
+            trainable_only: save only the trained parts (see `trainable_state_keys`) with references to the base
+                thinker and codec. Default: yes when the config names the base thinker (`thinker_name_or_path`)
+                and the thinker has LoRA adapters, else every weight. Use `save_merged` for an export.
+        """
+        if trainable_only is None:
+            trainable_only = bool(self.config.thinker_name_or_path) and self.has_lora
+        if trainable_only and not self.config.thinker_name_or_path:
+            raise ValueError(
+                "A trainable-only checkpoint needs a reference to the base thinker: set "
+                "config.thinker_name_or_path (a Hub id or folder), or save every weight (trainable_only=False)."
+            )
+        state_dict = state_dict if state_dict is not None else self.state_dict()
+        if trainable_only:
+            keep = self.trainable_state_keys()
+            state_dict = {k: v for k, v in state_dict.items() if k in keep}
+        previous = self.config.saved_weights
+        self.config.saved_weights = "trainable" if trainable_only else "full"
+        try:
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        finally:
+            self.config.saved_weights = previous
+
+    def save_merged(self, save_directory, **kwargs):
+        """Export: every weight, LoRA folded into the thinker (`lora_r=0` in the saved config). The model in memory
+        keeps its adapters."""
+        import copy
+
+        merged = copy.deepcopy(self)
+        merged.merge_lora()
+        return merged.save_pretrained(save_directory, trainable_only=False, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a checkpoint saved with `save_pretrained`: a full one as usual, a trainable-only one by loading the
+        base thinker (and codec) from the references in its config, then its own weights on top."""
+        config = kwargs.get("config")
+        if not isinstance(config, ConceptTalkerConfig):
+            hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            config = ConceptTalkerConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if getattr(config, "saved_weights", "full") != "trainable":
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return cls._from_trainable_checkpoint(str(pretrained_model_name_or_path), config, kwargs.get("dtype"))
+
+    @classmethod
+    def _from_trainable_checkpoint(cls, location: str, config: ConceptTalkerConfig, dtype=None):
+        import os
+
+        from safetensors.torch import load_file
+        from transformers.utils import cached_file
+
+        def resolve(reference: str | None) -> str | None:
+            if reference and not os.path.isabs(reference) and os.path.isdir(os.path.join(location, reference)):
+                return os.path.join(location, reference)
+            return reference
+
+        thinker_model = AutoModelForCausalLM.from_pretrained(resolve(config.thinker_name_or_path), dtype=dtype or torch.float32)
+        model = cls._assemble(config, thinker_model, resolve(config.codec_name_or_path))
+        weights = load_file(cached_file(location, "model.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        expected = model.trainable_state_keys()
+        if unexpected or set(weights) != expected:
+            raise ValueError(
+                f"{location} is a trainable-only checkpoint whose weights do not fit this model "
+                f"(missing {sorted(expected - set(weights))[:5]}, unexpected {sorted(unexpected)[:5]}): it was saved "
+                "for another configuration."
+            )
+        model.config.saved_weights = "full"
+        model.config.name_or_path = location
+        return model.eval()
 
     # ---- concepts ------------------------------------------------------------------------------------------
     def encode_audio(self, input_values: torch.Tensor, input_values_mask: torch.Tensor | None = None):
@@ -308,12 +402,6 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             return inputs_embeds
         concepts, concept_mask = self.get_concepts(input_audio_codes, input_audio_codes_mask)
         return self.merge_concepts(input_ids, inputs_embeds, concepts, concept_mask)
-
-    def concept_slots(self, num_samples: int) -> int:
-        """Concept slots the processor reserves for a clip of `num_samples` at the codec's rate."""
-        return count_concept_slots(
-            self.codec.num_frames(num_samples), self.config.window_frames, self.config.adapter_config.concepts_per_window
-        )
 
     # ---- the talker's view of the reply ------------------------------------------------------------------
     def reply_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor):

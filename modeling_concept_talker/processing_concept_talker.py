@@ -134,33 +134,39 @@ class ConceptTalkerProcessor(ProcessorMixin):
 
     def concept_slots(self, num_samples: int) -> int:
         """Concept slots for a clip of `num_samples` at the codec's rate."""
-        return count_concept_slots(count_frames(num_samples, self.hop_length), self.window_frames, self.concepts_per_window)
+        return self.concept_slots_for_frames(count_frames(num_samples, self.hop_length))
+
+    def concept_slots_for_frames(self, num_frames: int) -> int:
+        """Concept slots for a clip of `num_frames` codec frames (for precomputed codes)."""
+        return count_concept_slots(num_frames, self.window_frames, self.concepts_per_window)
 
     def prepare_audio(self, audio, sampling_rate, name: str = "audio") -> torch.Tensor:
         """One clip -> mono float32 `[samples]` at the codec's rate (checked, downmixed, resampled)."""
         return prepare_audio(audio, sampling_rate, self.sampling_rate, self.max_audio_seconds, name=name)
 
-    def expand_audio_placeholders(self, texts: list[str], clip_lengths: list[int]) -> list[str]:
-        """Replace the i-th `<|audio_pad|>` (in reading order across `texts`) by the slots of the i-th clip."""
+    def expand_audio_placeholders(self, texts: list[str], clip_frames: list[int]) -> list[str]:
+        """Replace the i-th `<|audio_pad|>` (in reading order across `texts`) by the slots of the i-th clip,
+        whose length is given in codec frames."""
         count = sum(text.count(AUDIO_TOKEN) for text in texts)
         if any(AUDIO_START_TOKEN in text for text in texts):
             raise ValueError(
                 f"The text already holds {AUDIO_START_TOKEN}: write one {AUDIO_TOKEN} per clip and let the processor "
                 "expand it."
             )
-        if count != len(clip_lengths):
+        if count != len(clip_frames):
             raise ValueError(
-                f"The text has {count} audio placeholder(s) ({AUDIO_TOKEN}) but {len(clip_lengths)} audio clip(s) were "
+                f"The text has {count} audio placeholder(s) ({AUDIO_TOKEN}) but {len(clip_frames)} audio clip(s) were "
                 f"given: put exactly one {AUDIO_TOKEN} in the text for each clip, in the order of the clips "
                 "(build_prompt and apply_chat_template do this)."
             )
-        lengths = iter(clip_lengths)
+        frames = iter(clip_frames)
         expanded = []
         for text in texts:
             pieces = text.split(AUDIO_TOKEN)
             out = [pieces[0]]
             for piece in pieces[1:]:
-                out.append(AUDIO_START_TOKEN + AUDIO_TOKEN * self.concept_slots(next(lengths)) + AUDIO_END_TOKEN + piece)
+                slots = self.concept_slots_for_frames(next(frames))
+                out.append(AUDIO_START_TOKEN + AUDIO_TOKEN * slots + AUDIO_END_TOKEN + piece)
             expanded.append("".join(out))
         return expanded
 
@@ -198,7 +204,7 @@ class ConceptTalkerProcessor(ProcessorMixin):
         else:
             clips = [audio]
         waves = [self.prepare_audio(clip, sampling_rate, name=f"audio clip {i}") for i, clip in enumerate(clips)]
-        texts = self.expand_audio_placeholders(texts, [w.numel() for w in waves])
+        texts = self.expand_audio_placeholders(texts, [count_frames(w.numel(), self.hop_length) for w in waves])
         encoded = self.tokenizer(
             texts,
             padding=padding,

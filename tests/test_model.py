@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,38 @@ def test_05b_preset_has_qwen25_05b_dimensions(capsys):
         print("\n0.5b preset parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items()))
     assert 493_000_000 < counts["thinker"] < 495_000_000  # Qwen2.5-0.5B: 494.0M
     assert counts["lora"] > 0
+
+
+def test_trainable_only_checkpoint_references_the_base_thinker(tmp_path, tiny_config, tiny_processor):
+    from transformers import Qwen2ForCausalLM
+
+    from configuration import load_preset
+
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(tiny_config.thinker_config)
+    base.save_pretrained(tmp_path / "thinker")
+    model = ConceptTalkerForConditionalGeneration._assemble(load_preset("tiny", thinker_name_or_path="thinker"), base, None)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    model.eval().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["saved_weights"] == "trainable" and saved["thinker_name_or_path"] == "thinker"
+    from safetensors.torch import load_file
+
+    keys = set(load_file(tmp_path / "model.safetensors"))
+    assert keys == model.trainable_state_keys()
+    assert not any(k.startswith("thinker.") and "lora_" not in k for k in keys)  # the base thinker is referenced
+
+    batch = make_batch(tiny_processor, model)
+    reloaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
+    model.save_merged(tmp_path / "merged")
+    merged = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path / "merged")
+    assert model.has_lora and reloaded.has_lora and not merged.has_lora
+    with torch.no_grad():
+        expected = model(**batch)
+        for other in (reloaded, merged):
+            out = other(**batch)
+            assert torch.allclose(out.loss, expected.loss, atol=1e-5)
+            assert torch.allclose(out.audio_logits, expected.audio_logits, atol=1e-4)
