@@ -96,15 +96,15 @@ class TalkerConfig(PreTrainedConfig):
 class LyraCodecConfig(PreTrainedConfig):
     r"""The Lyra v2 SoundStream codec (TFLite models run with `ai-edge-litert`).
 
+    The number of quantizers used is `ConceptTalkerConfig.codec_num_codebooks` (1..46; 8 = 1.6 kbps, 16 = 3.2 kbps).
+
     Args:
         model_dir (`str`): folder holding `soundstream_encoder.tflite`, `quantizer.tflite` and `lyragan.tflite`.
-        num_quantizers (`int`): residual quantizers used (1..46; 16 = 3.2 kbps).
     """
 
     model_type = "lyra_soundstream"
 
     model_dir: str | None = None
-    num_quantizers: int = 16
     sampling_rate: int = 16000
     hop_length: int = 320
     codebook_size: int = 16

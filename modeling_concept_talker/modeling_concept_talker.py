@@ -305,13 +305,23 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         return merged.save_pretrained(save_directory, trainable_only=False, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, codec_model_dir: str | None = None, **kwargs):
         """Load a checkpoint saved with `save_pretrained`: a full one as usual, a trainable-only one by loading the
-        base thinker (and codec) from the references in its config, then its own weights on top."""
+        base thinker (and codec) from the references in its config, then its own weights on top.
+
+        Args:
+            codec_model_dir: for a Lyra checkpoint, the folder of the Lyra TFLite models on this machine (the one
+                in the saved config is where they were when it was saved).
+        """
         config = kwargs.get("config")
         if not isinstance(config, ConceptTalkerConfig):
             hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
             config = ConceptTalkerConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if codec_model_dir is not None:
+            if config.codec_type != "lyra_soundstream":
+                raise ValueError(f"codec_model_dir is for Lyra checkpoints; this one uses the {config.codec_type} codec.")
+            config.codec_config.model_dir = str(codec_model_dir)
+            kwargs["config"] = config
         if getattr(config, "saved_weights", "full") != "trainable":
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         return cls._from_trainable_checkpoint(str(pretrained_model_name_or_path), config, kwargs.get("dtype"))
