@@ -351,6 +351,29 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
     yield ("done", [(tokens[row], talkers[row].all_frames()) for row in range(batch)])
 
 
+@torch.no_grad()
+def greedy_text(model, inputs: dict, max_new_tokens: int = 64) -> list[list[int]]:
+    """Reply text only (no talker): greedy tokens per row up to and including an end-of-reply token.
+
+    `inputs` are the processor's (left-padded for batches). Uses the same prefill and runner as spoken replies.
+    """
+    settings = SpokenGenerationConfig(thinker_max_new_tokens=max_new_tokens)
+    runner, logits, _ = prefill(model, inputs, settings)
+    end_ids = reply_end_ids(model)
+    rows = [[] for _ in range(logits.shape[0])]
+    done = [False] * len(rows)
+    for _ in range(max_new_tokens):
+        chosen = logits.argmax(-1)
+        for row, token in enumerate(chosen.tolist()):
+            if not done[row]:
+                rows[row].append(token)
+                done[row] = token in end_ids
+        if all(done):
+            break
+        logits, _ = runner.append(runner.embed(chosen[:, None]))
+    return rows
+
+
 def prefill(model, inputs: dict, settings: SpokenGenerationConfig):
     """Read a whole prompt (text + audio) into a new runner; returns the runner and the last logits and hidden."""
     input_ids = inputs["input_ids"]

@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(SUBCOMMANDS[command][0])
     module.add_arguments(parsers[command])
-    args = parser.parse_args(argv)
+    if getattr(module, "TAKES_OVERRIDES", False):
+        # `--some.key value` pairs that the subcommand does not declare are passed on as overrides (recipes).
+        args, overrides = parser.parse_known_args(argv)
+        args.overrides = overrides
+    else:
+        args = parser.parse_args(argv)
     return int(module.run(args) or 0)
 
 

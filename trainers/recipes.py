@@ -1,0 +1,152 @@
+"""Training recipes: YAML files in `configuration/`, overridden from the command line.
+
+    concept-talker train --recipe configuration/tiny.yaml --output_dir runs/tiny --stages.reply.max_steps 50
+
+A recipe has a fixed shape (`RECIPE_SCHEMA`); every key is checked when the run starts, so a typo fails at once
+with its name instead of being ignored. Each stage's settings are `transformers.TrainingArguments` fields (plus
+`enabled` and `learning_rate_adapter`), checked by building the `TrainingArguments`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import fields
+
+import yaml
+
+STAGES = ("text", "align", "reply")
+STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice"}
+
+# Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
+RECIPE_SCHEMA = {
+    "seed": 0,
+    "output_dir": None,
+    "model": {
+        "preset": "tiny",  # preset name or JSON file (configuration/model-*.json)
+        "overrides": {},  # ConceptTalkerConfig fields
+        "tokenizer": None,  # folder or Hub id; default: the offline Qwen2.5 copy, else the Hub
+        "thinker": None,  # a pretrained thinker (Hub id / folder): skips the text stage
+        "codec": None,  # a pretrained codec (Hub id / EnCodec folder / Lyra folder); default: the preset's
+        "dtype": "float32",
+    },
+    "data": {
+        "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
+        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0},
+    },
+    "stages": {name: None for name in STAGES},
+    "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "voice": False},
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the key and what to do."""
+
+
+def _merge(schema: dict, values: dict, path: str) -> dict:
+    merged = copy.deepcopy(schema)
+    for key, value in (values or {}).items():
+        where = f"{path}{key}"
+        if key not in schema:
+            raise RecipeError(f"Unknown recipe key '{where}'. Known keys here: {', '.join(sorted(schema))}.")
+        if isinstance(schema[key], dict) and schema[key] and key != "overrides":
+            if not isinstance(value, dict):
+                raise RecipeError(f"Recipe key '{where}' holds settings: give a mapping, got {value!r}.")
+            merged[key] = _merge(schema[key], value, where + ".")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse_value(text: str):
+    """A command-line value as YAML would read it: numbers, booleans, null, lists; else the string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
+    """Apply `--dotted.key value` pairs (also `--key=value`) to a raw recipe mapping."""
+    recipe = copy.deepcopy(recipe)
+    items = list(overrides)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--"):
+            raise RecipeError(f"Expected an override like --stages.reply.max_steps 10, got {flag!r}.")
+        key, eq, value = flag[2:].partition("=")
+        if not eq:
+            if not items or items[0].startswith("--"):
+                raise RecipeError(f"Override --{key} has no value: write --{key} VALUE.")
+            value = items.pop(0)
+        node = recipe
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"Override --{key}: '{part}' is not a group of settings.")
+        node[parts[-1]] = _parse_value(value)
+    return recipe
+
+
+def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
+    """Read a recipe file, apply overrides, fill defaults and check every key. Returns the resolved mapping."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"No recipe file {path!r}: pass one of configuration/*.yaml or your own.")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path} must hold a mapping of settings.")
+    raw = apply_overrides(raw, overrides or [])
+    recipe = _merge(RECIPE_SCHEMA, raw, "")
+    recipe["recipe_path"] = os.path.abspath(path)
+    for name in STAGES:
+        stage = recipe["stages"].get(name) or {}
+        if not isinstance(stage, dict):
+            raise RecipeError(f"stages.{name} must be a mapping of TrainingArguments fields.")
+        check_stage(name, stage)
+        recipe["stages"][name] = stage
+    if recipe["model"]["dtype"] not in ("float32", "bfloat16"):
+        raise RecipeError(f"model.dtype must be float32 or bfloat16, got {recipe['model']['dtype']!r}.")
+    return recipe
+
+
+def training_argument_names() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in fields(TrainingArguments) if f.init}
+
+
+def check_stage(name: str, stage: dict) -> None:
+    known = training_argument_names() | STAGE_EXTRA_KEYS
+    unknown = sorted(set(stage) - known)
+    if unknown:
+        raise RecipeError(
+            f"Unknown setting(s) {unknown} in stages.{name}: a stage takes transformers TrainingArguments fields "
+            f"and {sorted(STAGE_EXTRA_KEYS)}."
+        )
+    if "output_dir" in stage:
+        raise RecipeError(f"stages.{name}.output_dir is set by the run (<output_dir>/{name}): remove it.")
+
+
+def training_arguments(stage: dict, output_dir: str, seed: int, **extra):
+    """`TrainingArguments` of a stage (its extra keys removed), writing under `output_dir`."""
+    from transformers import TrainingArguments
+
+    values = {k: v for k, v in stage.items() if k not in STAGE_EXTRA_KEYS}
+    values.update(extra)
+    values.setdefault("seed", seed)
+    values.setdefault("data_seed", seed)
+    try:
+        return TrainingArguments(output_dir=output_dir, **values)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"Stage settings for {output_dir} are not valid TrainingArguments: {err}") from err
+
+
+def save_recipe(recipe: dict, path: str) -> None:
+    """Write the resolved recipe (what actually ran) as YAML."""
+    with open(path, "w") as f:
+        yaml.safe_dump(recipe, f, sort_keys=False)

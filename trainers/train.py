@@ -1,0 +1,360 @@
+"""`concept-talker train`: a whole recipe, from data to an evaluated model.
+
+    concept-talker train --recipe configuration/tiny.yaml --output_dir runs/tiny [--resume] [--key value ...]
+
+    data     synthesise the dataset with the model's codec (or use `data.path`)        <out>/data
+    text     stage 0, the thinker learns the dialogue text (skipped with a pretrained thinker)
+    align    stage 1, the concept adapter learns to make the frozen thinker transcribe the audio
+    reply    stage 2, the thinker's LoRA learns the replies, the talker their audio
+    final    a self-contained checkpoint: trainable weights, the base thinker it refers to, processor, recipe
+    eval     held-out voices and items -> <out>/eval_results.json; loss curves -> <out>/loss_curves.png
+
+Each stage writes `<out>/<stage>/model` (renamed into place when complete) and keeps Trainer checkpoints; with
+`--resume` finished stages are skipped and an interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+
+logger = logging.getLogger("concept_talker.train")
+
+STAGE_TRAINERS = {"text": "ThinkerTextTrainer", "align": "AlignmentTrainer", "reply": "SpokenReplyTrainer"}
+STAGE_TASKS = {"text": "text", "align": "transcribe", "reply": "reply"}
+REQUIRED_COLUMNS = {
+    "text": ("id", "question_text", "reply_text", "instruction"),
+    "align": ("question_text", "question_codes"),
+    "reply": ("reply_text", "question_codes", "reply_codes", "instruction"),
+}
+RUN_FILE = "run.json"
+TAKES_OVERRIDES = True  # trainers.cli passes undeclared `--key value` pairs as recipe overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe file, e.g. configuration/tiny.yaml")
+    parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="where the run writes everything")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output_dir where it stopped")
+    parser.epilog = "Any other --dotted.key VALUE overrides the recipe, e.g. --stages.reply.max_steps 50 --data.synth.n 500"
+
+
+class TrainingRun:
+    """One run of a recipe into `output_dir`."""
+
+    def __init__(self, recipe: dict, output_dir: str, resume: bool = False):
+        self.recipe = recipe
+        self.output_dir = os.path.abspath(output_dir)
+        self.resume = resume
+        self.model_spec = recipe["model"]
+        self.processor = None
+        self._prepare_output_dir()
+
+    # ---- the output folder ----------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.output_dir, *parts)
+
+    def _prepare_output_dir(self) -> None:
+        from trainers.recipes import save_recipe
+
+        run_file = self.path(RUN_FILE)
+        if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not self.resume:
+            raise SystemExit(
+                f"{self.output_dir} already holds a run: pass --resume to continue it, or choose another --output_dir."
+            )
+        if self.resume and not os.path.isfile(run_file):
+            raise SystemExit(f"Nothing to resume in {self.output_dir} (no {RUN_FILE}): start the run without --resume.")
+        os.makedirs(self.output_dir, exist_ok=True)
+        if self.resume:
+            with open(run_file) as f:
+                previous = json.load(f)["recipe"]
+            changed = _changed_keys(previous, self.recipe)
+            if changed:
+                raise SystemExit(
+                    f"--resume with a different recipe ({', '.join(changed[:5])} changed): a resumed run must be the "
+                    "same run. Start a new --output_dir instead."
+                )
+        else:
+            _write_json(run_file, {"recipe": self.recipe})
+        save_recipe(self.recipe, self.path("training_recipe.yaml"))
+
+    # ---- data ----------------------------------------------------------------------------------------------------
+    def data(self, config):
+        """The dataset (synthesised into <out>/data unless `data.path` is given), checked against the model."""
+        from datasets import load_from_disk
+
+        path = self.recipe["data"]["path"]
+        if path is None:
+            path = self.path("data")
+            if not os.path.isdir(path):
+                self._synthesise(path, config)
+        if not os.path.isdir(path):
+            raise SystemExit(f"data.path {path!r} is not a dataset folder (made by concept-talker synth).")
+        dataset = load_from_disk(path)
+        self.data_path = path
+        for split in ("train", "validation", "test"):
+            if split not in dataset:
+                raise SystemExit(f"The dataset at {path} has no '{split}' split: rebuild it with concept-talker synth.")
+        return dataset
+
+    def _synthesise(self, path: str, config) -> None:
+        from trainers.synth import SynthConfig, build_synthetic_dataset
+
+        synth = self.recipe["data"]["synth"]
+        codec = self.codec_spec(config)
+        synth_config = SynthConfig(
+            num_rows=int(synth["n"]), seed=int(synth["seed"]), codec=codec,
+            num_codebooks=config.codec_num_codebooks, voices=synth["voices"], audio_columns=(),
+        )
+        logger.info("Synthesising %d rows with the %s codec into %s", synth_config.num_rows, codec, path)
+        build_synthetic_dataset(synth_config, path, num_proc=int(synth["num_proc"]))
+
+    def codec_spec(self, config) -> str:
+        """What makes the data's codes: the recipe's pretrained codec, the Lyra folder, or the preset's codec."""
+        if self.model_spec["codec"]:
+            return self.model_spec["codec"]
+        if config.codec_type == "lyra_soundstream":
+            if not config.codec_config.model_dir:
+                raise SystemExit(
+                    "The model uses the Lyra codec but no folder was given: set "
+                    "model.overrides.codec_config.model_dir (or --model.codec) to the Lyra SoundStream folder."
+                )
+            return config.codec_config.model_dir
+        return self.model_spec["preset"]
+
+    def check_columns(self, dataset, stage: str, voice: bool) -> None:
+        needed = list(REQUIRED_COLUMNS[stage]) + (["reference_codes"] if voice else [])
+        missing = [c for c in needed if c not in dataset["train"].column_names]
+        if missing:
+            raise SystemExit(
+                f"The dataset at {self.data_path} lacks the column(s) {missing} that stage '{stage}' needs: make it "
+                "with concept-talker synth (recordings loaded from LJSpeech have no replies: use them for 'align')."
+            )
+
+    # ---- the model ---------------------------------------------------------------------------------------------
+    def config(self):
+        from configuration import load_preset
+
+        return load_preset(self.model_spec["preset"], **(self.model_spec["overrides"] or {}))
+
+    def new_model(self, config):
+        import torch
+
+        from modeling_concept_talker import ConceptTalkerForConditionalGeneration
+
+        torch.manual_seed(self.recipe["seed"])
+        if self.model_spec["thinker"]:
+            fields = {k: v for k, v in config.to_dict().items()
+                      if k in ("adapter_config", "talker_config", "codec_num_codebooks", "max_audio_seconds")}
+            fields["talker_config"] = {k: v for k, v in fields["talker_config"].items()
+                                       if k not in ("num_codebooks", "codebook_size")}
+            model = ConceptTalkerForConditionalGeneration.from_pretrained_parts(
+                thinker=self.model_spec["thinker"], codec=self.model_spec["codec"] or "facebook/encodec_24khz",
+                lora_r=config.lora_r, lora_alpha=config.lora_alpha, **fields,
+            )
+        else:
+            model = ConceptTalkerForConditionalGeneration(config)
+        return model
+
+    def match_codec(self, model) -> None:
+        """Give the model the codec that made the dataset's codes, and refuse data made by another codec."""
+        from trainers.codecs import resolve_codec
+        from trainers.synth import check_dataset_codec
+
+        data_codec = resolve_codec(self.data_path, model.config.codec_num_codebooks)
+        if list(data_codec.state_dict()):
+            model.codec.load_state_dict(data_codec.state_dict())
+        try:
+            check_dataset_codec(self.data_path, model.codec)
+        except ValueError as err:
+            raise SystemExit(f"The dataset at {self.data_path} does not fit this model's codec: {err}") from err
+
+    def load_processor(self, config):
+        from modeling_concept_talker import ConceptTalkerProcessor
+        from trainers.loading import default_tokenizer
+
+        tokenizer = self.model_spec["tokenizer"] or self.model_spec["thinker"] or default_tokenizer()
+        return ConceptTalkerProcessor.from_config(config, tokenizer)
+
+    # ---- stages --------------------------------------------------------------------------------------------------
+    def stage_done(self, stage: str) -> bool:
+        return os.path.isfile(self.path(stage, "model", "config.json"))
+
+    def run_stage(self, stage: str, model, dataset):
+        import trainers.trainer as trainer_module
+        from trainers.collators import SpokenTurnCollator
+        from trainers.recipes import training_arguments
+
+        settings = self.recipe["stages"][stage]
+        voice = bool(settings.get("voice", False))
+        self.check_columns(dataset, stage, voice)
+        stage_dir = self.path(stage)
+        args = training_arguments(
+            settings, stage_dir, self.recipe["seed"],
+            remove_unused_columns=False, report_to=settings.get("report_to", "none"),
+        )
+        train = dataset["train"]
+        if settings.get("max_train_examples"):
+            train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
+        collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config.codec_num_codebooks, voice=voice)
+        trainer_class = getattr(trainer_module, STAGE_TRAINERS[stage])
+        trainer = trainer_class(
+            model=model, args=args, train_dataset=train, eval_dataset=dataset["validation"],
+            data_collator=collator, processing_class=self.processor.tokenizer,
+            adapter_learning_rate=settings.get("adapter_learning_rate"),
+        )
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = get_last_checkpoint(stage_dir) if self.resume and os.path.isdir(stage_dir) else None
+        logger.info("Stage %s: %s%s", stage, trainer_class.__name__, f" resuming from {checkpoint}" if checkpoint else "")
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        if trainer.args.should_save:
+            _write_json(os.path.join(stage_dir, "log_history.json"), trainer.state.log_history)
+            _write_json(os.path.join(stage_dir, "train_result.json"), result.metrics)
+        return trainer
+
+    def save_stage_model(self, stage: str, model) -> None:
+        """<out>/<stage>/model, written beside and renamed into place. The text stage also writes the thinker it
+        trained (<out>/text/thinker), which later checkpoints refer to instead of copying."""
+        if stage == "text":
+            _save_atomically(model.save_base_thinker, self.path("text", "thinker"))
+            model.config.thinker_name_or_path = self.path("text", "thinker")
+        _save_atomically(lambda d: model.save_pretrained(d), self.path(stage, "model"))
+
+    def load_stage_model(self, stage: str):
+        from modeling_concept_talker import ConceptTalkerForConditionalGeneration
+
+        return ConceptTalkerForConditionalGeneration.from_pretrained(self.path(stage, "model"))
+
+    # ---- the whole run -------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from transformers import set_seed
+
+        set_seed(self.recipe["seed"])
+        config = self.config()
+        self.processor = self.load_processor(config)
+        dataset = self.data(config)
+        stages = [s for s in ("text", "align", "reply") if self.recipe["stages"][s].get("enabled", True)]
+        if self.model_spec["thinker"] and "text" in stages:
+            stages.remove("text")  # a pretrained thinker already reads and writes text
+        model = None
+        for index, stage in enumerate(stages):
+            if self.stage_done(stage):
+                logger.info("Stage %s is done (%s): skipping it", stage, self.path(stage, "model"))
+                continue
+            if model is None:
+                previous = [s for s in stages[:index] if self.stage_done(s)]
+                model = self.load_stage_model(previous[-1]) if previous else self.new_model(config)
+                self.match_codec(model)
+            model.train()
+            self.run_stage(stage, model, dataset)
+            self.save_stage_model(stage, model)
+        if model is None:
+            model = self.load_stage_model(stages[-1])
+        final = self.save_final(model)
+        results = self.evaluate(final, dataset)
+        self.plot(stages)
+        return results
+
+    def save_final(self, model) -> str:
+        """<out>/final: the trained model, self-contained (its base thinker inside, referred to relatively)."""
+        final = self.path("final")
+
+        def write(directory: str) -> None:
+            reference = model.config.thinker_name_or_path
+            if reference and os.path.isdir(reference) and model.has_lora:
+                shutil.copytree(reference, os.path.join(directory, "thinker"))
+                model.config.thinker_name_or_path = "thinker"
+                try:
+                    model.save_pretrained(directory)
+                finally:
+                    model.config.thinker_name_or_path = reference
+            else:
+                model.save_pretrained(directory)
+            self.processor.save_pretrained(directory)
+            shutil.copy(self.path("training_recipe.yaml"), os.path.join(directory, "training_recipe.yaml"))
+
+        _save_atomically(write, final, replace=True)
+        return final
+
+    def evaluate(self, final: str, dataset) -> dict:
+        from trainers.evaluation import evaluate_model
+
+        results = evaluate_model(final, dataset["test"], self.recipe["eval"], processor=self.processor)
+        results["recipe"] = os.path.relpath(self.recipe["recipe_path"], os.getcwd())
+        _write_json(self.path("eval_results.json"), results)
+        shutil.copy(self.path("eval_results.json"), os.path.join(final, "eval_results.json"))
+        return results
+
+    def plot(self, stages: list[str]) -> None:
+        from trainers.evaluation import plot_loss_curves
+
+        histories = {}
+        for stage in stages:
+            history_file = self.path(stage, "log_history.json")
+            if os.path.isfile(history_file):
+                with open(history_file) as f:
+                    histories[stage] = json.load(f)
+        if histories:
+            plot_loss_curves(histories, self.path("loss_curves.png"))
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed = []
+        for key in sorted(set(old) | set(new)):
+            if key in ("output_dir", "recipe_path"):
+                continue
+            changed += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return changed
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _write_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def _save_atomically(write, directory: str, replace: bool = False) -> None:
+    """Run `write(tmp_dir)`, then rename `tmp_dir` to `directory`: it is either absent or complete."""
+    tmp = directory + ".tmp"
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    write(tmp)
+    if os.path.isdir(directory):
+        if not replace:
+            shutil.rmtree(tmp)
+            raise FileExistsError(f"{directory} exists already")
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+
+
+def run(args) -> int:
+    from trainers.recipes import RecipeError, load_recipe
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    overrides = [o for o in getattr(args, "overrides", []) if o != "--"]
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+    except RecipeError as err:
+        raise SystemExit(f"Recipe error: {err}") from err
+    output_dir = args.output_dir or recipe["output_dir"]
+    if not output_dir:
+        raise SystemExit("Give --output_dir (or output_dir in the recipe).")
+    recipe["output_dir"] = os.path.abspath(output_dir)
+    results = TrainingRun(recipe, output_dir, resume=args.resume).run()
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser(prog="concept-talker train")
+    add_arguments(parser)
+    known, extra = parser.parse_known_args()
+    known.overrides = extra
+    sys.exit(run(known))
