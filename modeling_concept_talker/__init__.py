@@ -14,6 +14,7 @@ from .modeling_concept_talker import (
     ConceptTalkerOutput,
     ConceptTalkerPreTrainedModel,
 )
+from .pipeline_concept_talker import PIPELINE_TASK, ConceptTalkerPipeline
 from .processing_concept_talker import DEFAULT_SYSTEM_PROMPT, ConceptTalkerProcessor, build_prompt
 
 def _register_auto_classes() -> None:
@@ -37,8 +38,10 @@ __all__ = [
     "ConceptTalkerConfig",
     "ConceptTalkerForConditionalGeneration",
     "ConceptTalkerOutput",
+    "ConceptTalkerPipeline",
     "ConceptTalkerPreTrainedModel",
     "ConceptTalkerProcessor",
+    "PIPELINE_TASK",
     "DEFAULT_SYSTEM_PROMPT",
     "build_prompt",
     "LyraCodecConfig",

@@ -13,12 +13,61 @@ The parts nest as in Qwen2.5-Omni: each role has its own config, stored inside t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 # Bumped whenever a saved config can no longer be read by this code without a change of meaning.
 CONFIG_FORMAT_VERSION = 1
+# The concept-talker release that first wrote each format version (for error messages).
+CONFIG_FORMAT_RELEASES = {1: "0.1.0"}
+# When the format changes, CONFIG_MIGRATIONS[v] turns a saved version-v config dict into a version v + 1 dict, so that
+# older checkpoints keep loading; a version with no path up to CONFIG_FORMAT_VERSION fails with a message saying which
+# release reads it.
+CONFIG_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+class ConfigFormatError(ValueError):
+    """A saved config whose format version this code cannot read; the message says what can."""
+
+
+def migrate_config_dict(config_dict: dict) -> dict:
+    """Bring a saved `ConceptTalkerConfig` dict to `CONFIG_FORMAT_VERSION`, or raise a `ConfigFormatError`.
+
+    A dict without `config_format_version` was not written by `save_pretrained` (a preset, or written by hand) and is
+    read as the current format.
+    """
+    version = config_dict.get("config_format_version", CONFIG_FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ConfigFormatError(
+            f"config_format_version must be a whole number, got {version!r}: the config.json was edited or damaged; "
+            f"this code writes version {CONFIG_FORMAT_VERSION}."
+        )
+    if version > CONFIG_FORMAT_VERSION:
+        raise ConfigFormatError(
+            f"This checkpoint's config has format version {version}, but this code reads versions up to "
+            f"{CONFIG_FORMAT_VERSION}. Load it with the code saved next to its weights "
+            "(AutoModel.from_pretrained(..., trust_remote_code=True)), or upgrade: pip install -U concept-talker."
+        )
+    if version == CONFIG_FORMAT_VERSION:
+        return config_dict
+    config_dict = dict(config_dict)
+    start = version
+    while version < CONFIG_FORMAT_VERSION:
+        if version not in CONFIG_MIGRATIONS:
+            release = CONFIG_FORMAT_RELEASES.get(start)
+            needs = f"concept-talker=={release}" if release else f"a concept-talker release that writes format {start}"
+            raise ConfigFormatError(
+                f"This checkpoint's config has format version {start}, which this code (format "
+                f"{CONFIG_FORMAT_VERSION}) cannot convert: there is no migration from version {version}. Load it with "
+                f"{needs} (pip install '{needs}'), or with the code saved next to its weights "
+                "(AutoModel.from_pretrained(..., trust_remote_code=True))."
+            )
+        config_dict = CONFIG_MIGRATIONS[version](dict(config_dict))
+        version += 1
+        config_dict["config_format_version"] = version
+    return config_dict
 
 AUDIO_START_TOKEN = "<|audio_start|>"
 AUDIO_TOKEN = "<|audio_pad|>"
@@ -171,6 +220,11 @@ class ConceptTalkerConfig(PreTrainedConfig):
     saved_weights: str = "full"
     config_format_version: int = CONFIG_FORMAT_VERSION
     tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Read a saved config, migrating an older format version first (see `migrate_config_dict`)."""
+        return super().from_dict(migrate_config_dict(config_dict), **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

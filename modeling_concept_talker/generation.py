@@ -272,7 +272,8 @@ def reply_end_ids(model) -> set[int]:
 
 @torch.no_grad()
 def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tensor, settings: SpokenGenerationConfig,
-                        style_embeds: torch.Tensor | None = None, decode_stream: bool = True):
+                        style_embeds: torch.Tensor | None = None, decode_stream: bool = True,
+                        reply_tokens: list[list[int]] | None = None):
     """The generation loop, as a generator of events, after the prompt has been read by `runner`.
 
     Args:
@@ -280,6 +281,8 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
             those of the prompt's last position.
         style_embeds: `[batch, p, hidden]` reference-voice concepts for the talker, or None.
         decode_stream: decode audio chunk by chunk (for streaming) rather than leave decoding to the caller.
+        reply_tokens: per row, reply text to speak instead of what the thinker would choose (the thinker still
+            reads it, so the talker gets the states it was trained on); an end-of-reply token is added if missing.
 
     Yields:
         `("audio", AudioChunk)` as frames complete (when `decode_stream`), and finally `("done", rows)` where rows
@@ -300,6 +303,11 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
     pad_id = pad_id if pad_id is not None else min(end_ids)
     embed = model.get_input_embeddings()
     last_hidden = hidden
+    if reply_tokens is not None:
+        if len(reply_tokens) != batch:
+            raise ValueError(f"reply_token_ids has {len(reply_tokens)} rows for a batch of {batch}.")
+        reply_tokens = [list(map(int, row)) + ([] if row and int(row[-1]) in end_ids else [min(end_ids)])
+                        for row in reply_tokens]
 
     def audio_events():
         """Every block the talkers can write now, each decoded into a chunk as soon as it is written."""
@@ -320,8 +328,12 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
     for _ in range(settings.thinker_max_new_tokens):
         if all(text_done):
             break
-        chosen = choose_tokens(logits, settings.thinker_do_sample, settings.thinker_temperature,
-                               settings.thinker_top_k, settings.thinker_top_p, generator)
+        if reply_tokens is None:
+            chosen = choose_tokens(logits, settings.thinker_do_sample, settings.thinker_temperature,
+                                   settings.thinker_top_k, settings.thinker_top_p, generator)
+        else:
+            step = len(max(tokens, key=len))
+            chosen = torch.tensor([row[min(step, len(row) - 1)] for row in reply_tokens], device=logits.device)
         token_embeds = embed(chosen)
         for row in range(batch):
             if text_done[row]:
@@ -479,7 +491,7 @@ class ReplyTimer:
 
 
 def run_spoken_reply(model, runner, logits, hidden, settings, style_embeds=None, streamer=None,
-                     timer: ReplyTimer | None = None) -> SpokenReply | None:
+                     timer: ReplyTimer | None = None, reply_tokens=None) -> SpokenReply | None:
     """Drive `spoken_reply_events` to the end and return the `SpokenReply`.
 
     With a `streamer`, audio is decoded chunk by chunk and handed to it as it is made, and the returned waveforms
@@ -491,7 +503,8 @@ def run_spoken_reply(model, runner, logits, hidden, settings, style_embeds=None,
     chunks: dict[int, list[np.ndarray]] = {}
     rows = None
     try:
-        for kind, payload in spoken_reply_events(model, runner, logits, hidden, settings, style_embeds, streaming):
+        for kind, payload in spoken_reply_events(model, runner, logits, hidden, settings, style_embeds, streaming,
+                                                 reply_tokens):
             if kind == "audio":
                 timer.audio(payload.duration)
                 chunks.setdefault(payload.row, []).append(payload.samples)

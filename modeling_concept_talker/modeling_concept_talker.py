@@ -162,21 +162,36 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             setattr(parent, child, module.get_base_layer())
         self.config.lora_r = 0
 
+    def base_thinker_state_dict(self) -> dict[str, torch.Tensor]:
+        """The thinker's own weights under plain Qwen2 names: LoRA adapters left out, not merged."""
+        state = {}
+        for name, tensor in self.thinker.state_dict().items():
+            if "lora_" not in name:
+                state[name.replace(".base_layer.", ".")] = tensor
+        return state
+
+    def save_base_thinker(self, save_directory) -> None:
+        """Save the thinker without its LoRA adapters as a plain causal-LM checkpoint (e.g. the thinker that the
+        tiny recipe's text stage trains, which later checkpoints refer to)."""
+        self.thinker.save_pretrained(save_directory, state_dict=self.base_thinker_state_dict())
+
     def set_trainable(self, concept_adapter: bool = True, thinker: str = "lora", talker: bool = True) -> None:
         """Choose what trains. The codec never does.
 
         Args:
             concept_adapter: train the concept adapter.
-            thinker: `"lora"` (only the LoRA weights), `"full"` (every thinker weight) or `"frozen"`.
+            thinker: `"lora"` (only the LoRA weights), `"base"` (every weight but LoRA's, which stay as they are),
+                `"full"` (every thinker weight) or `"frozen"`.
             talker: train the talker.
         """
-        if thinker not in ("lora", "full", "frozen"):
-            raise ValueError(f"thinker must be 'lora', 'full' or 'frozen', got {thinker!r}.")
+        if thinker not in ("lora", "base", "full", "frozen"):
+            raise ValueError(f"thinker must be 'lora', 'base', 'full' or 'frozen', got {thinker!r}.")
         self.codec.requires_grad_(False)
         self.concept_adapter.requires_grad_(concept_adapter)
         self.talker.requires_grad_(talker)
         for name, parameter in self.thinker.named_parameters():
-            parameter.requires_grad_(thinker == "full" or (thinker == "lora" and "lora_" in name))
+            is_lora = "lora_" in name
+            parameter.requires_grad_(thinker == "full" or (thinker == "lora" and is_lora) or (thinker == "base" and not is_lora))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.thinker.get_input_embeddings()
@@ -257,6 +272,11 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         return model
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
+    # `from_pretrained` arguments that also apply to the base thinker and codec a trainable-only checkpoint refers to.
+    _HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
+    # Weight files read with pickle, which can run arbitrary code when loaded.
+    _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
     def trainable_state_keys(self) -> set[str]:
         """Weights a trainable-only checkpoint holds: concept adapter, talker, LoRA, and the codec's own weights
         unless `config.codec_name_or_path` can reload them."""
@@ -270,13 +290,21 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
 
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, trainable_only: bool | None = None,
                         **kwargs):
-        """Save the config and weights (safetensors).
+        """Save the config, the weights (safetensors) and the remote code (model, processor and pipeline files).
+
+        The config names the `speech-to-speech` pipeline under `custom_pipelines`, so
+        `pipeline(model=folder_or_repo, trust_remote_code=True)` works without this package.
 
         Args:
             trainable_only: save only the trained parts (see `trainable_state_keys`) with references to the base
                 thinker and codec. Default: yes when the config names the base thinker (`thinker_name_or_path`)
                 and the thinker has LoRA adapters, else every weight. Use `save_merged` for an export.
+            push_to_hub: after saving, upload with [`push_to_hub`] (card, processor and base thinker included).
         """
+        from .pipeline_concept_talker import custom_pipelines_entry
+
+        push = kwargs.pop("push_to_hub", False)
+        push_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "private", "commit_message") if k in kwargs}
         if trainable_only is None:
             trainable_only = bool(self.config.thinker_name_or_path) and self.has_lora
         if trainable_only and not self.config.thinker_name_or_path:
@@ -290,10 +318,17 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             state_dict = {k: v for k, v in state_dict.items() if k in keep}
         previous = self.config.saved_weights
         self.config.saved_weights = "trainable" if trainable_only else "full"
+        self.config.custom_pipelines = custom_pipelines_entry()
         try:
-            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+            saved = super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         finally:
             self.config.saved_weights = previous
+        if push:
+            import os
+
+            repo_id = push_kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **push_kwargs)
+        return saved
 
     def save_merged(self, save_directory, **kwargs):
         """Export: every weight, LoRA folded into the thinker (`lora_r=0` in the saved config). The model in memory
@@ -304,43 +339,175 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         merged.merge_lora()
         return merged.save_pretrained(save_directory, trainable_only=False, **kwargs)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, codec_model_dir: str | None = None, **kwargs):
-        """Load a checkpoint saved with `save_pretrained`: a full one as usual, a trainable-only one by loading the
-        base thinker (and codec) from the references in its config, then its own weights on top.
+    def push_to_hub(self, repo_id: str, *, processor=None, merged: bool = False, private: bool | None = None,
+                    token: str | bool | None = None, commit_message: str | None = None, revision: str | None = None,
+                    create_pr: bool = False, dry_run: str | None = None, **card_kwargs):
+        """Upload the model as a complete Hub repository that loads with `trust_remote_code=True` anywhere.
+
+        The repository holds the config, safetensors weights (trainable-only, with the base thinker included under
+        `thinker/` when it is a local folder; or every weight with LoRA merged, `merged=True`), the processor and
+        tokenizer, the remote code and a model card. The same as `concept-talker push`; needs the concept-talker
+        package (for the card), not only the remote code.
 
         Args:
-            codec_model_dir: for a Lyra checkpoint, the folder of the Lyra TFLite models on this machine (the one
-                in the saved config is where they were when it was saved).
+            processor: the [`ConceptTalkerProcessor`] to ship (default: one built from the config and the Qwen2.5
+                tokenizer).
+            dry_run: a folder: write every file that would be uploaded there instead of uploading.
+            card_kwargs: see `trainers.push.stage_repository` (`eval_results`, `recipe`, `license`, `datasets`, ...).
+
+        Returns:
+            The commit info (its `commit_url`), or with `dry_run` the staged repository (`.folder`, `.files` as
+            (path in repo, bytes), `.kind`).
         """
-        config = kwargs.get("config")
-        if not isinstance(config, ConceptTalkerConfig):
-            hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-            config = ConceptTalkerConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        if codec_model_dir is not None:
-            if config.codec_type != "lyra_soundstream":
-                raise ValueError(f"codec_model_dir is for Lyra checkpoints; this one uses the {config.codec_type} codec.")
-            config.codec_config.model_dir = str(codec_model_dir)
-            kwargs["config"] = config
-        if getattr(config, "saved_weights", "full") != "trainable":
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        return cls._from_trainable_checkpoint(str(pretrained_model_name_or_path), config, kwargs.get("dtype"))
+        try:
+            from trainers.push import push_model
+        except ImportError as err:
+            raise ImportError(
+                "push_to_hub stages the repository and writes its model card with the concept-talker package, "
+                "which is not importable here: pip install concept-talker, then push again."
+            ) from err
+        return push_model(
+            self, repo_id, processor=processor, merged=merged, private=private, token=token,
+            commit_message=commit_message, revision=revision, create_pr=create_pr, dry_run=dry_run, **card_kwargs,
+        )
 
     @classmethod
-    def _from_trainable_checkpoint(cls, location: str, config: ConceptTalkerConfig, dtype=None):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, codec_model_dir: str | None = None,
+                        allow_pickle: bool = False, thinker_name_or_path: str | None = None,
+                        codec_name_or_path: str | None = None, **kwargs):
+        """Load a checkpoint saved with `save_pretrained`, from a folder or a Hub repo.
+
+        A full checkpoint loads as usual; a trainable-only one loads the base thinker (and codec) from the references
+        in its config, then its own weights on top. A relative reference names a folder inside the checkpoint (a
+        pushed repo keeps a locally trained base thinker in `thinker/`): it is found in a local folder, or downloaded
+        from the same Hub repo (and revision).
+
+        Only safetensors weights are read. Pickled weights (`.bin`, `.pt`) can run arbitrary code while they load,
+        so a checkpoint (or base thinker) that has only those is refused unless `allow_pickle=True`.
+
+        Args:
+            codec_model_dir: for a Lyra checkpoint, the folder of the Lyra TFLite models on this machine (default:
+                the checkpoint's own `codec/` folder when it has one, else the folder in the saved config).
+            allow_pickle: accept pickled weights where no safetensors exist. Only for checkpoints you trust.
+            thinker_name_or_path, codec_name_or_path: where the base thinker / codec of a trainable-only checkpoint
+                is (Hub id or folder), instead of the references saved in its config.
+            kwargs: `from_pretrained` arguments (`revision`, `token`, `subfolder`, `dtype`, ...; the Hub ones apply
+                to the base thinker too), and config fields to override (`max_audio_seconds=10.0`).
+        """
+        import os
+
+        from transformers import PreTrainedConfig
+
+        location = str(pretrained_model_name_or_path)
+        subfolder = kwargs.get("subfolder") or ""
+        hub_kwargs = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
+        if kwargs.get("use_safetensors") is False and not allow_pickle:
+            raise ValueError(
+                "use_safetensors=False reads pickled weights, which can run arbitrary code: pass allow_pickle=True "
+                "as well if you trust this checkpoint."
+            )
+        config = kwargs.get("config")
+        if isinstance(config, str | os.PathLike):
+            config = ConceptTalkerConfig.from_pretrained(config, **hub_kwargs)
+        elif isinstance(config, PreTrainedConfig) and not isinstance(config, ConceptTalkerConfig):
+            config = ConceptTalkerConfig.from_dict(config.to_dict())  # the same config, from another copy of the code
+        elif config is None:
+            config = ConceptTalkerConfig.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
+            # Config fields given as keywords (`from_pretrained(path, max_audio_seconds=10.0)`) override the saved ones.
+            fixed = {"thinker_config", "codec_config", "adapter_config", "talker_config", "saved_weights",
+                     "config_format_version"}
+            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in ConceptTalkerConfig.__annotations__
+                         and k not in fixed}
+            if overrides:
+                for name, value in overrides.items():
+                    setattr(config, name, value)
+                config.validate_parts()
+        if thinker_name_or_path is not None:
+            config.thinker_name_or_path = str(thinker_name_or_path)
+        if codec_name_or_path is not None:
+            config.codec_name_or_path = str(codec_name_or_path)
+        if codec_model_dir is not None and config.codec_type != "lyra_soundstream":
+            raise ValueError(f"codec_model_dir is for Lyra checkpoints; this one uses the {config.codec_type} codec.")
+        if config.codec_type == "lyra_soundstream":
+            inside = cls._checkpoint_folder(location, subfolder, config.codec_config.model_dir, hub_kwargs)
+            model_dir = codec_model_dir or inside
+            if model_dir is not None:
+                config.codec_config.model_dir = str(model_dir)
+        kwargs["config"] = config
+        if getattr(config, "saved_weights", "full") != "trainable":
+            pickled = cls._pickled_weight_files(location, subfolder, hub_kwargs)
+            if pickled and not allow_pickle:
+                raise cls._pickle_refusal("This checkpoint", location, pickled)
+            if not allow_pickle:
+                kwargs["use_safetensors"] = True
+            return super().from_pretrained(location, *args, **kwargs)
+        return cls._from_trainable_checkpoint(
+            location, config, kwargs.get("dtype"), hub_kwargs, subfolder, allow_pickle
+        )
+
+    @classmethod
+    def _from_trainable_checkpoint(cls, location: str, config: ConceptTalkerConfig, dtype=None,
+                                   hub_kwargs: dict | None = None, subfolder: str = "", allow_pickle: bool = False):
         import os
 
         from safetensors.torch import load_file
+        from transformers import AutoModel
         from transformers.utils import cached_file
 
-        def resolve(reference: str | None) -> str | None:
-            if reference and not os.path.isabs(reference) and os.path.isdir(os.path.join(location, reference)):
-                return os.path.join(location, reference)
-            return reference
+        hub_kwargs = hub_kwargs or {}
 
-        thinker_model = AutoModelForCausalLM.from_pretrained(resolve(config.thinker_name_or_path), dtype=dtype or torch.float32)
-        model = cls._assemble(config, thinker_model, resolve(config.codec_name_or_path))
-        weights = load_file(cached_file(location, "model.safetensors"))
+        def load_part(part: str, reference: str | None, auto_class, **load_kwargs):
+            """The base `part` of the checkpoint, and the folder of the checkpoint it came from (or None)."""
+            if not reference:
+                raise ValueError(
+                    f"{location} is a trainable-only checkpoint without a reference to its base {part}: pass "
+                    f"{part}_name_or_path=... (a Hub id or folder) to from_pretrained."
+                )
+            inside = cls._checkpoint_folder(location, subfolder, reference, hub_kwargs)
+            names_a_folder = os.path.isabs(reference) or reference.startswith(".")
+            if inside is None and names_a_folder and not os.path.isdir(reference):
+                raise OSError(
+                    f"{location} is a trainable-only checkpoint whose base {part} is {reference!r}, a folder on the "
+                    f"machine that saved it, which is not here. Pass {part}_name_or_path=... to from_pretrained (a Hub "
+                    f"id or a folder holding the base {part}), or share the checkpoint with `concept-talker push`, "
+                    f"which puts a local base {part} inside the repository."
+                )
+            # A base elsewhere on the Hub has revisions of its own: the checkpoint's `revision` does not apply to it.
+            external = {k: v for k, v in hub_kwargs.items() if k != "revision"}
+            source, source_kwargs = (inside, {}) if inside else (reference, external)
+            pickled = cls._pickled_weight_files(source, "", source_kwargs)
+            if pickled and not allow_pickle:
+                raise cls._pickle_refusal(f"The base {part} of {location}", source, pickled)
+            safe = {} if allow_pickle else {"use_safetensors": True}
+            try:
+                return auto_class.from_pretrained(source, **source_kwargs, **safe, **load_kwargs), inside
+            except OSError as err:
+                raise OSError(
+                    f"Could not load the base {part} {reference!r} that the trainable-only checkpoint {location} is "
+                    f"built on: {err}\nPass {part}_name_or_path=... to from_pretrained with a Hub id or folder that "
+                    f"holds it."
+                ) from err
+
+        thinker_model, thinker_inside = load_part(
+            "thinker", config.thinker_name_or_path, AutoModelForCausalLM, dtype=dtype or torch.float32
+        )
+        codec_model = codec_inside = None
+        if config.codec_name_or_path and config.codec_type != "lyra_soundstream":
+            codec_model, codec_inside = load_part("codec", config.codec_name_or_path, AutoModel)
+            if codec_model.config.model_type != config.codec_type:
+                raise ValueError(
+                    f"The codec at {config.codec_name_or_path!r} is a {codec_model.config.model_type!r} model, but "
+                    f"this checkpoint was trained with a {config.codec_type!r} codec: pass codec_name_or_path=... "
+                    "pointing to that codec."
+                )
+        model = cls._assemble(config, thinker_model, None)
+        if codec_model is not None:
+            model.codec.model = codec_model.requires_grad_(False).eval()
+
+        pickled = cls._pickled_weight_files(location, subfolder, hub_kwargs)
+        if pickled:
+            raise cls._pickle_refusal("This trainable-only checkpoint", location, pickled, can_opt_in=False)
+        weights = load_file(cached_file(location, "model.safetensors", subfolder=subfolder, **hub_kwargs))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         expected = model.trainable_state_keys()
         if unexpected or set(weights) != expected:
@@ -349,9 +516,80 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 f"(missing {sorted(expected - set(weights))[:5]}, unexpected {sorted(unexpected)[:5]}): it was saved "
                 "for another configuration."
             )
+        # Relative references point into the checkpoint; keep where they were found, so a re-save still finds them.
+        if thinker_inside:
+            model.config.thinker_name_or_path = thinker_inside
+        if codec_inside:
+            model.config.codec_name_or_path = codec_inside
         model.config.saved_weights = "full"
         model.config.name_or_path = location
         return model.eval()
+
+    @staticmethod
+    def _checkpoint_folder(location: str, subfolder: str, reference: str | None, hub_kwargs: dict) -> str | None:
+        """The local path of `reference` when it names a folder inside the checkpoint (relative to it), else None.
+
+        For a checkpoint on the Hub, that folder is downloaded from the checkpoint's repo (same revision).
+        """
+        import os
+        import posixpath
+
+        if not reference or os.path.isabs(reference):
+            return None
+        if os.path.isdir(location):
+            candidate = os.path.join(location, subfolder, reference)
+            return candidate if os.path.isdir(candidate) else None
+        inner = posixpath.normpath(posixpath.join(subfolder.replace(os.sep, "/"), reference.replace(os.sep, "/")))
+        if inner in (".", "") or inner.startswith(".."):
+            return None
+        try:
+            from huggingface_hub import snapshot_download
+
+            options = {k: hub_kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only",
+                                                  "force_download") if hub_kwargs.get(k) is not None}
+            snapshot = snapshot_download(location, allow_patterns=[f"{inner}/*"], **options)
+        except Exception:  # not a Hub repo that can be read: the reference is then a Hub id or path of its own
+            return None
+        candidate = os.path.join(snapshot, *inner.split("/"))
+        return candidate if os.path.isdir(candidate) else None
+
+    @classmethod
+    def _pickled_weight_files(cls, location: str, subfolder: str, hub_kwargs: dict) -> list[str]:
+        """Pickled weight files of a checkpoint that has no safetensors weights; [] when it has (or cannot be told,
+        e.g. offline: the loaders then still refuse pickles through `use_safetensors=True`)."""
+        import os
+
+        if os.path.isdir(location):
+            folder = os.path.join(location, subfolder)
+            names = os.listdir(folder) if os.path.isdir(folder) else []
+        elif hub_kwargs.get("local_files_only"):
+            return []
+        else:
+            try:
+                from huggingface_hub import list_repo_files
+
+                files = list_repo_files(location, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
+            except Exception:  # offline, or not a repo
+                return []
+            prefix = subfolder.strip("/") + "/" if subfolder.strip("/") else ""
+            names = [f[len(prefix):] for f in files if f.startswith(prefix) and "/" not in f[len(prefix):]]
+        if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+            return []
+        return sorted(n for n in names if n.endswith(cls._PICKLE_SUFFIXES))
+
+    @staticmethod
+    def _pickle_refusal(what: str, location: str, files: list[str], can_opt_in: bool = True) -> OSError:
+        remedy = (
+            "If you trust where it came from, pass allow_pickle=True; better, load it once that way and save_pretrained "
+            "it, which writes model.safetensors."
+            if can_opt_in
+            else "Trainable-only weights are read from model.safetensors only: re-save the checkpoint with "
+            "save_pretrained."
+        )
+        return OSError(
+            f"{what} ({location}) has its weights only as pickle files ({', '.join(files)}). Unpickling can run "
+            f"arbitrary code, so Concept-Talker loads safetensors only. {remedy}"
+        )
 
     # ---- concepts ------------------------------------------------------------------------------------------
     def encode_audio(self, input_values: torch.Tensor, input_values_mask: torch.Tensor | None = None):
@@ -413,6 +651,33 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         concepts, concept_mask = self.get_concepts(input_audio_codes, input_audio_codes_mask)
         return self.merge_concepts(input_ids, inputs_embeds, concepts, concept_mask)
 
+    def get_voice_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A reference voice as the talker's style concepts.
+
+        The clip goes through the concept adapter like speech does; its concepts are pooled into
+        `talker_config.num_style_concepts` vectors (the clip cut into that many equal stretches, each averaged), so
+        a clip of any length (1-5 s) gives the talker the same number of style positions.
+
+        Args:
+            codes: `[batch, codebooks, frames]` codec codes of one reference clip per row.
+            frame_mask: `[batch, frames]`, True for real frames.
+
+        Returns:
+            style embeddings `[batch, num_style_concepts, thinker_hidden]`.
+        """
+        count = self.config.talker_config.num_style_concepts
+        if count == 0:
+            raise ValueError(
+                "This model has no reference-voice input (talker_config.num_style_concepts=0): train one with "
+                "num_style_concepts > 0 (e.g. the tiny-lyra recipe) to speak in a given voice."
+            )
+        concepts, concept_mask = self.get_concepts(codes, frame_mask)
+        pooled = []
+        for row in range(concepts.shape[0]):
+            real = concepts[row, concept_mask[row]]  # [n, hidden]
+            pooled.append(F.adaptive_avg_pool1d(real.T[None], count)[0].T)
+        return torch.stack(pooled)
+
     # ---- the talker's view of the reply ------------------------------------------------------------------
     def reply_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor):
         """Thinker states of the reply tokens, as the talker reads them.
@@ -443,6 +708,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         input_audio_codes_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         audio_labels: torch.LongTensor | None = None,
+        voice_audio_codes: torch.LongTensor | None = None,
+        voice_audio_codes_mask: torch.Tensor | None = None,
         style_embeds: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -461,7 +728,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             labels: `[batch, length]` reply-text labels, `-100` where no loss applies (unshifted, as in HF causal LMs).
             audio_labels: `[batch, codebooks, frames]` codec codes of the spoken reply, `-100` after each reply ends.
                 Needs `labels` (the talker reads the thinker's states of the labelled reply tokens).
-            style_embeds: `[batch, num_style_concepts, hidden]` reference-voice concepts for the talker.
+            voice_audio_codes: `[batch, codebooks, frames]` codes of a reference clip of the voice to speak in, one
+                per row (`voice_audio_codes_mask` `[batch, frames]` marks its real frames).
+            style_embeds: `[batch, num_style_concepts, hidden]` reference-voice concepts, if already computed.
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -471,6 +740,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             )
         if audio_labels is not None and labels is None:
             raise ValueError("audio_labels need text labels too: the talker speaks the labelled reply tokens.")
+        if voice_audio_codes is not None:
+            style_embeds = self.get_voice_concepts(voice_audio_codes, voice_audio_codes_mask)
 
         kwargs.pop("num_items_in_batch", None)
         thinker_out = self.thinker.model(
@@ -544,6 +815,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         input_audio_codes_mask: torch.Tensor | None = None,
         style_embeds: torch.FloatTensor | None = None,
         streamer=None,
+        reply_token_ids=None,
         **settings,
     ):
         """Answer a batch of spoken turns with reply text, reply audio codes and reply waveforms.
@@ -554,6 +826,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         `max_audio_seconds`, `seed`. Greedy decoding of both parts is deterministic.
 
         With `streamer` (an [`AudioIteratorStreamer`]), audio chunks are handed over as soon as they exist.
+        With `reply_token_ids` (per row, token ids), the model speaks that text instead of choosing its own.
 
         Returns:
             [`SpokenReply`]: `sequences` (reply text ids; decode with the processor), `audio_codes`, `waveforms`
@@ -572,7 +845,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if input_ids is None:
             raise ValueError("generate needs input_ids: build the inputs with ConceptTalkerProcessor.")
         runner, logits, hidden = prefill(self, inputs, config)
-        return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer)
+        if reply_token_ids is not None and isinstance(reply_token_ids, torch.Tensor):
+            reply_token_ids = reply_token_ids.tolist()
+        return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer, reply_token_ids)
 
     def stream(self, style_embeds: torch.FloatTensor | None = None, **inputs_and_settings):
         """Like `generate`, but yields [`AudioChunk`]s (float32 numpy + sampling rate) as soon as each exists.

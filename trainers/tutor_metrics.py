@@ -1,0 +1,145 @@
+"""Measures of the tutor's controls (speaking rate, reference voice, "repeat after me"), on held-out data.
+
+    rate_duration_ratio   the same reply text spoken after "Speak slowly." and after "Speak quickly.":
+                          median over items of duration(slow) / duration(fast). Target >= 1.3.
+    voice_f0_match        replies spoken with a reference clip from one of several held-out voices: the fraction
+                          whose median pitch (F0) is nearer to that clip's than to every other candidate's.
+                          Target >= 0.8.
+    repeat_exact          "repeat after me" questions: the fraction whose greedy reply text is the user's sentence
+                          (after normalisation). Target >= 0.9.
+
+Durations count speech, not silence: audio is trimmed of leading and trailing frames 35 dB below its loudest.
+F0 is estimated with a YIN-style difference function on 40 ms frames (`estimate_f0`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SLOW, FAST = "Speak slowly.", "Speak quickly."
+
+
+def estimate_f0(audio: np.ndarray, sampling_rate: int, fmin: float = 60.0, fmax: float = 400.0,
+                frame_seconds: float = 0.04, threshold: float = 0.15) -> np.ndarray:
+    """Fundamental frequency (Hz) of each voiced frame of `audio` (unvoiced frames left out).
+
+    The cumulative-mean-normalised difference function (de Cheveigné & Kawahara's YIN) is computed per frame; the
+    first lag below `threshold` (refined to its local minimum, then interpolated) gives the period. Frames quieter
+    than 30 dB below the clip's loudest are not voiced.
+    """
+    audio = np.asarray(audio, dtype=np.float64)
+    frame = int(frame_seconds * sampling_rate)
+    hop = frame // 2
+    min_lag, max_lag = int(sampling_rate / fmax), int(sampling_rate / fmin)
+    if len(audio) < frame + max_lag:
+        return np.zeros(0)
+    starts = np.arange(0, len(audio) - frame - max_lag, hop)
+    energies = np.array([np.sqrt(np.mean(audio[s : s + frame] ** 2)) for s in starts])
+    loud = energies > energies.max() * 10 ** (-30 / 20) if len(energies) else energies
+    f0 = []
+    for start, is_loud in zip(starts, loud):
+        if not is_loud:
+            continue
+        window = audio[start : start + frame]
+        diff = np.array([np.sum((window - audio[start + lag : start + lag + frame]) ** 2) for lag in range(max_lag + 1)])
+        cumulative = np.cumsum(diff[1:])
+        normalised = np.ones_like(diff)
+        normalised[1:] = diff[1:] * np.arange(1, max_lag + 1) / np.maximum(cumulative, 1e-12)
+        candidates = np.nonzero(normalised[min_lag:] < threshold)[0]
+        if not len(candidates):
+            continue
+        lag = min_lag + candidates[0]
+        while lag + 1 <= max_lag and normalised[lag + 1] < normalised[lag]:
+            lag += 1
+        if 1 <= lag < max_lag:  # parabolic interpolation of the minimum
+            a, b, c = normalised[lag - 1], normalised[lag], normalised[lag + 1]
+            shift = 0.5 * (a - c) / (a - 2 * b + c) if (a - 2 * b + c) != 0 else 0.0
+            lag = lag + float(np.clip(shift, -1, 1))
+        f0.append(sampling_rate / lag)
+    return np.asarray(f0)
+
+
+def median_f0(audio: np.ndarray, sampling_rate: int) -> float | None:
+    values = estimate_f0(audio, sampling_rate)
+    return float(np.median(values)) if len(values) >= 3 else None
+
+
+def speech_seconds(audio: np.ndarray, sampling_rate: int, floor_db: float = 35.0) -> float:
+    """Seconds from the first to the last 10 ms frame within `floor_db` of the loudest (silence trimmed)."""
+    audio = np.asarray(audio, dtype=np.float64)
+    hop = max(1, sampling_rate // 100)
+    frames = len(audio) // hop
+    if frames == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(audio[: frames * hop].reshape(frames, hop) ** 2, axis=1))
+    active = np.nonzero(rms > rms.max() * 10 ** (-floor_db / 20))[0]
+    return 0.0 if not len(active) else (active[-1] - active[0] + 1) * hop / sampling_rate
+
+
+def _speak(model, processor, row: dict, instruction: str | None, reply_text: str, style=None, seed: int = 0):
+    from trainers.evaluation import spoken_turn_inputs
+
+    inputs = spoken_turn_inputs(processor, [{**row, "instruction": instruction or ""}], model.config.codec_num_codebooks,
+                                "reply")
+    ids = processor.tokenizer(reply_text + "<|im_end|>", add_special_tokens=False).input_ids
+    reply = model.generate(**inputs, style_embeds=style, reply_token_ids=[ids], talker_do_sample=True,
+                           talker_temperature=0.7, talker_top_k=20, max_audio_seconds=20.0, seed=seed)
+    return reply.waveforms[0]
+
+
+@torch.no_grad()
+def rate_duration_ratio(model, processor, rows: list[dict], style_for=None) -> dict:
+    """Median of duration(slow) / duration(fast) over rows, each reply text spoken both ways."""
+    ratios = []
+    rate = model.codec.sampling_rate
+    for row in rows:
+        style = style_for(row) if style_for else None
+        slow = speech_seconds(_speak(model, processor, row, SLOW, row["reply_text"], style), rate)
+        fast = speech_seconds(_speak(model, processor, row, FAST, row["reply_text"], style), rate)
+        if fast > 0:
+            ratios.append(slow / fast)
+    return {"rate_duration_ratio": float(np.median(ratios)) if ratios else None, "rate_items": len(ratios)}
+
+
+@torch.no_grad()
+def voice_f0_match(model, processor, rows: list[dict], references: dict[str, dict]) -> dict:
+    """For each row and each candidate voice, speak the row's reply with that voice's reference clip; count the
+    replies whose median F0 is nearest the clip's own.
+
+    Args:
+        references: voice name -> a dataset row whose `reference_codes` is that voice's clip.
+    """
+    from trainers.collators import codes_tensor
+
+    k, rate = model.config.codec_num_codebooks, model.codec.sampling_rate
+    clip_f0, styles = {}, {}
+    for voice, ref_row in references.items():
+        codes = codes_tensor(ref_row["reference_codes"], "reference_codes", k)[None]
+        clip_f0[voice] = median_f0(model.codec.decode(codes)[0].numpy(), rate)
+        styles[voice] = model.get_voice_concepts(codes)
+    candidates = {v: f for v, f in clip_f0.items() if f is not None}
+    hits, trials = 0, 0
+    for row in rows:
+        for voice in candidates:
+            f0 = median_f0(_speak(model, processor, row, None, row["reply_text"], styles[voice]), rate)
+            if f0 is None:
+                trials += 1
+                continue
+            nearest = min(candidates, key=lambda v: abs(np.log(candidates[v]) - np.log(f0)))
+            hits += nearest == voice
+            trials += 1
+    return {"voice_f0_match": hits / trials if trials else None, "voice_trials": trials,
+            "voice_candidates_f0": candidates}
+
+
+def repeat_exact(model, processor, rows: list[dict], max_new_tokens: int = 48) -> dict:
+    """Fraction of "repeat after me" rows whose greedy reply is the user's sentence."""
+    from trainers.evaluation import greedy_texts, normalized
+
+    repeat_rows = [row for row in rows if row["skill"] == "repeat"]
+    if not repeat_rows:
+        return {"repeat_exact": None, "repeat_items": 0}
+    replies = greedy_texts(model, processor, repeat_rows, "reply", max_new_tokens)
+    exact = [normalized(reply) == normalized(row["question_text"]) for reply, row in zip(replies, repeat_rows)]
+    return {"repeat_exact": float(np.mean(exact)), "repeat_items": len(exact)}
