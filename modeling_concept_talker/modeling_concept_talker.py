@@ -678,6 +678,15 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             pooled.append(F.adaptive_avg_pool1d(real.T[None], count)[0].T)
         return torch.stack(pooled)
 
+    def voice_style(self, voice_values=None, voice_values_mask=None, voice_audio_codes=None, voice_audio_codes_mask=None):
+        """Style embeddings `[batch, num_style_concepts, hidden]` of reference clips given as audio (at the codec's
+        rate, from the processor's `voice=`) or as codes; None when no clip is given."""
+        if voice_values is not None:
+            voice_audio_codes, voice_audio_codes_mask = self.encode_audio(voice_values, voice_values_mask)
+        if voice_audio_codes is None:
+            return None
+        return self.get_voice_concepts(voice_audio_codes, voice_audio_codes_mask)
+
     # ---- the talker's view of the reply ------------------------------------------------------------------
     def reply_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor):
         """Thinker states of the reply tokens, as the talker reads them.
@@ -708,6 +717,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         input_audio_codes_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         audio_labels: torch.LongTensor | None = None,
+        voice_values: torch.FloatTensor | None = None,
+        voice_values_mask: torch.Tensor | None = None,
         voice_audio_codes: torch.LongTensor | None = None,
         voice_audio_codes_mask: torch.Tensor | None = None,
         style_embeds: torch.FloatTensor | None = None,
@@ -728,8 +739,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             labels: `[batch, length]` reply-text labels, `-100` where no loss applies (unshifted, as in HF causal LMs).
             audio_labels: `[batch, codebooks, frames]` codec codes of the spoken reply, `-100` after each reply ends.
                 Needs `labels` (the talker reads the thinker's states of the labelled reply tokens).
-            voice_audio_codes: `[batch, codebooks, frames]` codes of a reference clip of the voice to speak in, one
-                per row (`voice_audio_codes_mask` `[batch, frames]` marks its real frames).
+            voice_values: `[batch, samples]` a reference clip of the voice to speak in, one per row, at the codec's
+                rate (`voice_values_mask` marks real samples); or as codes, `voice_audio_codes` `[batch, codebooks,
+                frames]` with `voice_audio_codes_mask` `[batch, frames]`.
             style_embeds: `[batch, num_style_concepts, hidden]` reference-voice concepts, if already computed.
         """
         if inputs_embeds is None:
@@ -740,8 +752,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             )
         if audio_labels is not None and labels is None:
             raise ValueError("audio_labels need text labels too: the talker speaks the labelled reply tokens.")
-        if voice_audio_codes is not None:
-            style_embeds = self.get_voice_concepts(voice_audio_codes, voice_audio_codes_mask)
+        voice = self.voice_style(voice_values, voice_values_mask, voice_audio_codes, voice_audio_codes_mask)
+        style_embeds = voice if voice is not None else style_embeds
 
         kwargs.pop("num_items_in_batch", None)
         thinker_out = self.thinker.model(
@@ -813,6 +825,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         input_values_mask: torch.Tensor | None = None,
         input_audio_codes: torch.LongTensor | None = None,
         input_audio_codes_mask: torch.Tensor | None = None,
+        voice_values: torch.FloatTensor | None = None,
+        voice_values_mask: torch.Tensor | None = None,
         style_embeds: torch.FloatTensor | None = None,
         streamer=None,
         reply_token_ids=None,
@@ -827,6 +841,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
 
         With `streamer` (an [`AudioIteratorStreamer`]), audio chunks are handed over as soon as they exist.
         With `reply_token_ids` (per row, token ids), the model speaks that text instead of choosing its own.
+        With `voice_values` (the processor's `voice=` clip), it speaks in that voice.
 
         Returns:
             [`SpokenReply`]: `sequences` (reply text ids; decode with the processor), `audio_codes`, `waveforms`
@@ -845,6 +860,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if input_ids is None:
             raise ValueError("generate needs input_ids: build the inputs with ConceptTalkerProcessor.")
         runner, logits, hidden = prefill(self, inputs, config)
+        voice = self.voice_style(voice_values, voice_values_mask)
+        style_embeds = voice if voice is not None else style_embeds
         if reply_token_ids is not None and isinstance(reply_token_ids, torch.Tensor):
             reply_token_ids = reply_token_ids.tolist()
         return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer, reply_token_ids)
@@ -859,9 +876,13 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         names = ("input_ids", "attention_mask", "input_values", "input_values_mask", "input_audio_codes",
                  "input_audio_codes_mask")
         inputs = {k: inputs_and_settings.pop(k) for k in names if k in inputs_and_settings}
+        voice_values = inputs_and_settings.pop("voice_values", None)
+        voice_values_mask = inputs_and_settings.pop("voice_values_mask", None)
         config = SpokenGenerationConfig.from_kwargs(inputs_and_settings)
         with torch.no_grad():
             runner, logits, hidden = prefill(self, inputs, config)
+            voice = self.voice_style(voice_values, voice_values_mask)
+        style_embeds = voice if voice is not None else style_embeds
         events = spoken_reply_events(self, runner, logits, hidden, config, style_embeds, decode_stream=True)
         for kind, payload in events:
             if kind == "audio":

@@ -40,6 +40,24 @@ CHAT_TEMPLATE = (
 )
 
 
+SLOW_CUES = ("slow", "slowly", "slower")
+FAST_CUES = ("fast", "faster", "quick", "quickly", "quicker", "hurry")
+VOICE_MIN_SECONDS, VOICE_MAX_SECONDS = 1.0, 5.0
+
+
+def check_instruction(instruction: str | None) -> None:
+    """Refuse an instruction that asks for slow and fast speech at once (the tutor cannot do both)."""
+    if not instruction:
+        return
+    words = set(instruction.lower().replace(",", " ").replace(".", " ").replace("!", " ").replace("?", " ").split())
+    slow, fast = words & set(SLOW_CUES), words & set(FAST_CUES)
+    if slow and fast:
+        raise ValueError(
+            f"Conflicting instructions in {instruction!r}: it asks for slow ({', '.join(sorted(slow))}) and fast "
+            f"({', '.join(sorted(fast))}) speech at once. Give one speaking rate."
+        )
+
+
 def build_prompt(
     instruction: str | None = None,
     history: list[tuple[str, str]] | None = None,
@@ -58,6 +76,7 @@ def build_prompt(
         ChatML text with one `<|audio_pad|>` for the user's audio, e.g.
         `<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n<|audio_pad|>\\nSpeak slowly.<|im_end|>\\n<|im_start|>assistant\\n`
     """
+    check_instruction(instruction)
     turns = [f"<|im_start|>system\n{system_prompt}<|im_end|>\n"]
     for user, assistant in history or []:
         turns.append(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n")
@@ -144,6 +163,22 @@ class ConceptTalkerProcessor(ProcessorMixin):
         """One clip -> mono float32 `[samples]` at the codec's rate (checked, downmixed, resampled)."""
         return prepare_audio(audio, sampling_rate, self.sampling_rate, self.max_audio_seconds, name=name)
 
+    def prepare_voice(self, clip, sampling_rate, name: str = "voice clip") -> torch.Tensor:
+        """A reference-voice clip -> mono float32 `[samples]` at the codec's rate.
+
+        A clip must hold 1 s to 5 s of speech: a silent clip or one shorter than 1 s is refused; a longer one is cut
+        to its first 5 s (the talker was trained on 1-5 s clips). Other sampling rates are resampled.
+        """
+        wave = prepare_audio(clip, sampling_rate, self.sampling_rate, None, name=name)
+        seconds = wave.numel() / self.sampling_rate
+        if seconds < VOICE_MIN_SECONDS:
+            raise ValueError(
+                f"The {name} is {seconds:.2f} s long; give at least {VOICE_MIN_SECONDS:g} s of the voice speaking."
+            )
+        if float(wave.abs().max()) < 1e-3:
+            raise ValueError(f"The {name} is silent (peak below -60 dBFS): give a recording of the voice speaking.")
+        return wave[: int(VOICE_MAX_SECONDS * self.sampling_rate)]
+
     def expand_audio_placeholders(self, texts: list[str], clip_frames: list[int]) -> list[str]:
         """Replace the i-th `<|audio_pad|>` (in reading order across `texts`) by the slots of the i-th clip,
         whose length is given in codec frames."""
@@ -175,6 +210,7 @@ class ConceptTalkerProcessor(ProcessorMixin):
         text: str | list[str] | None = None,
         audio=None,
         sampling_rate: int | None = None,
+        voice=None,
         return_tensors: str | None = "pt",
         padding: bool | str = True,
         padding_side: str | None = None,
@@ -186,6 +222,8 @@ class ConceptTalkerProcessor(ProcessorMixin):
             text: one text or a batch of texts, each with one `<|audio_pad|>` per clip.
             audio: one clip, or a list of clips in the order their placeholders appear across the batch.
             sampling_rate: rate of the given audio in Hz (required with audio).
+            voice: a reference clip of the voice the reply should be spoken in (1-5 s; at `sampling_rate`), or one
+                per text in a batch.
             padding_side: overrides the processor's (`"left"` for generation, `"right"` for training).
 
         Returns:
@@ -215,13 +253,13 @@ class ConceptTalkerProcessor(ProcessorMixin):
         )
         data = dict(encoded)
         if waves:
-            longest = max(w.numel() for w in waves)
-            values = torch.zeros(len(waves), longest)
-            mask = torch.zeros(len(waves), longest, dtype=torch.long)
-            for i, wave in enumerate(waves):
-                values[i, : wave.numel()] = wave
-                mask[i, : wave.numel()] = 1
-            data["input_values"], data["input_values_mask"] = values, mask
+            data["input_values"], data["input_values_mask"] = _pad_waves(waves)
+        if voice is not None:
+            voices = list(voice) if isinstance(voice, list | tuple) and len(texts) > 1 else [voice]
+            if len(voices) != len(texts):
+                raise ValueError(f"Give one voice clip per text: {len(voices)} clips for {len(texts)} texts.")
+            waves = [self.prepare_voice(v, sampling_rate, name=f"voice clip {i}") for i, v in enumerate(voices)]
+            data["voice_values"], data["voice_values_mask"] = _pad_waves(waves)
         return BatchFeature(data, tensor_type=return_tensors)
 
     def batch_decode(self, *args, **kwargs):
@@ -232,9 +270,20 @@ class ConceptTalkerProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "input_values", "input_values_mask"]
+        return ["input_ids", "attention_mask", "input_values", "input_values_mask", "voice_values", "voice_values_mask"]
 
 
-__all__ = ["ConceptTalkerProcessor", "build_prompt", "DEFAULT_SYSTEM_PROMPT"]
+def _pad_waves(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips `[samples_i]` -> zero-padded `[clips, max_samples]` and mask `[clips, max_samples]` (1 = real)."""
+    longest = max(w.numel() for w in waves)
+    values = torch.zeros(len(waves), longest)
+    mask = torch.zeros(len(waves), longest, dtype=torch.long)
+    for i, wave in enumerate(waves):
+        values[i, : wave.numel()] = wave
+        mask[i, : wave.numel()] = 1
+    return values, mask
+
+
+__all__ = ["ConceptTalkerProcessor", "build_prompt", "check_instruction", "DEFAULT_SYSTEM_PROMPT"]
 
 ConceptTalkerProcessor.register_for_auto_class("AutoProcessor")

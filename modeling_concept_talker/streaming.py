@@ -37,16 +37,22 @@ class SpokenTurn:
         processor: its `ConceptTalkerProcessor`.
         sampling_rate: rate of the pieces that will be fed, Hz (resampled to the codec's as they arrive).
         instruction, history, system_prompt: as in `build_prompt`.
+        voice: a 1-5 s reference clip of the voice to answer in (at `voice_sampling_rate`, default `sampling_rate`).
         settings: generation settings (`SpokenGenerationConfig` keywords), e.g. `thinker_max_new_tokens=64`.
     """
 
     def __init__(self, model, processor, sampling_rate: int, instruction: str | None = None, history=None,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, style_embeds: torch.Tensor | None = None, **settings):
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, voice=None, voice_sampling_rate: int | None = None,
+                 **settings):
         self.model = model
         self.processor = processor
         self.sampling_rate = check_sampling_rate(sampling_rate)
         self.settings = SpokenGenerationConfig.from_kwargs(settings)
-        self.style_embeds = style_embeds
+        self.style_embeds = None
+        if voice is not None:
+            wave = processor.prepare_voice(voice, voice_sampling_rate or self.sampling_rate)
+            with torch.no_grad():
+                self.style_embeds = model.voice_style(wave[None].to(model.device))
         before, after = build_prompt(instruction, history, system_prompt).split(AUDIO_TOKEN)
         tokenizer = processor.tokenizer
         self.head_ids = tokenizer(before + AUDIO_START_TOKEN, add_special_tokens=False, return_tensors="pt").input_ids

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--say", help="speak this question with the offline TTS (espeak-ng) instead of --audio")
     parser.add_argument("--out", default="reply.wav", help="where to write the spoken reply (WAV)")
     parser.add_argument("--instruction", help='a tutor instruction given as text, e.g. "Speak slowly."')
+    parser.add_argument("--voice", help="a 1-5 s recording of the voice to answer in (models trained with voices)")
     parser.add_argument("--stream", action="store_true", help="stream in (live pieces) and out (chunks)")
     parser.add_argument("--tokenizer", help="tokenizer folder or Hub id, for presets (default: offline Qwen2.5 copy)")
     parser.add_argument("--lyra-dir", help="folder of the Lyra SoundStream models, for Lyra presets and checkpoints")
@@ -88,7 +89,7 @@ def run(args) -> int:
     import torch
 
     from modeling_concept_talker import build_prompt
-    from modeling_concept_talker.audio import save_audio
+    from modeling_concept_talker.audio import load_audio, save_audio
     from modeling_concept_talker.streaming import SpokenTurn
     from trainers.loading import load_model
 
@@ -101,10 +102,16 @@ def run(args) -> int:
     audio, rate = question_audio(args)
     settings = dict(thinker_max_new_tokens=args.max_new_tokens, thinker_do_sample=args.sample,
                     max_audio_seconds=args.max_audio_seconds, seed=args.seed)
+    voice, voice_rate = (None, None)
+    if args.voice:
+        if not os.path.isfile(args.voice):
+            raise SystemExit(f"No such audio file: {args.voice}")
+        voice, voice_rate = load_audio(args.voice)
 
     with torch.inference_mode():
         if args.stream:
-            turn = SpokenTurn(model, processor, sampling_rate=rate, instruction=args.instruction, **settings)
+            turn = SpokenTurn(model, processor, sampling_rate=rate, instruction=args.instruction, voice=voice,
+                              voice_sampling_rate=voice_rate, **settings)
             piece = max(1, rate // 10)  # 100 ms pieces, as a microphone would deliver them
             for start in range(0, len(audio), piece):
                 turn.feed(audio[start : start + piece])
@@ -117,6 +124,9 @@ def run(args) -> int:
             measured_from = "end of speech"
         else:
             batch = processor(text=build_prompt(args.instruction), audio=audio, sampling_rate=rate)
+            if voice is not None:
+                voice_wave = processor.prepare_voice(voice, voice_rate)
+                batch["voice_values"], batch["voice_values_mask"] = voice_wave[None], torch.ones(1, voice_wave.numel())
             reply = model.generate(**batch, **settings)
             save_audio(args.out, reply.waveforms[0], reply.sampling_rate)
             measured_from = "start of generate()"

@@ -77,19 +77,21 @@ def audio_code_accuracy(model, processor, rows: list[dict], voice: bool = False,
     return {("audio_" + k): v for k, v in result.items()}
 
 
-def evaluate_model(model_dir: str, test_split, settings: dict, processor=None) -> dict:
+def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> dict:
     """Every metric of a trained model on the test split (held-out voices and items).
 
     Args:
         model_dir: a checkpoint folder (`<out>/final`).
-        test_split: the dataset's test split.
-        settings: the recipe's `eval` section (`max_examples`, `max_new_tokens`, `speech`, `voice`).
+        dataset: the `DatasetDict` (its test split is scored; all replies make the recogniser's language model).
+        settings: the recipe's `eval` section (`max_examples`, `max_new_tokens`; `speech`: spoken WER through the
+            recogniser, `speech_examples` rows; `voice`: the tutor-control metrics, `voice_examples` rows).
     """
     from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor
     from trainers.metrics import load_metric
 
     model = ConceptTalkerForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = processor or ConceptTalkerProcessor.from_pretrained(model_dir)
+    test_split = dataset["test"]
     count = min(len(test_split), int(settings.get("max_examples") or len(test_split)))
     rows = [test_split[i] for i in range(count)]
     error_rate = load_metric("error_rate")
@@ -117,6 +119,49 @@ def evaluate_model(model_dir: str, test_split, settings: dict, processor=None) -
 
     voice = bool(settings.get("voice")) and model.config.talker_config.num_style_concepts > 0
     results.update(audio_code_accuracy(model, processor, rows, voice=voice))
+    with torch.inference_mode():
+        if settings.get("speech"):
+            results.update(speech_metrics(model, processor, dataset, rows, settings, voice))
+        if settings.get("voice"):
+            results.update(tutor_metrics(model, processor, test_split, rows, settings, voice))
+    return results
+
+
+def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> dict:
+    """Spoken WER of the model and of the codec's ceiling (see `trainers.eval_speech`)."""
+    from trainers.eval_speech import build_recognizer, language_model_description, speech_intelligibility
+
+    kind = settings.get("speech_lm", "corpus")
+    sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"]})
+    recognizer = build_recognizer(kind, sentences)
+    chosen = rows[: int(settings.get("speech_examples", 40))]
+    results = speech_intelligibility(model, processor, chosen, recognizer, voice=voice)
+    results["speech_examples_scored"] = len(chosen)
+    results["recognizer"] = language_model_description(kind)
+    return results
+
+
+def tutor_metrics(model, processor, test_split, rows, settings, voice: bool) -> dict:
+    """Speaking rate, reference voice and "repeat after me" (see `trainers.tutor_metrics`)."""
+    from trainers.collators import codes_tensor
+    from trainers.tutor_metrics import rate_duration_ratio, repeat_exact, voice_f0_match
+
+    chosen = [row for row in rows if row["skill"] != "repeat"][: int(settings.get("voice_examples", 12))]
+    k = model.config.codec_num_codebooks
+
+    def style_for(row):
+        if not voice:
+            return None
+        return model.get_voice_concepts(codes_tensor(row["reference_codes"], "reference_codes", k)[None])
+
+    results = rate_duration_ratio(model, processor, chosen, style_for)
+    results.update(repeat_exact(model, processor, rows, int(settings.get("max_new_tokens", 48))))
+    if voice:
+        references = {}
+        for index in range(len(test_split)):
+            row = test_split[index]
+            references.setdefault(row["reply_voice"], row)  # one reference clip per held-out voice
+        results.update(voice_f0_match(model, processor, chosen[: max(1, len(chosen) // 2)], references))
     return results
 
 

@@ -28,14 +28,14 @@ RECIPE_SCHEMA = {
         "tokenizer": None,  # folder or Hub id; default: the offline Qwen2.5 copy, else the Hub
         "thinker": None,  # a pretrained thinker (Hub id / folder): skips the text stage
         "codec": None,  # a pretrained codec (Hub id / EnCodec folder / Lyra folder); default: the preset's
-        "dtype": "float32",
     },
     "data": {
         "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
         "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0},
     },
     "stages": {name: None for name in STAGES},
-    "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "voice": False},
+    "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "speech_examples": 40, "speech_lm": "corpus",
+             "voice": False, "voice_examples": 12},
 }
 
 
@@ -109,8 +109,6 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
             raise RecipeError(f"stages.{name} must be a mapping of TrainingArguments fields.")
         check_stage(name, stage)
         recipe["stages"][name] = stage
-    if recipe["model"]["dtype"] not in ("float32", "bfloat16"):
-        raise RecipeError(f"model.dtype must be float32 or bfloat16, got {recipe['model']['dtype']!r}.")
     return recipe
 
 

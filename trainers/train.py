@@ -46,12 +46,21 @@ class TrainingRun:
     """One run of a recipe into `output_dir`."""
 
     def __init__(self, recipe: dict, output_dir: str, resume: bool = False):
+        from accelerate import PartialState
+
         self.recipe = recipe
         self.output_dir = os.path.abspath(output_dir)
         self.resume = resume
         self.model_spec = recipe["model"]
         self.processor = None
-        self._prepare_output_dir()
+        import torch
+
+        # One process, or each of `accelerate launch` / `torchrun` processes; on a machine without CUDA they form a
+        # MULTI_CPU group over gloo.
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        if self.state.is_main_process:
+            self._prepare_output_dir()
+        self.state.wait_for_everyone()
 
     # ---- the output folder ----------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -89,8 +98,9 @@ class TrainingRun:
         path = self.recipe["data"]["path"]
         if path is None:
             path = self.path("data")
-            if not os.path.isdir(path):
-                self._synthesise(path, config)
+            with self.state.main_process_first():  # the main process builds it, the others then read it
+                if not os.path.isdir(path) and self.state.is_main_process:
+                    self._synthesise(path, config)
         if not os.path.isdir(path):
             raise SystemExit(f"data.path {path!r} is not a dataset folder (made by concept-talker synth).")
         dataset = load_from_disk(path)
@@ -127,7 +137,10 @@ class TrainingRun:
 
     def check_columns(self, dataset, stage: str, voice: bool) -> None:
         needed = list(REQUIRED_COLUMNS[stage]) + (["reference_codes"] if voice else [])
-        missing = [c for c in needed if c not in dataset["train"].column_names]
+        train = dataset["train"]
+        first = train[0] if len(train) else {}
+        # A column that exists but is empty (recordings have reply columns set to None) counts as missing.
+        missing = [c for c in needed if c not in train.column_names or first.get(c) is None]
         if missing:
             raise SystemExit(
                 f"The dataset at {self.data_path} lacks the column(s) {missing} that stage '{stage}' needs: make it "
@@ -138,7 +151,10 @@ class TrainingRun:
     def config(self):
         from configuration import load_preset
 
-        return load_preset(self.model_spec["preset"], **(self.model_spec["overrides"] or {}))
+        config = load_preset(self.model_spec["preset"], **(self.model_spec["overrides"] or {}))
+        if config.codec_type == "lyra_soundstream" and config.codec_config.model_dir:
+            config.codec_config.model_dir = os.path.abspath(config.codec_config.model_dir)
+        return config
 
     def new_model(self, config):
         import torch
@@ -164,12 +180,12 @@ class TrainingRun:
         from trainers.codecs import resolve_codec
         from trainers.synth import check_dataset_codec
 
-        data_codec = resolve_codec(self.data_path, model.config.codec_num_codebooks)
-        if list(data_codec.state_dict()):
-            model.codec.load_state_dict(data_codec.state_dict())
         try:
+            data_codec = resolve_codec(self.data_path, model.config.codec_num_codebooks)
+            if type(data_codec) is type(model.codec) and list(data_codec.state_dict()):
+                model.codec.load_state_dict(data_codec.state_dict())
             check_dataset_codec(self.data_path, model.codec)
-        except ValueError as err:
+        except (ValueError, RuntimeError) as err:
             raise SystemExit(f"The dataset at {self.data_path} does not fit this model's codec: {err}") from err
 
     def load_processor(self, config):
@@ -195,6 +211,9 @@ class TrainingRun:
         args = training_arguments(
             settings, stage_dir, self.recipe["seed"],
             remove_unused_columns=False, report_to=settings.get("report_to", "none"),
+            # Parts that a batch may not use (e.g. the voice path without a reference clip) must not stall DDP.
+            ddp_find_unused_parameters=settings.get("ddp_find_unused_parameters", True),
+            use_cpu=settings.get("use_cpu", not _cuda_available()),
         )
         train = dataset["train"]
         if settings.get("max_train_examples"):
@@ -213,16 +232,20 @@ class TrainingRun:
         result = trainer.train(resume_from_checkpoint=checkpoint)
         if trainer.args.should_save:
             _write_json(os.path.join(stage_dir, "log_history.json"), trainer.state.log_history)
-            _write_json(os.path.join(stage_dir, "train_result.json"), result.metrics)
+            _write_json(os.path.join(stage_dir, "train_result.json"),
+                        {**result.metrics, "world_size": trainer.args.world_size})
         return trainer
 
     def save_stage_model(self, stage: str, model) -> None:
         """<out>/<stage>/model, written beside and renamed into place. The text stage also writes the thinker it
         trained (<out>/text/thinker), which later checkpoints refer to instead of copying."""
         if stage == "text":
-            _save_atomically(model.save_base_thinker, self.path("text", "thinker"))
+            if self.state.is_main_process:
+                _save_atomically(model.save_base_thinker, self.path("text", "thinker"))
             model.config.thinker_name_or_path = self.path("text", "thinker")
-        _save_atomically(lambda d: model.save_pretrained(d), self.path(stage, "model"))
+        if self.state.is_main_process:
+            _save_atomically(lambda d: model.save_pretrained(d), self.path(stage, "model"))
+        self.state.wait_for_everyone()
 
     def load_stage_model(self, stage: str):
         from modeling_concept_talker import ConceptTalkerForConditionalGeneration
@@ -240,23 +263,30 @@ class TrainingRun:
         stages = [s for s in ("text", "align", "reply") if self.recipe["stages"][s].get("enabled", True)]
         if self.model_spec["thinker"] and "text" in stages:
             stages.remove("text")  # a pretrained thinker already reads and writes text
+        # Everything that can be wrong with the data is checked before the first step of the first stage.
+        for stage in stages:
+            self.check_columns(dataset, stage, bool(self.recipe["stages"][stage].get("voice", False)))
+        pending = [s for s in stages if not self.stage_done(s)]
         model = None
-        for index, stage in enumerate(stages):
+        if pending:
+            done = [s for s in stages if self.stage_done(s)]
+            model = self.load_stage_model(done[-1]) if done else self.new_model(config)
+            self.match_codec(model)
+        for stage in stages:
             if self.stage_done(stage):
                 logger.info("Stage %s is done (%s): skipping it", stage, self.path(stage, "model"))
                 continue
-            if model is None:
-                previous = [s for s in stages[:index] if self.stage_done(s)]
-                model = self.load_stage_model(previous[-1]) if previous else self.new_model(config)
-                self.match_codec(model)
             model.train()
             self.run_stage(stage, model, dataset)
             self.save_stage_model(stage, model)
         if model is None:
             model = self.load_stage_model(stages[-1])
-        final = self.save_final(model)
-        results = self.evaluate(final, dataset)
-        self.plot(stages)
+        results = {}
+        if self.state.is_main_process:
+            final = self.save_final(model)
+            results = self.evaluate(final, dataset)
+            self.plot(stages)
+        self.state.wait_for_everyone()
         return results
 
     def save_final(self, model) -> str:
@@ -283,7 +313,7 @@ class TrainingRun:
     def evaluate(self, final: str, dataset) -> dict:
         from trainers.evaluation import evaluate_model
 
-        results = evaluate_model(final, dataset["test"], self.recipe["eval"], processor=self.processor)
+        results = evaluate_model(final, dataset, self.recipe["eval"], processor=self.processor)
         results["recipe"] = os.path.relpath(self.recipe["recipe_path"], os.getcwd())
         _write_json(self.path("eval_results.json"), results)
         shutil.copy(self.path("eval_results.json"), os.path.join(final, "eval_results.json"))
@@ -300,6 +330,12 @@ class TrainingRun:
                     histories[stage] = json.load(f)
         if histories:
             plot_loss_curves(histories, self.path("loss_curves.png"))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
@@ -348,7 +384,8 @@ def run(args) -> int:
         raise SystemExit("Give --output_dir (or output_dir in the recipe).")
     recipe["output_dir"] = os.path.abspath(output_dir)
     results = TrainingRun(recipe, output_dir, resume=args.resume).run()
-    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
+    if results:
+        print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict | list)}, indent=2))
     return 0
 
 

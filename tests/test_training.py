@@ -1,0 +1,235 @@
+"""Training: recipes, collators, the stage trainers, a whole run, a killed run that resumes, bad recipes, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainers.collators import TRANSCRIBE_TASK, SpokenTurnCollator, is_transcription_row
+from trainers.recipes import RecipeError, load_recipe
+from modeling_concept_talker.talker import IGNORE_INDEX
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, "-m", "trainers.cli", "train"]
+
+
+def micro_overrides(data: str, steps: int = 6) -> list[str]:
+    """A whole run in seconds: the tiny recipe on a small dataset with a few steps per stage."""
+    overrides = ["--data.path", data, "--eval.max_examples", "3", "--eval.max_new_tokens", "8"]
+    for stage in ("text", "align", "reply"):
+        overrides += [f"--stages.{stage}.max_steps", str(steps), f"--stages.{stage}.save_steps", "2",
+                      f"--stages.{stage}.logging_steps", "1", f"--stages.{stage}.per_device_train_batch_size", "4"]
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory):
+    """24 rows made with the tiny preset's codec (shared by the tests of this file)."""
+    from trainers.synth import SynthConfig, build_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("data") / "tutor"
+    build_synthetic_dataset(SynthConfig(num_rows=24, validation_size=3, test_size=3, codec="tiny", audio_columns=()),
+                            str(out), num_proc=1)
+    return str(out)
+
+
+def run_train(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(TRAIN + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def final_loss(run_dir: Path) -> float:
+    history = json.loads((run_dir / "reply" / "log_history.json").read_text())
+    return [h["loss"] for h in history if "loss" in h][-1]
+
+
+# ---- recipes -------------------------------------------------------------------------------------------------------
+
+def test_recipe_files_parse():
+    for name in ("tiny", "tiny-lyra", "0.5b"):
+        recipe = load_recipe(str(REPO / "configuration" / f"{name}.yaml"))
+        assert set(recipe["stages"]) == {"text", "align", "reply"}
+
+
+def test_recipe_overrides_and_their_errors(tmp_path):
+    path = str(REPO / "configuration" / "tiny.yaml")
+    recipe = load_recipe(path, ["--stages.reply.max_steps", "7", "--data.synth.n=50", "--model.overrides.lora_r", "2"])
+    assert recipe["stages"]["reply"]["max_steps"] == 7 and recipe["data"]["synth"]["n"] == 50
+    assert recipe["model"]["overrides"]["lora_r"] == 2
+    with pytest.raises(RecipeError, match=r"Unknown recipe key 'data.synht'"):
+        load_recipe(path, ["--data.synht.n", "5"])
+    with pytest.raises(RecipeError, match=r"Unknown setting\(s\) \['max_stepz'\] in stages.align"):
+        load_recipe(path, ["--stages.align.max_stepz", "5"])
+    with pytest.raises(RecipeError, match="has no value"):
+        load_recipe(path, ["--stages.align.max_steps"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stages: [1, 2\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(str(broken))
+
+
+# ---- collators -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rows(micro_dataset):
+    from datasets import load_from_disk
+
+    train = load_from_disk(micro_dataset)["train"]
+    return [train[i] for i in range(4)]
+
+
+def test_reply_collator_masks_and_pads(rows, tiny_processor):
+    batch = SpokenTurnCollator(tiny_processor, "reply", 4)(rows)
+    assert batch["input_audio_codes"].shape[:2] == (4, 4) and batch["audio_labels"].shape[:2] == (4, 4)
+    tokenizer = tiny_processor.tokenizer
+    for i, row in enumerate(rows):
+        labelled = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX]
+        assert tokenizer.decode(labelled) == row["reply_text"] + "<|im_end|>"
+        frames = len(row["reply_codes"][0])
+        assert (batch["audio_labels"][i, :, :frames] >= 0).all() and (batch["audio_labels"][i, :, frames:] == IGNORE_INDEX).all()
+        slots = int((batch["input_ids"][i] == tiny_processor.audio_token_id).sum())
+        assert slots == tiny_processor.concept_slots_for_frames(len(row["question_codes"][0]))
+        assert batch["input_audio_codes_mask"][i].sum() == len(row["question_codes"][0])
+
+
+def test_transcribe_and_text_collators(rows, tiny_processor):
+    tokenizer = tiny_processor.tokenizer
+    batch = SpokenTurnCollator(tiny_processor, "transcribe", 4)(rows)
+    prompt = tokenizer.decode(batch["input_ids"][0])
+    assert TRANSCRIBE_TASK in prompt and "audio_labels" not in batch
+    labelled = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]
+    assert tokenizer.decode(labelled) == rows[0]["question_text"] + "<|im_end|>"
+    text = SpokenTurnCollator(tiny_processor, "text", 4)(rows)
+    assert "input_audio_codes" not in text and not (text["input_ids"] == tiny_processor.audio_token_id).any()
+    for i, row in enumerate(rows):
+        answer = row["question_text"] if is_transcription_row(row["id"]) else row["reply_text"]
+        labelled = text["labels"][i][text["labels"][i] != IGNORE_INDEX]
+        assert tokenizer.decode(labelled) == answer + "<|im_end|>"
+        assert row["question_text"] in tokenizer.decode(text["input_ids"][i])
+
+
+def test_collator_refuses_codes_of_another_codec(rows, tiny_processor):
+    with pytest.raises(ValueError, match=r"\[8 codebooks\]\[frames\].*made with this model's codec"):
+        SpokenTurnCollator(tiny_processor, "reply", 8)(rows)
+
+
+# ---- trainers ------------------------------------------------------------------------------------------------------
+
+def test_stage_trainers_train_the_right_parts(tiny_model, tiny_processor, rows, tmp_path):
+    from transformers import TrainingArguments
+
+    from trainers.trainer import AlignmentTrainer, SpokenReplyTrainer, ThinkerTextTrainer
+
+    cases = [(ThinkerTextTrainer, "text", lambda n: n.startswith("thinker.") and "lora_" not in n),
+             (AlignmentTrainer, "transcribe", lambda n: n.startswith("concept_adapter.")),
+             (SpokenReplyTrainer, "reply", lambda n: n.startswith(("talker.", "concept_adapter.")) or "lora_" in n)]
+    for cls, task, should_train in cases:
+        args = TrainingArguments(output_dir=str(tmp_path / task), max_steps=1, report_to="none",
+                                 remove_unused_columns=False, per_device_train_batch_size=4)
+        trainer = cls(model=tiny_model, args=args, train_dataset=rows,
+                      data_collator=SpokenTurnCollator(tiny_processor, task, 4))
+        trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+        assert trainable and all(should_train(n) for n in trainable), cls.__name__
+        assert not any(n.startswith("codec.") for n in trainable)
+        trainer.train()
+        logged = trainer.state.log_history[0]
+        assert "text_loss" in logged or "train_loss" in logged
+
+
+def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_processor, rows, tmp_path):
+    from transformers import TrainingArguments
+
+    from trainers.trainer import SpokenReplyTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, logging_steps=1, report_to="none",
+                             remove_unused_columns=False, per_device_train_batch_size=2, per_device_eval_batch_size=2)
+    trainer = SpokenReplyTrainer(model=tiny_model, args=args, train_dataset=rows, eval_dataset=rows,
+                                 data_collator=SpokenTurnCollator(tiny_processor, "reply", 4), adapter_learning_rate=1e-5)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h][0]
+    assert {"text_loss", "audio_loss", "audio_loss_0", "audio_loss_3"} <= set(logged)
+    groups = trainer.optimizer.param_groups
+    assert any(g["lr"] == 1e-5 or g.get("initial_lr") == 1e-5 for g in groups)  # the adapter's own rate
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_code_accuracy"] <= 1.0 and "eval_code_accuracy_3" in metrics
+
+
+# ---- whole runs ----------------------------------------------------------------------------------------------------
+
+def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
+    """The tiny recipe end to end; then the same run killed with SIGKILL mid-stage, resumed to the same final loss."""
+    whole = tmp_path / "whole"
+    result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(whole)] + micro_overrides(micro_dataset))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((whole / "eval_results.json").read_text())
+    for key in ("stage1_cer", "stage2_reply_accuracy", "audio_code_accuracy", "stage2_reply_accuracy_by_skill"):
+        assert key in results
+    assert (whole / "loss_curves.png").stat().st_size > 1000
+    final = whole / "final"
+    assert (final / "model.safetensors").exists() and (final / "thinker" / "config.json").exists()
+    assert json.loads((final / "config.json").read_text())["thinker_name_or_path"] == "thinker"
+
+    killed = tmp_path / "killed"
+    args = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed)] + micro_overrides(micro_dataset)
+    process = subprocess.Popen(TRAIN + args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "align" / "checkpoint-2").is_dir():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "final").exists() and not (killed / "align" / "model").exists()
+    for checkpoint in (killed / "align").glob("checkpoint-*"):
+        assert (checkpoint / "trainer_state.json").exists()  # every checkpoint there is complete
+
+    again = run_train(args)
+    assert again.returncode != 0 and "already holds a run: pass --resume" in again.stderr
+    resumed = run_train(args + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert final_loss(killed) == pytest.approx(final_loss(whole), abs=1e-6)
+
+
+def test_bad_recipes_fail_at_start(micro_dataset, tmp_path, assets):
+    result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(tmp_path / "a"), "--stages.reply.lr", "1"])
+    assert result.returncode != 0 and "Unknown setting(s) ['lr'] in stages.reply" in result.stderr
+
+    # A dataset of recordings has no replies: the reply stage cannot run, and that is known before any training.
+    from trainers.ljspeech import build_ljspeech_dataset
+
+    recordings = tmp_path / "recordings"
+    build_ljspeech_dataset(str(assets / "speech" / "ljspeech-dev"), str(recordings), codec="tiny", audio_columns=())
+    result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(tmp_path / "b")]
+                       + micro_overrides(str(recordings)))
+    assert result.returncode != 0 and "lacks the column(s)" in result.stderr
+    assert not (tmp_path / "b" / "text").exists()  # failed before the first stage
+
+    # Codes made with another codec (2 codebooks for a model of 4).
+    result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(tmp_path / "c"),
+                        "--model.overrides.codec_num_codebooks", "2"] + micro_overrides(micro_dataset))
+    assert result.returncode != 0 and "does not fit this model's codec" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "accelerate")),
+                    reason="accelerate's launcher is not installed")
+def test_two_processes_with_accelerate_launch(micro_dataset, tmp_path):
+    """DDP over gloo on CPU: `accelerate launch --num_processes 2` runs the same recipe."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    out = tmp_path / "ddp"
+    command = [launcher, "launch", "--config_file", "configuration/accelerate/ddp-cpu.yaml", "-m", "trainers.cli", "train",
+               "--recipe", "configuration/tiny.yaml", "--output_dir", str(out)] + micro_overrides(micro_dataset, steps=4)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("text", "align", "reply"):
+        assert json.loads((out / stage / "train_result.json").read_text())["world_size"] == 2
+    assert (out / "eval_results.json").exists() and (out / "final" / "model.safetensors").exists()
