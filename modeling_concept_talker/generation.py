@@ -204,10 +204,9 @@ class TalkerStream:
         hidden = talker.run(talker.embed_audio(self.previous), self.cache)
         logits = talker.logits(hidden)[0, -1]  # [codebooks, codebook_size + 1]
         k = torch.arange(self.num_codebooks, device=logits.device)
-        if self.eos_step is None:
-            logits[1:, talker.eos_id] = float("-inf")  # only codebook 0 may end the audio
-            if step >= self.max_frames:
-                logits[0, : talker.eos_id] = float("-inf")  # length limit: end now
+        logits[1:, talker.eos_id] = float("-inf")  # only codebook 0 ends the audio; the others follow, forced
+        if self.eos_step is None and step >= self.max_frames:
+            logits[0, : talker.eos_id] = float("-inf")  # length limit: end now
         column = choose_tokens(logits, self.settings.talker_do_sample, self.settings.talker_temperature,
                                self.settings.talker_top_k, generator=self.generator)
         if self.eos_step is None and int(column[0]) == talker.eos_id:
@@ -255,8 +254,16 @@ def make_runner(model, batch_size: int, settings: SpokenGenerationConfig, max_le
             FastThinkerRunner = None
         if FastThinkerRunner is not None:
             dtype = getattr(torch, settings.thinker_dtype) if settings.thinker_dtype else model.thinker.dtype
+            # The weight snapshot is kept on the model and reused while no thinker weight has changed in place
+            # (tensor versions; an optimizer step or load_state_dict bumps them), so a turn costs only its cache.
+            key = (dtype, tuple((id(p), p.data_ptr(), p._version) for p in model.thinker.parameters()))
+            snapshot = getattr(model, "_fast_thinker_snapshot", None)
             try:
-                return FastThinkerRunner(model.thinker, batch_size=batch_size, max_length=max_length, dtype=dtype)
+                if snapshot is None or snapshot[0] != key or snapshot[1].max_length < max_length:
+                    runner = FastThinkerRunner(model.thinker, batch_size=batch_size,
+                                               max_length=max(max_length, 1024), dtype=dtype)
+                    model._fast_thinker_snapshot = snapshot = (key, runner)
+                return snapshot[1].sharing_weights(batch_size, max_length)
             except (ValueError, NotImplementedError):
                 if settings.thinker_runner == "fast":
                     raise

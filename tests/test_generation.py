@@ -227,3 +227,22 @@ def test_a_turn_closed_early_holds_nothing(lively_model, tiny_processor):
     next(stream)
     stream.close()
     assert turn.state == "closed" and turn.runner is None and turn.encoder is None
+
+
+def test_only_codebook_0_ends_the_audio(lively_model, tiny_processor, monkeypatch):
+    """Codebooks 1..K-1 finish their delayed frames after codebook 0's EOS with codes, never with EOS."""
+    talker = lively_model.talker
+    scored = talker.logits
+    steps = []
+
+    def eos_everywhere_from_step_5(hidden):
+        logits = scored(hidden)
+        steps.append(None)
+        if len(steps) >= 6:
+            logits[..., :, talker.eos_id] = 1e4  # every head prefers EOS
+        return logits
+
+    monkeypatch.setattr(talker, "logits", eos_everywhere_from_step_5)
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY)
+    codes = reply.audio_codes[0]
+    assert codes.shape[1] == 5 and int(codes.max()) < lively_model.config.codebook_size

@@ -1,0 +1,277 @@
+"""FastThinkerRunner against the reference ThinkerRunner on small random Qwen2 thinkers.
+
+Tolerances:
+- fp32 compute: logits and hidden states within 1e-4 of the reference (both are fp32; only the summation order
+  differs, measured ~1e-6), greedy tokens identical.
+- bf16 compute: the reference is the fp32 thinker (the exact function). The fast runner must be no further from it
+  than transformers' own bf16 forward (ThinkerRunner on the thinker cast to bf16) is, times 1.5. Greedy tokens may
+  only differ from the fp32 ones on near ties: the fast runner's pick must score within the bf16 error bound of the
+  reference's best logit.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from configuration import load_preset
+from modeling_concept_talker.fast_thinker import FastThinkerRunner, effective_linear, load_native_kernel
+from modeling_concept_talker.thinker_runner import ThinkerRunner
+
+FP32_ATOL = 1e-4
+
+
+def _native_or_skip():
+    lib, why = load_native_kernel()
+    if lib is None:
+        pytest.skip(f"native kernel unavailable: {why}")
+
+
+def _gqa_config() -> Qwen2Config:
+    """Several layers, 4 query heads per kv head, untied lm_head, odd widths (kernel tails) and a small vocab."""
+    return Qwen2Config(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=200,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+
+
+def _thinker(name: str) -> torch.nn.Module:
+    config = load_preset("tiny").thinker_config if name == "tiny" else _gqa_config()
+    torch.manual_seed(0)
+    thinker = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # random biases and norms, so the test sees them used
+        for name_, param in thinker.named_parameters():
+            if name_.endswith("bias") or "norm" in name_:
+                param.add_(0.1 * torch.randn_like(param))
+    return thinker
+
+
+@pytest.fixture(scope="module", params=["tiny", "gqa"])
+def thinker(request):
+    return _thinker(request.param)
+
+
+VARIANTS = {
+    "native": dict(backend="native"),
+    "native-static-shared": dict(backend="native", schedule="static", weights="share"),
+    "torch": dict(backend="torch"),
+}
+
+
+def _backend(name: str) -> str:
+    if name == "native":
+        _native_or_skip()
+    return name
+
+
+def _variant(name: str) -> dict:
+    if VARIANTS[name]["backend"] == "native":
+        _native_or_skip()
+    return VARIANTS[name]
+
+
+def _run(runner, prompt: torch.Tensor, steps: int, embed=None):
+    """Prefill `prompt` then decode greedily: (list of (logits, hidden) per append, generated tokens)."""
+    embed = embed or runner.embed
+    outputs = [runner.append(embed(prompt))]
+    tokens = []
+    for _ in range(steps):
+        token = outputs[-1][0].argmax(-1, keepdim=True)
+        tokens.append(token)
+        outputs.append(runner.append(embed(token)))
+    return outputs, torch.cat(tokens, dim=1)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fp32_matches_reference(thinker, variant):
+    prompt = torch.randint(0, thinker.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
+    reference, ref_tokens = _run(ThinkerRunner(thinker), prompt, 20)
+    fast = FastThinkerRunner(thinker, max_length=64, dtype=torch.float32, **_variant(variant))
+    outputs, tokens = _run(fast, prompt, 20)
+    assert torch.equal(tokens, ref_tokens)
+    assert fast.length == 29
+    for (logits, hidden), (ref_logits, ref_hidden) in zip(outputs, reference):
+        assert logits.dtype == torch.float32 and logits.shape == ref_logits.shape
+        assert hidden.shape == ref_hidden.shape
+        torch.testing.assert_close(logits, ref_logits, atol=FP32_ATOL, rtol=FP32_ATOL)
+        torch.testing.assert_close(hidden, ref_hidden, atol=FP32_ATOL, rtol=FP32_ATOL)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bf16_as_close_as_transformers_bf16(thinker, variant):
+    prompt = torch.randint(0, thinker.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(2))
+    truth, truth_runner = [], ThinkerRunner(thinker)
+    thinker_bf16 = copy.deepcopy(thinker).to(torch.bfloat16)
+    hf_bf16 = ThinkerRunner(thinker_bf16)
+    fast = FastThinkerRunner(thinker, max_length=64, **_variant(variant))
+    embed = truth_runner.embed  # same fp32 inputs for all three
+    worst_hf = worst_fast = worst_hidden_hf = worst_hidden_fast = 0.0
+    token = None
+    for step in range(12):
+        inputs = embed(prompt if step == 0 else token)
+        ref_logits, ref_hidden = truth_runner.append(inputs)
+        hf_logits, hf_hidden = hf_bf16.append(inputs)
+        logits, hidden = fast.append(inputs)
+        assert hidden.dtype == torch.bfloat16
+        worst_hf = max(worst_hf, (hf_logits - ref_logits).abs().max().item())
+        worst_fast = max(worst_fast, (logits - ref_logits).abs().max().item())
+        worst_hidden_hf = max(worst_hidden_hf, (hf_hidden.float() - ref_hidden).abs().max().item())
+        worst_hidden_fast = max(worst_hidden_fast, (hidden.float() - ref_hidden).abs().max().item())
+        # greedy: the fast pick is the reference's best, or a near tie within the bf16 error bound
+        pick, best = logits.argmax(-1), ref_logits.argmax(-1)
+        margin = ref_logits.gather(-1, best[:, None]) - ref_logits.gather(-1, pick[:, None])
+        assert (margin <= 2 * 1.5 * worst_hf).all(), (step, margin)
+        token = best[:, None]  # both continue with the reference token
+    assert worst_fast <= 1.5 * worst_hf, (worst_fast, worst_hf)
+    assert worst_hidden_fast <= 1.5 * worst_hidden_hf, (worst_hidden_fast, worst_hidden_hf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_prefill_equals_one_shot(thinker, dtype):
+    """Chunks of 7, 13 and 20 (native kernel) against one 40-position append (torch GEMMs), then one decode step."""
+    prompt = torch.randint(0, thinker.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(3))
+    one_shot = FastThinkerRunner(thinker, max_length=64, dtype=dtype)
+    chunked = FastThinkerRunner(thinker, max_length=64, dtype=dtype)
+    logits_one, hidden_one = one_shot.append(one_shot.embed(prompt))
+    hidden_chunks = []
+    for piece in prompt.split([7, 13, 20], dim=1):
+        logits_chunked, hidden = chunked.append(chunked.embed(piece))
+        hidden_chunks.append(hidden)
+    # fp32: summation order only; bf16: the two paths round intermediate values differently
+    tol = FP32_ATOL if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(logits_chunked, logits_one, atol=tol, rtol=tol)
+    torch.testing.assert_close(torch.cat(hidden_chunks, 1).float(), hidden_one.float(), atol=tol, rtol=tol)
+    token = logits_one.argmax(-1, keepdim=True)
+    next_one, _ = one_shot.append(one_shot.embed(token))
+    next_chunked, _ = chunked.append(chunked.embed(token))
+    torch.testing.assert_close(next_chunked, next_one, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_batch_with_left_padding(thinker, backend):
+    """Two conversations of different lengths, left padded, against each one alone and against ThinkerRunner."""
+    vocab = thinker.config.vocab_size
+    generator = torch.Generator().manual_seed(4)
+    long, short = torch.randint(0, vocab, (1, 8), generator=generator), torch.randint(0, vocab, (1, 5), generator=generator)
+    ids = torch.cat([long, torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)])
+    mask = torch.tensor([[1] * 8, [0, 0, 0] + [1] * 5])
+    kwargs = dict(max_length=64, dtype=torch.float32, backend=_backend(backend))
+    batch = FastThinkerRunner(thinker, batch_size=2, **kwargs)
+    reference = ThinkerRunner(thinker, batch_size=2)
+    logits, hidden = batch.append(batch.embed(ids), mask)
+    ref_logits, ref_hidden = reference.append(reference.embed(ids), mask)
+    torch.testing.assert_close(logits, ref_logits, atol=FP32_ATOL, rtol=FP32_ATOL)
+    torch.testing.assert_close(hidden[mask.bool()], ref_hidden[mask.bool()], atol=FP32_ATOL, rtol=FP32_ATOL)
+    singles = [FastThinkerRunner(thinker, **kwargs) for _ in range(2)]
+    single_outputs = [runner.append(runner.embed(row)) for runner, row in zip(singles, (long, short))]
+    for row, (single_logits, single_hidden) in enumerate(single_outputs):
+        torch.testing.assert_close(logits[row], single_logits[0], atol=FP32_ATOL, rtol=FP32_ATOL)
+        torch.testing.assert_close(hidden[row, -single_hidden.shape[1] :], single_hidden[0], atol=FP32_ATOL, rtol=FP32_ATOL)
+    for _ in range(4):  # decode both rows together: one token each, no padding
+        tokens = logits.argmax(-1, keepdim=True)
+        logits, hidden = batch.append(batch.embed(tokens))
+        ref_logits, _ = reference.append(reference.embed(tokens))
+        torch.testing.assert_close(logits, ref_logits, atol=FP32_ATOL, rtol=FP32_ATOL)
+        for row, runner in enumerate(singles):
+            single_logits, single_hidden = runner.append(runner.embed(tokens[row : row + 1]))
+            torch.testing.assert_close(logits[row], single_logits[0], atol=FP32_ATOL, rtol=FP32_ATOL)
+            torch.testing.assert_close(hidden[row], single_hidden[0], atol=FP32_ATOL, rtol=FP32_ATOL)
+    assert torch.equal(batch.positions, torch.tensor([12, 9]))
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_lora_is_folded(backend):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    thinker = _thinker("gqa")
+    base = FastThinkerRunner(thinker, max_length=32, dtype=torch.float32, backend="torch")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=targets), thinker)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in thinker.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    thinker.eval()
+    assert any(hasattr(module, "lora_A") for module in thinker.modules())
+    prompt = torch.randint(0, thinker.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(6))
+    fast = FastThinkerRunner(thinker, max_length=32, dtype=torch.float32, backend=_backend(backend))
+    reference = ThinkerRunner(thinker)
+    for step in range(4):
+        ids = prompt if step == 0 else logits.argmax(-1, keepdim=True)
+        logits, hidden = fast.append(fast.embed(ids))
+        ref_logits, ref_hidden = reference.append(reference.embed(ids))
+        torch.testing.assert_close(logits, ref_logits, atol=FP32_ATOL, rtol=FP32_ATOL)
+        torch.testing.assert_close(hidden, ref_hidden, atol=FP32_ATOL, rtol=FP32_ATOL)
+        if step == 0:
+            prompt_logits = logits
+    base_logits, _ = base.append(base.embed(prompt))
+    assert (base_logits - prompt_logits).abs().max() > 1e-2  # the adapters matter, so the check above means something
+    q = thinker.model.layers[0].self_attn.q_proj
+    weight, bias = effective_linear(q)
+    x = torch.randn(3, weight.shape[1])
+    torch.testing.assert_close(x @ weight.T + bias, q(x), atol=1e-5, rtol=1e-5)
+
+
+def test_max_length_error():
+    thinker = _thinker("tiny")
+    fast = FastThinkerRunner(thinker, max_length=8)
+    fast.append(fast.embed(torch.zeros(1, 6, dtype=torch.long)))
+    fast.append(fast.embed(torch.zeros(1, 2, dtype=torch.long)))
+    assert fast.length == 8
+    with pytest.raises(ValueError, match="max_length"):
+        fast.append(fast.embed(torch.zeros(1, 1, dtype=torch.long)))
+    assert fast.length == 8  # nothing was written
+    fast.reset()
+    logits, _ = fast.append(fast.embed(torch.zeros(1, 3, dtype=torch.long)))
+    assert fast.length == 3 and torch.isfinite(logits).all()
+
+
+def test_backend_choice():
+    thinker = _thinker("tiny")
+    assert FastThinkerRunner(thinker, backend="torch").backend == "torch"
+    config = load_preset("tiny").thinker_config
+    config.head_dim = 8  # not a multiple of 16: the kernel declines, "auto" falls back to torch
+    config.num_attention_heads, config.hidden_size = 8, 64
+    odd = AutoModelForCausalLM.from_config(config).eval()
+    assert FastThinkerRunner(odd, max_length=16).backend == "torch"
+    with pytest.raises(RuntimeError, match="head_dim"):
+        FastThinkerRunner(odd, max_length=16, backend="native")
+    with pytest.raises(ValueError, match="backend"):
+        FastThinkerRunner(thinker, backend="cuda")
+
+
+def test_turns_share_one_weight_snapshot_until_a_weight_changes(tmp_path):
+    """make_runner keeps the fast runner's weight snapshot on the model: a second turn reuses it (no copy), runs
+    from an empty cache of its own, and a training step (weights changed in place) makes a fresh snapshot."""
+    from modeling_concept_talker import ConceptTalkerForConditionalGeneration
+    from modeling_concept_talker.generation import SpokenGenerationConfig, make_runner
+
+    config = load_preset("tiny")
+    model = ConceptTalkerForConditionalGeneration(config).eval()
+    settings = SpokenGenerationConfig(thinker_runner="fast")
+    first = make_runner(model, 1, settings, max_length=64)
+    embeds = torch.randn(1, 5, config.thinker_config.hidden_size)
+    logits_first, _ = first.append(embeds)
+    second = make_runner(model, 2, settings, max_length=32)
+    assert second.layers[0]["qkv_w"].data_ptr() == first.layers[0]["qkv_w"].data_ptr()
+    assert second.length == 0 and second.k_cache[0].data_ptr() != first.k_cache[0].data_ptr()
+    logits_second, _ = second.append(embeds.expand(2, -1, -1))
+    torch.testing.assert_close(logits_second[0], logits_first[0])
+
+    with torch.no_grad():
+        model.thinker.lm_head.weight.add_(1.0)  # what an optimizer step does
+    third = make_runner(model, 1, settings, max_length=64)
+    assert third.lm_weight.data_ptr() != first.lm_weight.data_ptr()
+    logits_third, _ = third.append(embeds)
+    assert not torch.allclose(logits_third, logits_first)
