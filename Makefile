@@ -18,5 +18,8 @@ $(VENV)/.installed: setup.py
 test: setup
 	$(PY) -m pytest -q tests
 
+chat: setup
+	$(VENV)/bin/concept-talker chat --say "What does brave mean?" --out reply.wav --stream
+
 bench: setup
 	$(VENV)/bin/concept-talker bench --json benchmarks/results/bench.json --plot benchmarks/results/bench.png

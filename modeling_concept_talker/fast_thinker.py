@@ -1389,4 +1389,50 @@ class FastThinkerRunner:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-__all__ = ["FastThinkerRunner", "effective_linear", "load_native_kernel", "native_read_bandwidth"]
+def talker_as_causal_lm(talker: nn.Module) -> nn.Module:
+    """The talker's decoder as a `Qwen2ForCausalLM` with the same weights, so `FastThinkerRunner` can run it.
+
+    The talker's blocks are Qwen2's (RMSNorm, RoPE with rotate-half, full multi-head attention, SiLU-gated MLP) with
+    fused [q; k; v] and [gate; up] matrices and no biases; its per-codebook heads `[codebooks, codebook_size + 1,
+    width]` become one lm_head of `codebooks x (codebook_size + 1)` rows, so the runner's logits reshape to
+    `[codebooks, codebook_size + 1]`. Inputs are given as embeddings (`Talker.embed_*`); the embedding table here
+    is unused. The copy shares no storage with the talker.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = talker.config
+    width, heads = config.hidden_size, config.num_attention_heads
+    codebooks, rows = talker.heads.shape[0], talker.heads.shape[1]
+    qwen = Qwen2Config(
+        vocab_size=codebooks * rows, hidden_size=width, intermediate_size=config.intermediate_size,
+        num_hidden_layers=len(talker.blocks), num_attention_heads=heads, num_key_value_heads=heads,
+        rms_norm_eps=talker.norm.eps if talker.norm.eps is not None else config.rms_norm_eps,
+        rope_theta=float(talker.rotary.theta), max_position_embeddings=1 << 20, tie_word_embeddings=False,
+        hidden_act="silu",
+    )
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(qwen)
+    state = {"model.norm.weight": talker.norm.weight, "lm_head.weight": talker.heads.reshape(codebooks * rows, width),
+             "model.embed_tokens.weight": torch.zeros(1, width).expand(codebooks * rows, width)}
+    for i, block in enumerate(talker.blocks):
+        prefix = f"model.layers.{i}."
+        q, k, v = block.attention.qkv_proj.weight.chunk(3, dim=0)
+        gate, up = block.gate_up_proj.weight.chunk(2, dim=0)
+        state.update({
+            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k,
+            prefix + "self_attn.v_proj.weight": v, prefix + "self_attn.o_proj.weight": block.attention.o_proj.weight,
+            prefix + "mlp.gate_proj.weight": gate, prefix + "mlp.up_proj.weight": up,
+            prefix + "mlp.down_proj.weight": block.down_proj.weight,
+            prefix + "input_layernorm.weight": block.attention_norm.weight,
+            prefix + "post_attention_layernorm.weight": block.mlp_norm.weight,
+        })
+        for name in ("q_proj", "k_proj", "v_proj"):
+            state[prefix + f"self_attn.{name}.bias"] = torch.zeros(width)
+    dtype = talker.heads.dtype
+    model.load_state_dict({k: v.detach().to(dtype) for k, v in state.items()}, assign=True, strict=True)
+    model.model.rotary_emb = type(model.model.rotary_emb)(qwen)  # its inv_freq buffer, computed on the CPU
+    return model.eval()
+
+
+__all__ = ["FastThinkerRunner", "effective_linear", "load_native_kernel", "native_read_bandwidth",
+           "talker_as_causal_lm"]

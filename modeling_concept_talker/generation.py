@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -41,6 +42,8 @@ class SpokenGenerationConfig:
         thinker_runner: "auto" (the fast runner when it supports the thinker, else the reference),
             "fast" or "reference".
         thinker_dtype: compute dtype of the fast runner, "bfloat16" or "float32" (default: the thinker's own).
+        talker_runner: "auto" (the talker's decoder on the fast runner's native kernel where it can be built, else
+            the talker's own forward), "fast" or "reference". Same results within float rounding.
     """
 
     thinker_max_new_tokens: int = 128
@@ -55,6 +58,7 @@ class SpokenGenerationConfig:
     seed: int | None = None
     thinker_runner: str = "auto"
     thinker_dtype: str | None = None
+    talker_runner: str = "auto"
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> SpokenGenerationConfig:
@@ -66,15 +70,16 @@ class SpokenGenerationConfig:
                 f"{', '.join(sorted(names))}."
             )
         config = cls(**kwargs)
-        if config.thinker_runner not in ("auto", "fast", "reference"):
-            raise ValueError(f"thinker_runner must be 'auto', 'fast' or 'reference', got {config.thinker_runner!r}.")
+        for name in ("thinker_runner", "talker_runner"):
+            if getattr(config, name) not in ("auto", "fast", "reference"):
+                raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(config, name)!r}.")
         return config
 
 
 @dataclass
 class AudioChunk:
     """A piece of reply audio: `samples` float32 mono at `sampling_rate` Hz, starting at `start` samples into the
-    reply of conversation `row`. `text` is the reply text tokens the thinker has written so far."""
+    reply of conversation `row`. `text_tokens` are the reply text tokens the thinker has written so far."""
 
     samples: np.ndarray
     sampling_rate: int
@@ -150,9 +155,11 @@ class TalkerStream:
         device = talker.heads.device
         max_text = settings.thinker_max_new_tokens + 1
         prefix = 0 if style_embeds is None else style_embeds.shape[1]
-        self.cache = talker.new_cache(1, prefix + max_text + self.max_frames + self.num_codebooks + 1, dtype, device)
+        length = prefix + max_text + self.max_frames + self.num_codebooks + 1
+        self.runner = fast_talker_runner(model, settings, length)
+        self.cache = None if self.runner is not None else talker.new_cache(1, length, dtype, device)
         if style_embeds is not None:
-            talker.run(talker.embed_style(style_embeds.to(dtype)), self.cache)
+            self._read(talker.embed_style(style_embeds.to(dtype)))
         self.pending_text: list[torch.Tensor] = []  # embedded states not yet read
         self.text_read = 0
         self.text_done = False
@@ -190,7 +197,7 @@ class TalkerStream:
                 return False
             take = min(needed, available) - self.text_read
             if take:
-                self.talker.run(torch.cat(self.pending_text[:take], dim=1), self.cache)
+                self._read(torch.cat(self.pending_text[:take], dim=1))
                 del self.pending_text[:take]
                 self.text_read += take
         block_end = (step // self.schedule.write_frames + 1) * self.schedule.write_frames
@@ -199,10 +206,18 @@ class TalkerStream:
             step += 1
         return True
 
+    def _read(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
+        """Run the talker over `embeds` `[1, n, width]` after what it has read; with `logits`, return those of the
+        last position, `[codebooks, codebook_size + 1]` (float32 on the fast runner)."""
+        if self.runner is not None:
+            last, _ = self.runner.append(embeds)
+            return last.view(self.num_codebooks, -1) if logits else None
+        hidden = self.talker.run(embeds, self.cache)
+        return self.talker.logits(hidden)[0, -1] if logits else None
+
     def _write_step(self, step: int) -> None:
         talker = self.talker
-        hidden = talker.run(talker.embed_audio(self.previous), self.cache)
-        logits = talker.logits(hidden)[0, -1]  # [codebooks, codebook_size + 1]
+        logits = self._read(talker.embed_audio(self.previous), logits=True)  # [codebooks, codebook_size + 1]
         k = torch.arange(self.num_codebooks, device=logits.device)
         logits[1:, talker.eos_id] = float("-inf")  # only codebook 0 ends the audio; the others follow, forced
         if self.eos_step is None and step >= self.max_frames:
@@ -243,33 +258,61 @@ class TalkerStream:
         return undelay_codes(torch.stack(self.columns, dim=-1)[None], self.complete_frames)[0]
 
 
+_SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {part: (weights key, runner)}
+
+
+def snapshot_runner(model, part: str, decoder, dtype: torch.dtype, batch_size: int, max_length: int):
+    """A `FastThinkerRunner` over `model.<part>`'s weights with an empty cache of its own.
+
+    The weight snapshot (what the runner copies from `decoder()`, a Qwen2-shaped causal LM) is kept per model and
+    part, and reused while no weight of the part has changed (tensor versions and storage: an optimizer step,
+    `load_state_dict` or `.to()` makes a new one), so a turn costs only its cache. Raises what the runner raises
+    for a decoder it cannot run (ValueError, NotImplementedError).
+    """
+    from .fast_thinker import FastThinkerRunner
+
+    module = getattr(model, part)
+    key = (dtype, tuple((id(p), p.data_ptr(), p._version) for p in module.parameters()))
+    snapshots = _SNAPSHOTS.setdefault(model, {})
+    snapshot = snapshots.get(part)
+    if snapshot is None or snapshot[0] != key or snapshot[1].max_length < max_length:
+        snapshots.pop(part, None)  # free the old snapshot before making the new one
+        runner = FastThinkerRunner(decoder(), batch_size=1, max_length=max(max_length, 1024), dtype=dtype)
+        snapshot = snapshots[part] = (key, runner)
+    return snapshot[1].sharing_weights(batch_size, max_length)
+
+
 def make_runner(model, batch_size: int, settings: SpokenGenerationConfig, max_length: int):
     """The thinker runner for a turn: the fast one when available and asked for, else the reference one."""
     from .thinker_runner import ThinkerRunner
 
     if settings.thinker_runner != "reference":
+        dtype = getattr(torch, settings.thinker_dtype) if settings.thinker_dtype else model.thinker.dtype
         try:
-            from .fast_thinker import FastThinkerRunner
-        except ImportError:
-            FastThinkerRunner = None
-        if FastThinkerRunner is not None:
-            dtype = getattr(torch, settings.thinker_dtype) if settings.thinker_dtype else model.thinker.dtype
-            # The weight snapshot is kept on the model and reused while no thinker weight has changed in place
-            # (tensor versions; an optimizer step or load_state_dict bumps them), so a turn costs only its cache.
-            key = (dtype, tuple((id(p), p.data_ptr(), p._version) for p in model.thinker.parameters()))
-            snapshot = getattr(model, "_fast_thinker_snapshot", None)
-            try:
-                if snapshot is None or snapshot[0] != key or snapshot[1].max_length < max_length:
-                    runner = FastThinkerRunner(model.thinker, batch_size=batch_size,
-                                               max_length=max(max_length, 1024), dtype=dtype)
-                    model._fast_thinker_snapshot = snapshot = (key, runner)
-                return snapshot[1].sharing_weights(batch_size, max_length)
-            except (ValueError, NotImplementedError):
-                if settings.thinker_runner == "fast":
-                    raise
-        elif settings.thinker_runner == "fast":
-            raise ImportError("The fast thinker runner is not available in this installation.")
+            return snapshot_runner(model, "thinker", lambda: model.thinker, dtype, batch_size, max_length)
+        except (ImportError, ValueError, NotImplementedError):
+            if settings.thinker_runner == "fast":
+                raise
     return ThinkerRunner(model.thinker, batch_size=batch_size)
+
+
+def fast_talker_runner(model, settings: SpokenGenerationConfig, max_length: int):
+    """The talker's decoder on the fast runner's native kernel, or None for the talker's own forward (asked for,
+    or where the kernel is unavailable: there the reference is as fast as a torch re-implementation)."""
+    if settings.talker_runner == "reference":
+        return None
+    try:
+        from .fast_thinker import talker_as_causal_lm
+
+        runner = snapshot_runner(model, "talker", lambda: talker_as_causal_lm(model.talker),
+                                 model.talker.heads.dtype, 1, max_length)
+    except (ImportError, ValueError, NotImplementedError):
+        if settings.talker_runner == "fast":
+            raise
+        return None
+    if runner.backend != "native" and settings.talker_runner == "auto":
+        return None
+    return runner
 
 
 def reply_end_ids(model) -> set[int]:

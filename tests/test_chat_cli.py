@@ -17,17 +17,43 @@ def question_file(assets) -> str:
 
 
 def test_chat_writes_the_reply_and_its_timings(assets, tmp_path, capsys):
+    """The default is the embedded trained tiny-lyra checkpoint, speaking through the real Lyra codec (16 kHz)."""
     out, report = tmp_path / "reply.wav", tmp_path / "reply.json"
     code = main(["chat", "--audio", question_file(assets), "--out", str(out), "--max-new-tokens", "6",
                  "--max-audio-seconds", "1", "--json", str(report)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "RANDOM weights" in printed  # says plainly what the default model is
+    assert "the embedded default" in printed and "Lyra" in printed  # says plainly what the default model is
     assert "Reply text:" in printed and "first audio" in printed and "real-time factor" in printed
     info = soundfile.info(str(out))
-    assert info.samplerate == 24000 and info.channels == 1 and 0 < info.duration <= 1.0 + 1e-6
+    assert info.samplerate == 16000 and info.channels == 1 and 0 < info.duration <= 1.0 + 1e-6
     timings = json.loads(report.read_text())
     assert timings["first_audio_s"] <= timings["total_s"] and timings["audio_s"] > 0
+
+
+def test_without_a_real_codec_the_default_says_it_is_random(tmp_path, assets, capsys, monkeypatch):
+    import trainers.loading
+
+    monkeypatch.delenv("CONCEPT_TALKER_LYRA_DIR", raising=False)
+    monkeypatch.setattr(trainers.loading, "OFFLINE_LYRA", tmp_path / "no-lyra-here")
+    code = main(["chat", "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"), "--max-new-tokens", "4",
+                 "--max-audio-seconds", "0.5"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Lyra codec, whose model files were not found" in printed
+    assert "RANDOM weights" in printed and "codec is random too" in printed
+    assert soundfile.info(str(tmp_path / "r.wav")).samplerate == 24000
+
+
+def test_a_checkpoint_finds_the_lyra_models_given_on_the_command_line(tmp_path, assets, capsys, monkeypatch):
+    """The embedded checkpoint stores no machine-specific Lyra folder; --lyra-dir (or the default) supplies it."""
+    import trainers.loading
+
+    monkeypatch.setattr(trainers.loading, "OFFLINE_LYRA", tmp_path / "no-lyra-here")
+    code = main(["chat", "--model", str(trainers.loading.EMBEDDED_MODEL), "--lyra-dir",
+                 str(assets / "lyra-soundstream"), "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"),
+                 "--max-new-tokens", "4", "--max-audio-seconds", "0.5"])
+    assert code == 0 and "the embedded default" in capsys.readouterr().out
 
 
 def test_chat_streams_in_and_out(assets, tmp_path, capsys):

@@ -133,7 +133,7 @@ def test_text_stops_at_the_end_of_reply_token(lively_model, tiny_processor):
         lively_model.thinker.lm_head.weight[end] *= 0  # tied: also the token's embedding
         lively_model.thinker.model.norm.weight.fill_(1.0)
         lively_model.thinker.lm_head.weight[end] += 50 * lively_model.thinker.lm_head.weight.mean(0)
-    reply = lively_model.generate(**ask(tiny_processor), **GREEDY)
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY, talker_runner="reference")  # patched logits
     tokens = reply.sequences[0].tolist()
     if end in tokens:
         assert tokens.index(end) == len(tokens) - 1  # nothing after the end-of-reply token
@@ -152,7 +152,7 @@ def test_talker_end_of_audio_ends_the_reply_audio(lively_model, tiny_processor, 
         return logits
 
     monkeypatch.setattr(talker, "logits", eos_at_step_5)
-    reply = lively_model.generate(**ask(tiny_processor), **GREEDY)
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY, talker_runner="reference")  # patched logits
     assert reply.audio_codes[0].shape[1] == 5  # five frames, then EOS
     assert len(reply.waveforms[0]) == 5 * lively_model.codec.hop_length
     assert len(steps) == 5 + lively_model.config.codec_num_codebooks  # the delayed codebooks finish, then stop
@@ -243,6 +243,20 @@ def test_only_codebook_0_ends_the_audio(lively_model, tiny_processor, monkeypatc
         return logits
 
     monkeypatch.setattr(talker, "logits", eos_everywhere_from_step_5)
-    reply = lively_model.generate(**ask(tiny_processor), **GREEDY)
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY, talker_runner="reference")  # patched logits
     codes = reply.audio_codes[0]
     assert codes.shape[1] == 5 and int(codes.max()) < lively_model.config.codebook_size
+
+
+def test_fast_and_reference_talker_write_the_same_codes(lively_model, tiny_processor):
+    """The talker's decoder on the fast runner's kernel (Qwen2-shaped view of its weights) is the same model."""
+    from modeling_concept_talker.fast_thinker import load_native_kernel
+
+    if load_native_kernel()[0] is None:
+        pytest.skip(f"native kernel unavailable: {load_native_kernel()[1]}")
+    batch = ask(tiny_processor)
+    settings = dict(GREEDY, thinker_runner="reference")
+    fast = lively_model.generate(**batch, **settings, talker_runner="fast")
+    reference = lively_model.generate(**batch, **settings, talker_runner="reference")
+    assert fast.audio_codes[0].shape[1] > 10
+    assert torch.equal(fast.audio_codes[0], reference.audio_codes[0])

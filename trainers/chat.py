@@ -18,12 +18,11 @@ import tempfile
 
 import numpy as np
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "the embedded tiny-lyra checkpoint (checkpoints/tiny-lyra), or the tiny preset where Lyra is missing"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"checkpoint folder, Hub id, or preset name (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", help=f"checkpoint folder, Hub id, or preset name (default: {DEFAULT_MODEL})")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--audio", help="the spoken question: a WAV/FLAC file, any rate, mono or stereo")
     source.add_argument("--say", help="speak this question with the offline TTS (espeak-ng) instead of --audio")
@@ -91,12 +90,19 @@ def run(args) -> int:
     from modeling_concept_talker import build_prompt
     from modeling_concept_talker.audio import load_audio, save_audio
     from modeling_concept_talker.streaming import SpokenTurn
-    from trainers.loading import load_model
+    from configuration import preset_names
+    from trainers.loading import default_model, load_model
 
     overrides = {}
     if args.lyra_dir:
         overrides["codec_config"] = {"model_type": "lyra_soundstream", "model_dir": args.lyra_dir}
-    loaded = load_model(args.model, tokenizer=args.tokenizer, **overrides)
+    spec = args.model
+    if spec is None:
+        spec, why_not_embedded = default_model()
+        if why_not_embedded:
+            print(f"Note: using the tiny preset because {why_not_embedded}.")
+    loaded = load_model(spec, tokenizer=args.tokenizer, lyra_dir=args.lyra_dir,
+                        **(overrides if spec in preset_names() else {}))
     model, processor = loaded.model, loaded.processor
     print(f"Model: {loaded.description}")
     audio, rate = question_audio(args)

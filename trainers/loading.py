@@ -10,6 +10,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared offline copy of the Qwen2.5 tokenizer, where this project is checked out next to it.
 OFFLINE_TOKENIZER = REPO_ROOT.parent / "shared" / "assets" / "qwen2.5-tokenizer"
 HUB_TOKENIZER = "Qwen/Qwen2.5-0.5B"
+# The shared offline copy of the real Lyra v2 SoundStream models.
+OFFLINE_LYRA = REPO_ROOT.parent / "shared" / "assets" / "lyra-soundstream"
+# The embedded default model: what `configuration/tiny-lyra.yaml` trains (checkpoints/README.md says how it was made).
+EMBEDDED_MODEL = REPO_ROOT / "checkpoints" / "tiny-lyra"
 
 
 @dataclass
@@ -29,7 +33,28 @@ def default_tokenizer() -> str:
     return HUB_TOKENIZER
 
 
-def load_model(spec: str, tokenizer: str | None = None, dtype=None, **preset_overrides) -> LoadedModel:
+def default_lyra_dir() -> str | None:
+    """`$CONCEPT_TALKER_LYRA_DIR`, else the offline shared copy of the Lyra models if present, else None."""
+    if os.environ.get("CONCEPT_TALKER_LYRA_DIR"):
+        return os.environ["CONCEPT_TALKER_LYRA_DIR"]
+    return str(OFFLINE_LYRA) if OFFLINE_LYRA.is_dir() else None
+
+
+def default_model() -> tuple[str, str | None]:
+    """The model `chat` uses when none is given: the embedded trained tiny-lyra checkpoint where the Lyra models
+    can be found, else the `tiny` preset (random weights, random codec); and why, when it is the fallback."""
+    if (EMBEDDED_MODEL / "config.json").is_file():
+        if default_lyra_dir() is not None:
+            return str(EMBEDDED_MODEL), None
+        why = ("the embedded trained model speaks through the Lyra codec, whose model files were not found (set "
+               "CONCEPT_TALKER_LYRA_DIR or pass --lyra-dir)")
+    else:
+        why = "no embedded checkpoint in this copy"
+    return "tiny", why
+
+
+def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: str | None = None,
+               **preset_overrides) -> LoadedModel:
     """Load a Concept-Talker for inference.
 
     Args:
@@ -37,6 +62,8 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, **preset_ove
             (`tiny`, `0.5b`, `tiny-lyra`: random weights, said plainly in the description).
         tokenizer: tokenizer folder or Hub id for presets and for checkpoints saved without a processor.
         dtype: e.g. `torch.bfloat16` for the weights.
+        lyra_dir: folder of the Lyra models, for checkpoints that use the Lyra codec (default: the folder in their
+            config if it exists, else `default_lyra_dir()`).
         preset_overrides: config fields for a preset (e.g. `codec_config={"model_dir": ...}`).
     """
     import torch
@@ -62,7 +89,13 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, **preset_ove
 
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
-        model = ConceptTalkerForConditionalGeneration.from_pretrained(spec, **kwargs).eval()
+        config = ConceptTalkerForConditionalGeneration.config_class.from_pretrained(spec)
+        if config.codec_type == "lyra_soundstream":
+            # The Lyra models live outside the checkpoint, in a folder that differs between machines.
+            saved = config.codec_config.model_dir
+            config.codec_config.model_dir = lyra_dir or (saved if saved and os.path.isdir(saved) else None) or \
+                default_lyra_dir() or saved
+        model = ConceptTalkerForConditionalGeneration.from_pretrained(spec, config=config, **kwargs).eval()
     except OSError as err:
         raise SystemExit(
             f"Could not load a Concept-Talker model from {spec!r} ({err}). Give a folder saved with save_pretrained, "
@@ -73,5 +106,11 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, **preset_ove
     except (OSError, ValueError, TypeError):
         processor = ConceptTalkerProcessor.from_config(model.config, tokenizer or default_tokenizer())
     codec = model.config.codec_type
-    description = f"{spec} ({codec} codec, {model.config.thinker_config.num_hidden_layers}-layer thinker)"
+    codec_words = {"lyra_soundstream": "the real Lyra SoundStream codec", "encodec": "EnCodec", "mimi": "Mimi"}
+    description = (f"{spec} ({codec_words.get(codec, codec)}, "
+                   f"{model.config.thinker_config.num_hidden_layers}-layer thinker)")
+    if os.path.abspath(spec) == str(EMBEDDED_MODEL):
+        description = (f"the embedded default: the tiny-lyra recipe's trained model ({spec}), a 4-layer thinker "
+                       "trained on CPU in minutes, speaking through the real Lyra SoundStream codec; expect short, "
+                       "often wrong but audible replies")
     return LoadedModel(model, processor, description, trained=True)
