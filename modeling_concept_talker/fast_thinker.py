@@ -1334,7 +1334,7 @@ class FastThinkerRunner:
     def _step_torch(self, x: torch.Tensor, start: int, n: int, rope_positions: torch.Tensor):
         """x `[batch, n, hidden]` fp32 -> (logits `[batch, vocab]`, normed hidden `[batch, n, hidden]` fp32)."""
         batch = x.shape[0]
-        NH, G, D, I = self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate_size
+        NH, G, D = self.num_heads, self.num_kv_heads, self.head_dim
         end = start + n
         dt = self.dtype
         cos = self.rope_cos[rope_positions][:, :, None]  # [batch, n, 1, D]

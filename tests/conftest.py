@@ -70,3 +70,12 @@ def liven(model, seed: int = 0):
 @pytest.fixture
 def lively_model(tiny_model):
     return liven(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: on a 2-core machine shared with other work, multi-threaded ops stall on each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

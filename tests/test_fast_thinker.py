@@ -110,7 +110,7 @@ def test_fp32_matches_reference(thinker, variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_bf16_as_close_as_transformers_bf16(thinker, variant):
     prompt = torch.randint(0, thinker.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(2))
-    truth, truth_runner = [], ThinkerRunner(thinker)
+    truth_runner = ThinkerRunner(thinker)
     thinker_bf16 = copy.deepcopy(thinker).to(torch.bfloat16)
     hf_bf16 = ThinkerRunner(thinker_bf16)
     fast = FastThinkerRunner(thinker, max_length=64, **_variant(variant))

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
 from trainers.collators import TRANSCRIBE_TASK, SpokenTurnCollator, is_transcription_row
 from trainers.recipes import RecipeError, load_recipe

@@ -44,13 +44,7 @@ def median_f0(audio: np.ndarray, sampling_rate: int) -> float:
     return float(np.median(estimates))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: on a 2-core machine shared with other work, multi-threaded ops stall on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

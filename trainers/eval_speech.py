@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 
-import numpy as np
 import torch
 
 LANGUAGE_MODELS = ("corpus", "unigram", "general")
