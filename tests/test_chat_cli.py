@@ -85,3 +85,25 @@ def test_the_installed_command_runs(assets, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Timings:" in result.stdout
+
+
+def test_refreshing_the_embedded_model_keeps_its_replies(tmp_path, assets):
+    """`python -m trainers.embedded FINAL` writes a checkpoint that answers exactly as its source does."""
+    import torch
+
+    from modeling_concept_talker import build_prompt
+    from trainers.embedded import export_embedded
+    from trainers.loading import EMBEDDED_MODEL, load_model
+
+    out = export_embedded(str(EMBEDDED_MODEL), str(tmp_path / "tiny-lyra"))
+    assert not [p for p in tmp_path.iterdir() if p.name != "tiny-lyra"]  # no staging folder left behind
+    assert not list((tmp_path / "tiny-lyra").glob("*.py")) and (tmp_path / "tiny-lyra" / "thinker").is_dir()
+    audio, rate = soundfile.read(question_file(assets), dtype="float32")
+    replies = []
+    for spec in (str(EMBEDDED_MODEL), out):
+        loaded = load_model(spec, lyra_dir=str(assets / "lyra-soundstream"))
+        batch = loaded.processor(text=build_prompt(), audio=audio, sampling_rate=rate)
+        with torch.no_grad():
+            replies.append(loaded.model.generate(**batch, thinker_max_new_tokens=6, max_audio_seconds=0.4,
+                                                 seed=0).audio_codes[0])
+    assert torch.equal(replies[0], replies[1])
