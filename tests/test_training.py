@@ -70,6 +70,14 @@ def test_recipe_overrides_and_their_errors(tmp_path):
         load_recipe(path, ["--stages.align.max_stepz", "5"])
     with pytest.raises(RecipeError, match="has no value"):
         load_recipe(path, ["--stages.align.max_steps"])
+    # YAML 1.1 reads 3e-3 as a string; on the command line and in files it must still be the number
+    recipe = load_recipe(path, ["--stages.align.learning_rate", "3e-3", "--stages.reply.warmup_steps=1e1"])
+    assert recipe["stages"]["align"]["learning_rate"] == 0.003 and recipe["stages"]["reply"]["warmup_steps"] == 10
+    written = tmp_path / "written.yaml"
+    written.write_text("stages:\n  align:\n    learning_rate: 3e-3\n")
+    assert load_recipe(str(written))["stages"]["align"]["learning_rate"] == 0.003
+    with pytest.raises(RecipeError, match=r"stages.align.learning_rate must be a number, got 'fast'"):
+        load_recipe(path, ["--stages.align.learning_rate", "fast"])
     broken = tmp_path / "broken.yaml"
     broken.write_text("stages: [1, 2\n")
     with pytest.raises(RecipeError, match="not valid YAML"):

@@ -59,11 +59,21 @@ def _merge(schema: dict, values: dict, path: str) -> dict:
 
 
 def _parse_value(text: str):
-    """A command-line value as YAML would read it: numbers, booleans, null, lists; else the string."""
+    """A command-line value as YAML would read it: numbers (also `3e-3`, which YAML 1.1 leaves a string),
+    booleans, null, lists; else the string."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return _number_or_string(value) if isinstance(value, str) else value
+
+
+def _number_or_string(value: str):
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
 
 
 def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
@@ -128,6 +138,23 @@ def check_stage(name: str, stage: dict) -> None:
         )
     if "output_dir" in stage:
         raise RecipeError(f"stages.{name}.output_dir is set by the run (<output_dir>/{name}): remove it.")
+    coerce_numbers(name, stage)
+
+
+def coerce_numbers(name: str, stage: dict) -> None:
+    """Turn numbers written as strings (YAML 1.1 reads `learning_rate: 3e-3` as the string "3e-3") into the
+    float or int the TrainingArguments field holds; anything else there fails here, naming the key."""
+    from transformers import TrainingArguments
+
+    defaults = {f.name: f.default for f in fields(TrainingArguments) if f.init}
+    for key, value in stage.items():
+        default = defaults.get(key)
+        if not isinstance(value, str) or isinstance(default, bool) or not isinstance(default, int | float):
+            continue
+        number = _number_or_string(value)
+        if isinstance(number, str):
+            raise RecipeError(f"stages.{name}.{key} must be a number, got {value!r}.")
+        stage[key] = float(number) if isinstance(default, float) else number
 
 
 def training_arguments(stage: dict, output_dir: str, seed: int, **extra):
