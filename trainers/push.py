@@ -149,14 +149,6 @@ def check_processor(processor, config) -> None:
 
 
 # ---- staging ------------------------------------------------------------------------------------------------------
-def save_base_thinker(model, folder: str) -> None:
-    """Save the thinker without its LoRA adapters (not merged): the base weights the adapters were trained on, as a
-    plain causal-LM checkpoint."""
-    state = {name.replace(".base_layer.", "."): tensor
-             for name, tensor in model.thinker.state_dict().items() if "lora_" not in name}
-    model.thinker.save_pretrained(folder, state_dict=state)
-
-
 def _is_local_folder(reference: str | None, model_dir: str | None) -> str | None:
     """The local folder a reference names (absolute, or relative to the checkpoint folder), else None."""
     if not reference:
@@ -263,7 +255,7 @@ def stage_repository(model, out_dir: str, *, repo_id: str, processor=None, merge
         local_thinker = _is_local_folder(thinker_ref, model_dir)
         if local_thinker or not is_hub_id(thinker_ref):
             # A stranger cannot reach a folder on this machine: the base thinker goes into the repository.
-            save_base_thinker(model, os.path.join(out_dir, BASE_THINKER_FOLDER))
+            model.save_base_thinker(os.path.join(out_dir, BASE_THINKER_FOLDER))
             saved_refs["thinker_name_or_path"] = BASE_THINKER_FOLDER
             base_included = True
         local_codec = _is_local_folder(codec_ref, model_dir)
