@@ -20,12 +20,15 @@ import tempfile
 from trainers.loading import EMBEDDED_MODEL
 
 KEPT_FILES = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json",
-              "chat_template.jinja", "training_recipe.yaml")
+              "chat_template.jinja")
 
 
 def export_embedded(final_dir: str, out_dir: str = str(EMBEDDED_MODEL), eval_results: str | None = None) -> str:
     import torch
+    import yaml
     from safetensors.torch import load_file, save_file
+
+    from trainers.push import read_eval_results, read_recipe, redact_local_paths
 
     with open(os.path.join(final_dir, "config.json")) as f:
         config = json.load(f)
@@ -39,9 +42,16 @@ def export_embedded(final_dir: str, out_dir: str = str(EMBEDDED_MODEL), eval_res
         for name in KEPT_FILES:
             if os.path.isfile(os.path.join(final_dir, name)):
                 shutil.copy2(os.path.join(final_dir, name), staging)
+        # the recipe and the evaluation, with this machine's paths redacted (as on the Hub)
+        recipe = read_recipe(os.path.join(final_dir, "training_recipe.yaml"))
+        if recipe is not None:
+            with open(os.path.join(staging, "training_recipe.yaml"), "w") as f:
+                yaml.safe_dump(recipe, f, sort_keys=False)
         eval_results = eval_results or os.path.join(os.path.dirname(os.path.abspath(final_dir)), "eval_results.json")
-        if os.path.isfile(eval_results):
-            shutil.copy2(eval_results, os.path.join(staging, "eval_results.json"))
+        results = read_eval_results(eval_results) or read_eval_results(os.path.join(final_dir, "eval_results.json"))
+        if results is not None:
+            with open(os.path.join(staging, "eval_results.json"), "w") as f:
+                json.dump(redact_local_paths(results), f, indent=2)
         curves = os.path.join(os.path.dirname(os.path.abspath(final_dir)), "loss_curves.png")
         if os.path.isfile(curves):
             shutil.copy2(curves, staging)
