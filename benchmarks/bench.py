@@ -76,7 +76,7 @@ def question_wave(sampling_rate: int, seconds: float = QUESTION_SECONDS) -> np.n
 
 
 def build(preset: str):
-    """The preset with random weights, its processor, and its question audio."""
+    """The preset with random weights (thinker cast to bf16) and its processor."""
     from trainers.loading import load_model
 
     loaded = load_model(preset)

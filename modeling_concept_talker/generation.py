@@ -302,8 +302,10 @@ def fast_talker_runner(model, settings: SpokenGenerationConfig, max_length: int)
     if settings.talker_runner == "reference":
         return None
     try:
-        from .fast_thinker import talker_as_causal_lm
+        from .fast_thinker import load_native_kernel, talker_as_causal_lm
 
+        if settings.talker_runner == "auto" and load_native_kernel()[0] is None:
+            return None  # no snapshot of the talker's weights for a runner that would not be used
         runner = snapshot_runner(model, "talker", lambda: talker_as_causal_lm(model.talker),
                                  model.talker.heads.dtype, 1, max_length)
     except (ImportError, ValueError, NotImplementedError):
@@ -311,7 +313,7 @@ def fast_talker_runner(model, settings: SpokenGenerationConfig, max_length: int)
             raise
         return None
     if runner.backend != "native" and settings.talker_runner == "auto":
-        return None
+        return None  # e.g. a head width the kernel does not take, or a talker on a GPU
     return runner
 
 

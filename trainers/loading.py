@@ -91,11 +91,15 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
     try:
         config = ConceptTalkerForConditionalGeneration.config_class.from_pretrained(spec)
         if config.codec_type == "lyra_soundstream":
-            # The Lyra models live outside the checkpoint, in a folder that differs between machines.
+            # The Lyra models live outside a local checkpoint, in a folder that differs between machines: where the
+            # saved one is not on this machine, use the default. (A relative one names a folder inside the
+            # checkpoint, which from_pretrained finds itself.)
             saved = config.codec_config.model_dir
-            config.codec_config.model_dir = lyra_dir or (saved if saved and os.path.isdir(saved) else None) or \
-                default_lyra_dir() or saved
-        model = ConceptTalkerForConditionalGeneration.from_pretrained(spec, config=config, **kwargs).eval()
+            if lyra_dir is None and (saved is None or (os.path.isabs(saved) and not os.path.isdir(saved))):
+                lyra_dir = default_lyra_dir()
+            if lyra_dir is not None:
+                kwargs["codec_model_dir"] = lyra_dir
+        model = ConceptTalkerForConditionalGeneration.from_pretrained(spec, **kwargs).eval()
     except OSError as err:
         raise SystemExit(
             f"Could not load a Concept-Talker model from {spec!r} ({err}). Give a folder saved with save_pretrained, "
