@@ -42,8 +42,9 @@ METRICS = {
         "character error rate of the transcript the thinker writes from the concept tokens alone (lower is better)",
     ),
     "stage2_reply_accuracy": MetricInfo(
-        "accuracy", "Reply token accuracy (stage 2)", "audio-to-audio", "Spoken tutoring reply",
-        "share of reply-text tokens the thinker predicts exactly, teacher-forced (higher is better)",
+        "accuracy", "Reply accuracy (stage 2)", "audio-to-audio", "Spoken tutoring reply",
+        "share of spoken questions whose greedy reply text is exactly the reference, ignoring case and punctuation "
+        "(higher is better)",
     ),
     "audio_code_accuracy": MetricInfo(
         "accuracy", "Audio code accuracy", "audio-to-audio", "Spoken tutoring reply",
@@ -58,6 +59,23 @@ METRICS = {
         "wer", "Recogniser WER ceiling", "audio-to-audio", "Spoken tutoring reply",
         "the same recogniser on reference reply speech passed through the codec: the best WER this measurement "
         "can show",
+    ),
+    "garbage_wer": MetricInfo(
+        "wer", "Recogniser WER on garbage", "audio-to-audio", "Spoken tutoring reply",
+        "the same recogniser on time-reversed reference speech: what unintelligible audio scores",
+    ),
+    "rate_duration_ratio": MetricInfo(
+        "ratio", "Slow / fast duration ratio", "audio-to-audio", "Tutor controls",
+        'median duration of the same reply after "Speak slowly." over after "Speak quickly." (target 1.3 or more)',
+    ),
+    "voice_f0_match": MetricInfo(
+        "accuracy", "Reference voice pitch match", "audio-to-audio", "Tutor controls",
+        "share of replies spoken with a held-out reference clip whose median pitch is nearest that clip's among "
+        "the candidates (higher is better)",
+    ),
+    "repeat_exact": MetricInfo(
+        "accuracy", "Repeat after me", "audio-to-audio", "Tutor controls",
+        'share of "repeat after me" turns whose reply text is exactly the user\'s sentence (higher is better)',
     ),
 }
 # Keys of eval_results.json that describe the evaluation rather than measure the model (and the Trainer's bookkeeping).
@@ -344,9 +362,19 @@ def limitations(facts: CardFacts) -> list[str]:
         f"One turn of user audio is at most {config.max_audio_seconds:g} s (`max_audio_seconds`); longer recordings "
         "must be split.",
         "The thinker can be wrong with confidence. Do not rely on it for facts, grades or safety-critical advice.",
-        f"The reply voice is whatever the talker learnt from its training speech through the "
-        f"{CODEC_NAMES.get(config.codec_type, config.codec_type)} codec; it is not a voice-cloning system.",
     ]
+    codec_name = CODEC_NAMES.get(config.codec_type, config.codec_type)
+    if config.talker_config.num_style_concepts:
+        match = facts.eval_results.get("voice_f0_match") if facts.eval_results else None
+        measured = f" (here {match:.2f} of replies nearest the reference's pitch)" if isinstance(match, float) else ""
+        items.append(
+            f"A reference voice (1-5 s) steers the reply's voice only as far as `voice_f0_match` says{measured}; "
+            f"the voice is otherwise what the talker learnt from its training speech through the {codec_name} codec. "
+            "It is not a voice-cloning system: do not use it to imitate a person without their consent."
+        )
+    else:
+        items.append(f"The reply voice is whatever the talker learnt from its training speech through the "
+                     f"{codec_name} codec; it is not a voice-cloning system.")
     if "wer" in eval_metrics(facts.eval_results):
         items.append(
             "The spoken-reply WER comes from an offline recogniser with a language model of the training domain: "

@@ -76,9 +76,10 @@ class ConceptAdapter(nn.Module):
         latent_dim: width of the codec's quantised latent (EnCodec 128, Mimi 512, Lyra 64).
         window_frames: codec frames per window (window_seconds x frame rate).
         output_size: the thinker's hidden size.
+        num_style_concepts: learned style queries for a reference voice (`style`); 0 for none.
     """
 
-    def __init__(self, config, latent_dim: int, window_frames: int, output_size: int):
+    def __init__(self, config, latent_dim: int, window_frames: int, output_size: int, num_style_concepts: int = 0):
         super().__init__()
         self.window_frames = window_frames
         self.concepts_per_window = config.concepts_per_window
@@ -88,21 +89,20 @@ class ConceptAdapter(nn.Module):
         self.frame_proj = nn.Linear(latent_dim, width)
         self.frame_position = nn.Parameter(torch.zeros(window_frames, width))
         self.queries = nn.Parameter(torch.zeros(config.concepts_per_window, width))
+        # A voice is read by queries of its own: the content queries learn to drop what the thinker does not need
+        # (pitch, timbre), which is exactly what the talker needs from a reference clip.
+        self.style_queries = nn.Parameter(torch.zeros(num_style_concepts, width)) if num_style_concepts else None
         self.blocks = nn.ModuleList(PerceiverBlock(config) for _ in range(config.num_layers))
         self.out_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         # Into the thinker's embedding space: concepts are read there as if they were words.
         self.projection = nn.Sequential(nn.Linear(width, output_size), nn.GELU(), nn.Linear(output_size, output_size))
 
-    def forward(self, latents: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Concepts for each clip.
-
-        Args:
-            latents: `[clips, frames, latent_dim]` quantised codec latents.
-            frame_mask: `[clips, frames]` bool, True for real frames (clips are right-padded).
+    def read_windows(self, latents: torch.Tensor, frame_mask: torch.Tensor | None, queries: torch.Tensor):
+        """Each window of frames read by `queries` `[q, width]` through the Perceiver blocks.
 
         Returns:
-            concepts `[clips, windows * concepts_per_window, output_size]` and their mask
-            `[clips, windows * concepts_per_window]` (a window holding at least one real frame is real).
+            `[clips, windows, q, width]` (before the output norm and projection) and `window_real` `[clips, windows]`
+            (a window holding at least one real frame is real).
         """
         clips, frames, _ = latents.shape
         if frame_mask is None:
@@ -114,13 +114,43 @@ class ConceptAdapter(nn.Module):
         mask = F.pad(frame_mask, (0, pad)).view(clips * windows, self.window_frames)
         hidden = hidden + self.frame_position
         window_real = mask.any(dim=-1)
-        # A window of padding only has nothing to attend to; let it see frame 0 and drop its concepts below.
+        # A window of padding only has nothing to attend to; let it see frame 0 and drop its output.
         mask = mask.clone()
         mask[:, 0] |= ~window_real
-        concepts = self.queries.expand(clips * windows, -1, -1)
+        read = queries.expand(clips * windows, -1, -1)
         for block in self.blocks:
-            concepts = block(concepts, hidden, mask)
-        concepts = self.projection(self.out_norm(concepts))
-        concepts = concepts.reshape(clips, windows * self.concepts_per_window, -1)
-        concept_mask = window_real.view(clips, windows).repeat_interleave(self.concepts_per_window, dim=1)
-        return concepts, concept_mask
+            read = block(read, hidden, mask)
+        return read.view(clips, windows, queries.shape[0], -1), window_real.view(clips, windows)
+
+    def forward(self, latents: torch.Tensor, frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concepts for each clip.
+
+        Args:
+            latents: `[clips, frames, latent_dim]` quantised codec latents.
+            frame_mask: `[clips, frames]` bool, True for real frames (clips are right-padded).
+
+        Returns:
+            concepts `[clips, windows * concepts_per_window, output_size]` and their mask
+            `[clips, windows * concepts_per_window]`.
+        """
+        read, window_real = self.read_windows(latents, frame_mask, self.queries)
+        clips, windows = window_real.shape
+        concepts = self.projection(self.out_norm(read)).reshape(clips, windows * self.concepts_per_window, -1)
+        return concepts, window_real.repeat_interleave(self.concepts_per_window, dim=1)
+
+    def style(self, latents: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Style concepts of reference clips: every window read by the style queries, averaged over the clip's real
+        windows, so a clip of any length gives the same number of vectors.
+
+        Args:
+            latents: `[clips, frames, latent_dim]`; frame_mask: `[clips, frames]` (True = real frame).
+
+        Returns:
+            `[clips, num_style_concepts, output_size]`.
+        """
+        if self.style_queries is None:
+            raise ValueError("This concept adapter has no style queries (built with num_style_concepts=0).")
+        read, window_real = self.read_windows(latents, frame_mask, self.style_queries)
+        weights = window_real.to(read.dtype)[:, :, None, None]
+        pooled = (read * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.projection(self.out_norm(pooled))

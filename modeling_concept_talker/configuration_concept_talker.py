@@ -19,13 +19,22 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 # Bumped whenever a saved config can no longer be read by this code without a change of meaning.
-CONFIG_FORMAT_VERSION = 1
+CONFIG_FORMAT_VERSION = 2
 # The concept-talker release that first wrote each format version (for error messages).
-CONFIG_FORMAT_RELEASES = {1: "0.1.0"}
+CONFIG_FORMAT_RELEASES = {1: "0.1.0", 2: "0.2.0"}
 # When the format changes, CONFIG_MIGRATIONS[v] turns a saved version-v config dict into a version v + 1 dict, so that
 # older checkpoints keep loading; a version with no path up to CONFIG_FORMAT_VERSION fails with a message saying which
 # release reads it.
-CONFIG_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+def _v1_voice_from_content_concepts(config_dict: dict) -> dict:
+    """Version 2 reads a reference voice with style queries of its own; version-1 checkpoints pooled the content
+    concepts and have no style queries, so they keep doing that."""
+    config_dict["adapter_config"] = {**config_dict.get("adapter_config", {}), "style_queries": False}
+    return config_dict
+
+
+CONFIG_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_voice_from_content_concepts}
 
 
 class ConfigFormatError(ValueError):
@@ -91,6 +100,8 @@ class ConceptAdapterConfig(PreTrainedConfig):
         hidden_size (`int`): width of the Perceiver.
         num_layers (`int`), num_attention_heads (`int`), intermediate_size (`int`): Perceiver depth and width.
         dropout (`float`): dropout inside the Perceiver blocks.
+        style_queries (`bool`): read a reference voice with `talker_config.num_style_concepts` queries of its own
+            (windows averaged); False pools the content concepts instead (how version-1 checkpoints read a voice).
     """
 
     model_type = "concept_talker_adapter"
@@ -103,6 +114,7 @@ class ConceptAdapterConfig(PreTrainedConfig):
     intermediate_size: int = 2048
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    style_queries: bool = True
 
 
 class TalkerConfig(PreTrainedConfig):
@@ -122,6 +134,10 @@ class TalkerConfig(PreTrainedConfig):
         num_style_concepts (`int`): concept vectors of a reference voice the talker attends to (0 disables).
         max_position_embeddings (`int`): longest talker sequence (thinker states + audio steps) it is built for.
         detach_thinker_states (`bool`): stop the talker's loss from flowing back into the thinker.
+        history_dropout (`float`): in training, the fraction of audio steps whose input codes are hidden (replaced by
+            the filler id). With the whole history in view a talker learns to continue the pitch and pace it hears
+            and to ignore the voice and the instruction; hiding part of it makes them worth reading (as word dropout
+            does for a text decoder's latent).
     """
 
     model_type = "concept_talker_talker"
@@ -140,6 +156,7 @@ class TalkerConfig(PreTrainedConfig):
     rms_norm_eps: float = 1e-6
     dropout: float = 0.0
     detach_thinker_states: bool = True
+    history_dropout: float = 0.0
 
 
 class LyraCodecConfig(PreTrainedConfig):

@@ -65,6 +65,8 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
         std = 0.02
         if isinstance(module, ConceptAdapter):
             init.normal_(module.queries, std=std)
+            if module.style_queries is not None:
+                init.normal_(module.style_queries, std=std)
             init.normal_(module.frame_position, std=std)
         elif isinstance(module, Talker):
             init.normal_(module.heads, std=std)
@@ -103,8 +105,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         config.validate_parts()
         self.codec: AudioCodec = build_codec(config)
         thinker_hidden = config.thinker_config.hidden_size
+        style_queries = config.talker_config.num_style_concepts if config.adapter_config.style_queries else 0
         self.concept_adapter = ConceptAdapter(
-            config.adapter_config, self.codec.latent_dim, config.window_frames, thinker_hidden
+            config.adapter_config, self.codec.latent_dim, config.window_frames, thinker_hidden, style_queries
         )
         self.thinker = AutoModelForCausalLM.from_config(config.thinker_config)
         self.talker = Talker(config.talker_config, thinker_hidden)
@@ -603,11 +606,15 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         frame_mask = torch.arange(codes.shape[-1], device=codes.device)[None, :] < frames[:, None]
         return codes, frame_mask
 
+    def adapter_latents(self, codes: torch.Tensor, name: str = "input_audio_codes") -> torch.Tensor:
+        """Codes `[clips, codebooks, frames]` (checked, `name` in errors) -> latents `[clips, frames, latent_dim]` in
+        the adapter's dtype."""
+        codes = self.codec.check_codes(codes, name)
+        return self.codec.embed_codes(codes).to(self.concept_adapter.frame_proj.weight.dtype)
+
     def get_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None):
         """Codes `[clips, codebooks, frames]` -> concepts `[clips, slots, thinker_hidden]` and mask `[clips, slots]`."""
-        codes = self.codec.check_codes(codes, "input_audio_codes")
-        latents = self.codec.embed_codes(codes).to(self.concept_adapter.frame_proj.weight.dtype)
-        return self.concept_adapter(latents, frame_mask)
+        return self.concept_adapter(self.adapter_latents(codes), frame_mask)
 
     def merge_concepts(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, concepts: torch.Tensor, concept_mask: torch.Tensor
@@ -654,9 +661,10 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
     def get_voice_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """A reference voice as the talker's style concepts.
 
-        The clip goes through the concept adapter like speech does; its concepts are pooled into
-        `talker_config.num_style_concepts` vectors (the clip cut into that many equal stretches, each averaged), so
-        a clip of any length (1-5 s) gives the talker the same number of style positions.
+        The clip goes through the concept adapter like speech does, read by the adapter's style queries (averaged
+        over its windows), so a clip of any length (1-5 s) gives the talker the same number of style positions.
+        Checkpoints without style queries (`adapter_config.style_queries=False`, format version 1) pool the clip's
+        content concepts into that many equal stretches instead.
 
         Args:
             codes: `[batch, codebooks, frames]` codec codes of one reference clip per row.
@@ -671,6 +679,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 "This model has no reference-voice input (talker_config.num_style_concepts=0): train one with "
                 "num_style_concepts > 0 (e.g. the tiny-lyra recipe) to speak in a given voice."
             )
+        if self.concept_adapter.style_queries is not None:
+            return self.concept_adapter.style(self.adapter_latents(codes, "voice_audio_codes"), frame_mask)
         concepts, concept_mask = self.get_concepts(codes, frame_mask)
         pooled = []
         for row in range(concepts.shape[0]):

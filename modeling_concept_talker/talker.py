@@ -234,10 +234,15 @@ class Talker(nn.Module):
             audio_lengths: `[batch]` audio steps per row.
             style_embeds: `[batch, p, width]` embedded style concepts (`embed_style`), or None.
 
+        In training, `config.history_dropout` of the audio steps have their input codes hidden (filler id).
+
         Returns:
             logits `[batch, max_steps, codebooks, codebook_size + 1]`.
         """
         batch, max_steps = audio_inputs.shape[0], audio_inputs.shape[-1]
+        if self.training and self.config.history_dropout > 0:
+            hidden_steps = torch.rand(batch, 1, max_steps, device=audio_inputs.device) < self.config.history_dropout
+            audio_inputs = torch.where(hidden_steps, self.bos_id, audio_inputs)
         audio_embeds = self.embed_audio(audio_inputs)
         prefix = 0 if style_embeds is None else style_embeds.shape[1]
         layouts = [self.schedule.positions(int(n), int(s)) for n, s in zip(text_lengths.tolist(), audio_lengths.tolist())]

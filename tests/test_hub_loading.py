@@ -149,7 +149,10 @@ def stranger_process(run, tmp_path_factory):
                                   str(root / "reply.wav")),
     }
     (root / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # Remote code is cached by commit, and this fake commit never changes: a module cache of its own keeps an older
+    # run's code from being loaded.
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(root / "modules"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
     with open(root / "stdout.txt", "w") as stdout, open(root / "stderr.txt", "w") as stderr:
         process = subprocess.Popen([sys.executable, "-c", STRANGER, str(root / "spec.json")], cwd=root, env=env,
                                    stdout=stdout, stderr=stderr, text=True)
@@ -249,7 +252,7 @@ def saved_with_version(model, folder, version, rename=None):
 
 def test_config_from_a_newer_format_says_to_upgrade_or_use_its_own_code(run, tmp_path):
     saved_with_version(run[1], tmp_path, 99)
-    with pytest.raises(ConfigFormatError, match=r"version 99.*up to 1.*trust_remote_code=True.*pip install -U"):
+    with pytest.raises(ConfigFormatError, match=r"version 99.*up to 2.*trust_remote_code=True.*pip install -U"):
         ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
 
 
@@ -269,7 +272,7 @@ def test_config_from_an_older_format_migrates_or_says_which_release_reads_it(run
 
     monkeypatch.setitem(configuration.CONFIG_MIGRATIONS, 0, from_0)
     loaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
-    assert loaded.config.audio_loss_weight == 2.5 and loaded.config.config_format_version == 1
+    assert loaded.config.audio_loss_weight == 2.5 and loaded.config.config_format_version == 2
     assert torch.equal(loaded.talker.heads, model.talker.heads)
 
 

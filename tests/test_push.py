@@ -14,6 +14,7 @@ from modeling_concept_talker import ConceptTalkerForConditionalGeneration, Conce
 from trainers.cli import main as cli
 
 EVAL_RESULTS = {"stage1_cer": 0.25, "stage2_reply_accuracy": 0.5, "wer": 0.31, "ceiling_wer": 0.12,
+                "rate_duration_ratio": 1.4,
                 "split": "test", "num_examples": 40, "broken": float("nan"), "note": "not a metric",
                 "eval_runtime": 12.5, "epoch": 3.0}
 RECIPE = (
@@ -149,10 +150,10 @@ def test_model_card_metadata_round_trips_and_reports_only_recorded_metrics(dry_t
     assert data.license == "apache-2.0" and data.language == ["en"]
     assert data.base_model is None  # the tiny thinker was trained from scratch, not from a Hub model
     recorded = {r.metric_name: r.metric_value for r in data.eval_results}
-    assert recorded == {"Transcript CER (stage 1)": 0.25, "Reply token accuracy (stage 2)": 0.5,
-                        "Spoken reply WER": 0.31, "Recogniser WER ceiling": 0.12}
+    assert recorded == {"Transcript CER (stage 1)": 0.25, "Reply accuracy (stage 2)": 0.5,
+                        "Spoken reply WER": 0.31, "Recogniser WER ceiling": 0.12, "Slow / fast duration ratio": 1.4}
     assert {r.dataset_split for r in data.eval_results} == {"test"}
-    assert sorted(data.metrics) == ["accuracy", "cer", "wer"]
+    assert sorted(data.metrics) == ["accuracy", "cer", "ratio", "wer"]
     text = card.text
     assert "Audio code accuracy" not in text  # not recorded, so not reported
     assert 'pipeline("speech-to-speech", model="me/ct-tiny", trust_remote_code=True)' in text

@@ -22,26 +22,9 @@ from trainers.tts import (
     render,
     words_per_minute,
 )
+from trainers.tutor_metrics import median_f0  # the pitch measure the tutor metrics use
 
 SENTENCE = "The morning light came slowly through the window."
-
-
-def median_f0(audio: np.ndarray, sampling_rate: int) -> float:
-    """Median fundamental frequency (Hz) of the loud frames, by autocorrelation over 40 ms frames."""
-    size, hop = int(0.04 * sampling_rate), int(0.02 * sampling_rate)
-    low, high = int(sampling_rate / 400), int(sampling_rate / 60)
-    frames = [audio[i : i + size] for i in range(0, len(audio) - size, hop)]
-    energy = np.array([np.sum(f * f) for f in frames])
-    estimates = []
-    for frame, frame_energy in zip(frames, energy):
-        if frame_energy < 0.3 * energy.max():
-            continue
-        frame = frame - frame.mean()
-        correlation = np.correlate(frame, frame, "full")[size - 1 :]
-        lag = low + int(np.argmax(correlation[low:high]))
-        if correlation[lag] > 0.3 * correlation[0]:
-            estimates.append(sampling_rate / lag)
-    return float(np.median(estimates))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py

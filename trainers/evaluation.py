@@ -144,7 +144,13 @@ def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> di
 def tutor_metrics(model, processor, test_split, rows, settings, voice: bool) -> dict:
     """Speaking rate, reference voice and "repeat after me" (see `trainers.tutor_metrics`)."""
     from trainers.collators import codes_tensor
-    from trainers.tutor_metrics import rate_duration_ratio, repeat_exact, voice_f0_match
+    from trainers.tutor_metrics import (
+        distinct_voice_references,
+        median_f0,
+        rate_duration_ratio,
+        repeat_exact,
+        voice_f0_match,
+    )
 
     chosen = [row for row in rows if row["skill"] != "repeat"][: int(settings.get("voice_examples", 12))]
     k = model.config.codec_num_codebooks
@@ -157,10 +163,14 @@ def tutor_metrics(model, processor, test_split, rows, settings, voice: bool) -> 
     results = rate_duration_ratio(model, processor, chosen, style_for)
     results.update(repeat_exact(model, processor, rows, int(settings.get("max_new_tokens", 48))))
     if voice:
-        references = {}
-        for index in range(len(test_split)):
-            row = test_split[index]
-            references.setdefault(row["reply_voice"], row)  # one reference clip per held-out voice
+        rate = model.codec.sampling_rate
+
+        def clip_f0(row):
+            codes = codes_tensor(row["reference_codes"], "reference_codes", k)[None]
+            return median_f0(model.codec.decode(codes)[0].numpy(), rate)
+
+        pool = [test_split[i] for i in range(min(len(test_split), 60))]
+        references = distinct_voice_references(pool, clip_f0)
         results.update(voice_f0_match(model, processor, chosen[: max(1, len(chosen) // 2)], references))
     return results
 

@@ -4,7 +4,9 @@
                           median over items of duration(slow) / duration(fast). Target >= 1.3.
     voice_f0_match        replies spoken with a reference clip from one of several held-out voices: the fraction
                           whose median pitch (F0) is nearer to that clip's than to every other candidate's.
-                          Target >= 0.8.
+                          Target >= 0.8. A voice here is a held-out TTS voice at a pitch, as a clip conveys it;
+                          the candidates' F0s lie at least 20% apart (`distinct_voice_references`), since two
+                          voices of nearly the same pitch cannot be told apart by pitch at all.
     repeat_exact          "repeat after me" questions: the fraction whose greedy reply text is the user's sentence
                           (after normalisation). Target >= 0.9.
 
@@ -100,6 +102,32 @@ def rate_duration_ratio(model, processor, rows: list[dict], style_for=None) -> d
         if fast > 0:
             ratios.append(slow / fast)
     return {"rate_duration_ratio": float(np.median(ratios)) if ratios else None, "rate_items": len(ratios)}
+
+
+def distinct_voice_references(rows, clip_f0, count: int = 4, min_ratio: float = 1.2) -> dict[str, dict]:
+    """Up to `count` reference rows whose clips' median F0s lie pairwise at least `min_ratio` apart.
+
+    Rows are taken in order; a row joins when its clip is voiced and far enough in pitch from every row already
+    chosen, preferring voices not chosen yet (a second pass allows a chosen voice at another pitch).
+
+    Args:
+        rows: dataset rows with `reply_voice`, `reply_pitch` and `reference_codes`.
+        clip_f0: row -> median F0 (Hz) of its reference clip, or None when unvoiced.
+
+    Returns:
+        `"<voice> pitch <p>"` -> row.
+    """
+    pitched = [(row, f0) for row in rows if (f0 := clip_f0(row)) is not None]
+    chosen: dict[str, tuple[dict, float]] = {}
+    for new_voices_only in (True, False):
+        for row, f0 in pitched:
+            name = f"{row['reply_voice']} pitch {row['reply_pitch']}"
+            voices = {r["reply_voice"] for r, _ in chosen.values()}
+            if len(chosen) == count or name in chosen or (new_voices_only and row["reply_voice"] in voices):
+                continue
+            if all(max(f0, other) / min(f0, other) >= min_ratio for _, other in chosen.values()):
+                chosen[name] = (row, f0)
+    return {name: row for name, (row, _) in chosen.items()}
 
 
 @torch.no_grad()

@@ -1,0 +1,134 @@
+"""The reference voice and the talker's conditioning: style concepts from the concept adapter, clip checks, the
+version-1 way of reading a voice, and the talker's history dropout."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor, build_prompt
+
+
+@pytest.fixture
+def voice_config():
+    from configuration import load_preset
+
+    return load_preset("tiny", talker_config={"num_style_concepts": 4})
+
+
+@pytest.fixture
+def voice_model(voice_config):
+    torch.manual_seed(0)
+    model = ConceptTalkerForConditionalGeneration(voice_config).eval()
+    with torch.no_grad():  # big enough that the style changes what the talker writes
+        model.talker.style_proj.weight.normal_(std=1.0)
+        model.concept_adapter.style_queries.normal_(std=1.0)
+    return model
+
+
+@pytest.fixture
+def voice_processor(voice_config, tokenizer_dir):
+    return ConceptTalkerProcessor.from_config(voice_config, tokenizer_dir)
+
+
+def speech_like(seconds: float, rate: int, f0: float = 150.0) -> torch.Tensor:
+    t = torch.arange(int(seconds * rate)) / rate
+    envelope = 0.5 * (1 + torch.sin(2 * math.pi * 3 * t))  # syllable-rate loudness
+    return 0.3 * envelope * sum(torch.sin(2 * math.pi * f0 * h * t) / h for h in range(1, 5))
+
+
+def test_style_concepts_have_a_fixed_count_whatever_the_clip_length(voice_model, voice_processor):
+    rate = voice_processor.sampling_rate
+    for seconds in (1.0, 2.5, 5.0):
+        codes, mask = voice_model.encode_audio(speech_like(seconds, rate)[None], None)
+        style = voice_model.get_voice_concepts(codes, mask)
+        assert style.shape == (1, 4, voice_model.config.thinker_config.hidden_size)
+        assert torch.isfinite(style).all()
+
+
+def test_padded_clips_give_the_same_style_as_alone(voice_model, voice_processor):
+    rate = voice_processor.sampling_rate
+    short, long = speech_like(1.3, rate, 120.0), speech_like(3.7, rate, 220.0)
+    batch = voice_processor(text=["a", "b"], voice=[short, long], sampling_rate=rate)
+    together = voice_model.voice_style(batch["voice_values"], batch["voice_values_mask"])
+    alone = voice_model.voice_style(voice_processor(text="a", voice=short, sampling_rate=rate)["voice_values"])
+    torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(together[0], together[1])  # two voices, two styles
+
+
+def test_the_talker_learns_from_the_style_queries(voice_model, voice_processor):
+    rate = voice_processor.sampling_rate
+    codes, mask = voice_model.encode_audio(speech_like(2.0, rate)[None], None)
+    voice_model.get_voice_concepts(codes, mask).sum().backward()
+    assert voice_model.concept_adapter.style_queries.grad.abs().sum() > 0
+    assert voice_model.concept_adapter.queries.grad is None  # the content queries do not read voices
+
+
+def test_generate_speaks_in_the_given_voice(voice_model, voice_processor):
+    rate = voice_processor.sampling_rate
+    prompt = build_prompt()
+    question = speech_like(1.5, rate)
+    replies = []
+    for f0 in (100.0, 260.0):
+        inputs = voice_processor(text=prompt, audio=question, voice=speech_like(2.0, rate, f0), sampling_rate=rate)
+        replies.append(voice_model.generate(**inputs, thinker_max_new_tokens=4, max_audio_seconds=1.0, seed=0))
+    assert replies[0].sequences.tolist() == replies[1].sequences.tolist()  # the voice does not change the words
+    assert not torch.equal(replies[0].audio_codes[0], replies[1].audio_codes[0])  # but it does change the audio
+
+
+def test_bad_reference_clips_are_refused_with_what_to_do(voice_processor):
+    rate = voice_processor.sampling_rate
+    with pytest.raises(ValueError, match=r"0.50 s long; give at least 1 s"):
+        voice_processor(text="a", voice=speech_like(0.5, rate), sampling_rate=rate)
+    with pytest.raises(ValueError, match="silent.*recording of the voice"):
+        voice_processor(text="a", voice=torch.zeros(2 * rate), sampling_rate=rate)
+    with pytest.raises(ValueError, match="one voice clip per text: 1 clips for 2 texts"):
+        voice_processor(text=["a", "b"], voice=[speech_like(2.0, rate)], sampling_rate=rate)
+    # Too long: cut to its first 5 s. Another rate: resampled to the codec's.
+    long = voice_processor(text="a", voice=speech_like(8.0, rate), sampling_rate=rate)
+    assert long["voice_values"].shape[-1] == 5 * rate
+    other = voice_processor(text="a", voice=speech_like(2.0, 2 * rate), sampling_rate=2 * rate)
+    assert other["voice_values"].shape[-1] == 2 * rate
+
+
+def test_a_model_without_style_concepts_says_how_to_get_one(tiny_model):
+    with pytest.raises(ValueError, match="no reference-voice input.*num_style_concepts > 0"):
+        tiny_model.get_voice_concepts(torch.zeros(1, tiny_model.config.codec_num_codebooks, 80, dtype=torch.long))
+
+
+def test_version_1_checkpoints_keep_reading_voices_by_pooling_content_concepts(voice_config, tmp_path):
+    voice_config.adapter_config.style_queries = False  # how version 1 read voices
+    torch.manual_seed(0)
+    old = ConceptTalkerForConditionalGeneration(voice_config).eval()
+    assert old.concept_adapter.style_queries is None
+    old.save_pretrained(tmp_path, trainable_only=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["config_format_version"] = 1
+    del config["adapter_config"]["style_queries"]  # version 1 had no such field
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    loaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.config_format_version == 2 and loaded.config.adapter_config.style_queries is False
+    codes = torch.randint(0, loaded.config.codebook_size, (1, loaded.config.codec_num_codebooks, 150))
+    concepts, _ = loaded.get_concepts(codes)
+    pooled = torch.nn.functional.adaptive_avg_pool1d(concepts.transpose(1, 2), 4).transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_voice_concepts(codes), pooled)
+
+
+def test_history_dropout_hides_audio_inputs_only_in_training(voice_config):
+    voice_config.talker_config.history_dropout = 1.0
+    torch.manual_seed(0)
+    talker = ConceptTalkerForConditionalGeneration(voice_config).talker
+    k, width = talker.num_codebooks, talker.state_proj.in_features
+    text = talker.embed_text(torch.randn(1, 4, width), torch.randn(1, 4, width))
+    lengths, steps = torch.tensor([4]), torch.tensor([12])
+    first = torch.randint(0, talker.codebook_size, (1, k, 12))
+    second = torch.randint(0, talker.codebook_size, (1, k, 12))
+    talker.train()
+    torch.testing.assert_close(talker(text, lengths, first, steps), talker(text, lengths, second, steps))
+    talker.eval()
+    assert not torch.allclose(talker(text, lengths, first, steps), talker(text, lengths, second, steps))
