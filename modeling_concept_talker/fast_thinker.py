@@ -191,37 +191,25 @@ static inline __attribute__((always_inline)) void dot_bf16(const bf16_t* w, int6
 }
 #endif
 
-// bf16 weights without AVX512-BF16: widen to fp32 and FMA with fp32 activations.
-template <int NB>
-static inline __attribute__((always_inline)) void dot_bf16_cvt(const bf16_t* w, int64_t K, const char* act,
-                                                                int64_t rb, __m512* out) {
-  __m512 a[NB], b[NB];
-  for (int t = 0; t < NB; t++) a[t] = b[t] = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= K; i += 32) {
-    __m512 v0 = bf16x16_to_f32(w + i), v1 = bf16x16_to_f32(w + i + 16);
-    for (int t = 0; t < NB; t++) {
-      const float* x = (const float*)(act + t * rb);
-      a[t] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x + i), a[t]);
-      b[t] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x + i + 16), b[t]);
-    }
-  }
-  for (; i < K; i += 16) {
-    __mmask16 mk = i + 16 <= K ? 0xffff : (__mmask16)((1u << (K - i)) - 1);
-    __m512 v0 = bf16x16_to_f32_mask(w + i, mk);
-    for (int t = 0; t < NB; t++) a[t] = _mm512_fmadd_ps(v0, _mm512_loadu_ps((const float*)(act + t * rb) + i), a[t]);
-  }
-  for (int t = 0; t < NB; t++) out[t] = _mm512_add_ps(a[t], b[t]);
-}
+// fp32 FMA against fp32 activations, for weights stored as fp32 or as bf16 widened on load (CPUs without
+// AVX512-BF16). Load gives 16 weights as fp32: full(w) and masked(w, mask).
+struct LoadF32 {
+  static inline __m512 full(const float* w) { return _mm512_loadu_ps(w); }
+  static inline __m512 masked(const float* w, __mmask16 mk) { return _mm512_maskz_loadu_ps(mk, w); }
+};
+struct LoadBF16Widened {
+  static inline __m512 full(const bf16_t* w) { return bf16x16_to_f32(w); }
+  static inline __m512 masked(const bf16_t* w, __mmask16 mk) { return bf16x16_to_f32_mask(w, mk); }
+};
 
-template <int NB>
-static inline __attribute__((always_inline)) void dot_f32(const float* w, int64_t K, const char* act, int64_t rb,
-                                                           __m512* out) {
+template <int NB, class Load, class W>
+static inline __attribute__((always_inline)) void dot_fp32_fma(const W* w, int64_t K, const char* act, int64_t rb,
+                                                                __m512* out) {
   __m512 a[NB], b[NB];
   for (int t = 0; t < NB; t++) a[t] = b[t] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= K; i += 32) {
-    __m512 v0 = _mm512_loadu_ps(w + i), v1 = _mm512_loadu_ps(w + i + 16);
+    __m512 v0 = Load::full(w + i), v1 = Load::full(w + i + 16);
     for (int t = 0; t < NB; t++) {
       const float* x = (const float*)(act + t * rb);
       a[t] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x + i), a[t]);
@@ -230,7 +218,7 @@ static inline __attribute__((always_inline)) void dot_f32(const float* w, int64_
   }
   for (; i < K; i += 16) {
     __mmask16 mk = i + 16 <= K ? 0xffff : (__mmask16)((1u << (K - i)) - 1);
-    __m512 v0 = _mm512_maskz_loadu_ps(mk, w + i);
+    __m512 v0 = Load::masked(w + i, mk);
     for (int t = 0; t < NB; t++) a[t] = _mm512_fmadd_ps(v0, _mm512_loadu_ps((const float*)(act + t * rb) + i), a[t]);
   }
   for (int t = 0; t < NB; t++) out[t] = _mm512_add_ps(a[t], b[t]);
@@ -244,9 +232,9 @@ template <int NB, int KIND>
 static inline __attribute__((always_inline)) void dot_nb(const void* W, int64_t r, int64_t K, const char* act,
                                                           int64_t rb, __m512* out) {
   if constexpr (KIND == DOT_F32) {
-    dot_f32<NB>((const float*)W + r * K, K, act, rb, out);
+    dot_fp32_fma<NB, LoadF32>((const float*)W + r * K, K, act, rb, out);
   } else if constexpr (KIND == DOT_BF16_WIDEN) {
-    dot_bf16_cvt<NB>((const bf16_t*)W + r * K, K, act, rb, out);
+    dot_fp32_fma<NB, LoadBF16Widened>((const bf16_t*)W + r * K, K, act, rb, out);
   } else {
 #if defined(__AVX512BF16__)
     dot_bf16<NB, KIND == DOT_BF16_LO>((const bf16_t*)W + r * K, K, act, rb, out);

@@ -60,6 +60,7 @@ def speech_intelligibility(model, processor, rows: list[dict], recognizer, voice
     from trainers.asr import word_error_rate
     from trainers.collators import codes_tensor
     from trainers.evaluation import spoken_turn_inputs
+    from trainers.tutor_metrics import reference_codes
 
     codec, k = model.codec, model.config.codec_num_codebooks
     rate = codec.sampling_rate
@@ -74,8 +75,7 @@ def speech_intelligibility(model, processor, rows: list[dict], recognizer, voice
 
         inputs = spoken_turn_inputs(processor, [row], k, "reply")
         if voice:
-            reference_codes = codes_tensor(row["reference_codes"], "reference_codes", k)[None]
-            inputs["style_embeds"] = model.get_voice_concepts(reference_codes)
+            inputs["style_embeds"] = model.get_voice_concepts(reference_codes(model, row))
         reply_ids = processor.tokenizer(reference + "<|im_end|>", add_special_tokens=False).input_ids
         forced = model.generate(**inputs, reply_token_ids=[reply_ids], **settings)
         forced_heard.append(recognizer.transcribe(forced.waveforms[0], rate) if len(forced.waveforms[0]) else "")

@@ -143,34 +143,27 @@ def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> di
 
 def tutor_metrics(model, processor, test_split, rows, settings, voice: bool) -> dict:
     """Speaking rate, reference voice and "repeat after me" (see `trainers.tutor_metrics`)."""
-    from trainers.collators import codes_tensor
     from trainers.tutor_metrics import (
         distinct_voice_references,
-        median_f0,
         rate_duration_ratio,
+        reference_codes,
+        reference_f0,
         repeat_exact,
         voice_f0_match,
     )
 
     chosen = [row for row in rows if row["skill"] != "repeat"][: int(settings.get("voice_examples", 12))]
-    k = model.config.codec_num_codebooks
 
     def style_for(row):
         if not voice:
             return None
-        return model.get_voice_concepts(codes_tensor(row["reference_codes"], "reference_codes", k)[None])
+        return model.get_voice_concepts(reference_codes(model, row))
 
     results = rate_duration_ratio(model, processor, chosen, style_for)
     results.update(repeat_exact(model, processor, rows, int(settings.get("max_new_tokens", 48))))
     if voice:
-        rate = model.codec.sampling_rate
-
-        def clip_f0(row):
-            codes = codes_tensor(row["reference_codes"], "reference_codes", k)[None]
-            return median_f0(model.codec.decode(codes)[0].numpy(), rate)
-
         pool = [test_split[i] for i in range(min(len(test_split), 60))]
-        references = distinct_voice_references(pool, clip_f0)
+        references = distinct_voice_references(pool, lambda row: reference_f0(model, row))
         results.update(voice_f0_match(model, processor, chosen[: max(1, len(chosen) // 2)], references))
     return results
 

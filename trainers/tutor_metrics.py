@@ -104,6 +104,18 @@ def rate_duration_ratio(model, processor, rows: list[dict], style_for=None) -> d
     return {"rate_duration_ratio": float(np.median(ratios)) if ratios else None, "rate_items": len(ratios)}
 
 
+def reference_codes(model, row: dict) -> torch.Tensor:
+    """A row's reference clip as codes `[1, codebooks, frames]`."""
+    from trainers.collators import codes_tensor
+
+    return codes_tensor(row["reference_codes"], "reference_codes", model.config.codec_num_codebooks)[None]
+
+
+def reference_f0(model, row: dict) -> float | None:
+    """Median F0 (Hz) of a row's reference clip, decoded by the model's codec; None when unvoiced."""
+    return median_f0(model.codec.decode(reference_codes(model, row))[0].numpy(), model.codec.sampling_rate)
+
+
 def distinct_voice_references(rows, clip_f0, count: int = 4, min_ratio: float = 1.2) -> dict[str, dict]:
     """Up to `count` reference rows whose clips' median F0s lie pairwise at least `min_ratio` apart.
 
@@ -138,13 +150,11 @@ def voice_f0_match(model, processor, rows: list[dict], references: dict[str, dic
     Args:
         references: voice name -> a dataset row whose `reference_codes` is that voice's clip.
     """
-    from trainers.collators import codes_tensor
-
-    k, rate = model.config.codec_num_codebooks, model.codec.sampling_rate
+    rate = model.codec.sampling_rate
     clip_f0, styles = {}, {}
     for voice, ref_row in references.items():
-        codes = codes_tensor(ref_row["reference_codes"], "reference_codes", k)[None]
-        clip_f0[voice] = median_f0(model.codec.decode(codes)[0].numpy(), rate)
+        codes = reference_codes(model, ref_row)
+        clip_f0[voice] = reference_f0(model, ref_row)
         styles[voice] = model.get_voice_concepts(codes)
     candidates = {v: f for v, f in clip_f0.items() if f is not None}
     hits, trials = 0, 0
