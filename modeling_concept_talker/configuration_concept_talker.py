@@ -132,6 +132,17 @@ class TalkerConfig(PreTrainedConfig):
             (filled in from it when left unset).
         codebook_size (`int`, *optional*): entries per codebook; must equal the codec's (filled in when unset).
         num_style_concepts (`int`): concept vectors of a reference voice the talker attends to (0 disables).
+        prompt_states (`int`): thinker states of the prompt's last positions the talker reads before the reply's
+            (0 reads none). They hold what the user typed with the spoken turn ("Speak slowly.", "Repeat after
+            me."); the reply's own states carry such an instruction only faintly. 16 covers an instruction of about
+            ten tokens and the chat template's end of turn.
+        duration_conditioning (`bool`): the talker predicts the reply's length in frames from the states it reads
+            (a duration per reply token, summed) and, once the reply text has ended, each audio step is told how
+            many frames remain. The end of audio then follows the prediction rather than the talker's reading of
+            its own audio, which drifts when it writes freely; and a speaking-rate instruction (read through
+            `prompt_states`) changes the predicted length.
+        duration_loss_weight (`float`): weight of the duration loss (squared error of the log length) in the
+            audio loss.
         max_position_embeddings (`int`): longest talker sequence (thinker states + audio steps) it is built for.
         detach_thinker_states (`bool`): stop the talker's loss from flowing back into the thinker.
         history_dropout (`float`): in training, the fraction of audio steps whose input codes are hidden (replaced by
@@ -151,6 +162,9 @@ class TalkerConfig(PreTrainedConfig):
     num_codebooks: int | None = None
     codebook_size: int | None = None
     num_style_concepts: int = 0
+    prompt_states: int = 0
+    duration_conditioning: bool = False
+    duration_loss_weight: float = 1.0
     max_position_embeddings: int = 4096
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
@@ -329,6 +343,11 @@ class ConceptTalkerConfig(PreTrainedConfig):
             raise ValueError(
                 f"The talker's schedule must read and write at least one step per block, got "
                 f"read_tokens={talker.read_tokens}, write_frames={talker.write_frames}."
+            )
+        if talker.prompt_states < 0 or talker.num_style_concepts < 0:
+            raise ValueError(
+                f"talker_config.prompt_states={talker.prompt_states} and num_style_concepts="
+                f"{talker.num_style_concepts} must be 0 (off) or positive."
             )
         if talker.hidden_size % talker.num_attention_heads:
             raise ValueError(

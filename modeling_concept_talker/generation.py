@@ -25,7 +25,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .schedule import ReadWriteSchedule
-from .talker import undelay_codes
+from .talker import prompt_states, undelay_codes
 
 
 @dataclass
@@ -137,13 +137,16 @@ def choose_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top
 class TalkerStream:
     """One row's talker, run block by block as the thinker's states arrive.
 
-    Feed thinker states with `add_text`; call `write_block` to write the next block of audio steps when the
-    schedule allows; read the newly complete frames from `take_frames`. Audio ends when codebook 0 writes EOS (the other codebooks finish
-    their delayed steps after it) or at `max_frames`.
+    It first reads its prefix: the style concepts of a reference voice (`style_embeds`, `[1, p, hidden]`) and the
+    prompt states (`prompt`, see `PromptTail`). Feed thinker states with `add_text`; call `write_block` to write
+    the next block of audio steps when the schedule allows; read the newly complete frames from `take_frames`.
+    With `duration_conditioning`, each state adds its predicted frames to `predicted_frames`, counted down to the
+    steps written after the last state. Audio ends when codebook 0 writes EOS (the other codebooks finish their
+    delayed steps after it) or at `max_frames`.
     """
 
     def __init__(self, model, settings: SpokenGenerationConfig, style_embeds: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, prompt: tuple[torch.Tensor, torch.Tensor] | None = None):
         talker = model.talker
         self.talker = talker
         self.settings = settings
@@ -154,12 +157,17 @@ class TalkerStream:
         dtype = talker.heads.dtype
         device = talker.heads.device
         max_text = settings.thinker_max_new_tokens + 1
-        prefix = 0 if style_embeds is None else style_embeds.shape[1]
-        length = prefix + max_text + self.max_frames + self.num_codebooks + 1
+        prefix = talker.embed_prefix(
+            None if style_embeds is None else style_embeds.to(dtype),
+            None if prompt is None else tuple(t.to(dtype) for t in prompt),
+        )
+        length = (0 if prefix is None else prefix.shape[1]) + max_text + self.max_frames + self.num_codebooks + 1
         self.runner = fast_talker_runner(model, settings, length)
         self.cache = None if self.runner is not None else talker.new_cache(1, length, dtype, device)
-        if style_embeds is not None:
-            self._read(talker.embed_style(style_embeds.to(dtype)))
+        if prefix is not None:
+            self._read(prefix)
+        self.prefix_summary = talker.prefix_summary(prefix, 1, talker.heads[0])
+        self.predicted_frames = 0.0  # the reply's length as predicted from the states read so far (frames)
         self.pending_text: list[torch.Tensor] = []  # embedded states not yet read
         self.text_read = 0
         self.text_done = False
@@ -173,7 +181,10 @@ class TalkerStream:
     def add_text(self, state: torch.Tensor, token_embed: torch.Tensor, last: bool) -> None:
         """One reply token's thinker state and token embedding, `[hidden]` each; `last` marks the end of the reply."""
         dtype = self.talker.heads.dtype
-        self.pending_text.append(self.talker.embed_text(state[None, None].to(dtype), token_embed[None, None].to(dtype)))
+        embedded = self.talker.embed_text(state[None, None].to(dtype), token_embed[None, None].to(dtype))
+        self.pending_text.append(embedded)
+        if self.talker.duration_head is not None:
+            self.predicted_frames += float(self.talker.token_frames(embedded, self.prefix_summary).sum())
         self.num_text += 1
         self.text_done = self.text_done or last
 
@@ -217,7 +228,13 @@ class TalkerStream:
 
     def _write_step(self, step: int) -> None:
         talker = self.talker
-        logits = self._read(talker.embed_audio(self.previous), logits=True)  # [codebooks, codebook_size + 1]
+        embeds = talker.embed_audio(self.previous)
+        if talker.countdown_embedding is not None:
+            # As in training: the length is known once every reply state is read, then counted down.
+            known = self.text_done and bool(self.schedule.text_complete(step, self.num_text))
+            remaining = torch.tensor([[round(self.predicted_frames) - step]], device=embeds.device)
+            embeds = embeds + talker.embed_countdown(remaining, torch.tensor([[known]], device=embeds.device))
+        logits = self._read(embeds, logits=True)  # [codebooks, codebook_size + 1]
         k = torch.arange(self.num_codebooks, device=logits.device)
         logits[1:, talker.eos_id] = float("-inf")  # only codebook 0 ends the audio; the others follow, forced
         if self.eos_step is None and step >= self.max_frames:
@@ -325,7 +342,8 @@ def reply_end_ids(model) -> set[int]:
 @torch.no_grad()
 def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tensor, settings: SpokenGenerationConfig,
                         style_embeds: torch.Tensor | None = None, decode_stream: bool = True,
-                        reply_tokens: list[list[int]] | None = None):
+                        reply_tokens: list[list[int]] | None = None,
+                        prompt: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The generation loop, as a generator of events, after the prompt has been read by `runner`.
 
     Args:
@@ -335,6 +353,7 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
         decode_stream: decode audio chunk by chunk (for streaming) rather than leave decoding to the caller.
         reply_tokens: per row, reply text to speak instead of what the thinker would choose (the thinker still
             reads it, so the talker gets the states it was trained on); an end-of-reply token is added if missing.
+        prompt: the talker's prompt states (`PromptTail.states`), `[batch, n, hidden]` states and embeddings, or None.
 
     Yields:
         `("audio", AudioChunk)` as frames complete (when `decode_stream`), and finally `("done", rows)` where rows
@@ -345,8 +364,11 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
     if settings.seed is not None:
         generator = torch.Generator(device=logits.device).manual_seed(settings.seed)
     end_ids = reply_end_ids(model)
-    talkers = [TalkerStream(model, settings, None if style_embeds is None else style_embeds[row : row + 1], generator)
-               for row in range(batch)]
+    talkers = [
+        TalkerStream(model, settings, None if style_embeds is None else style_embeds[row : row + 1], generator,
+                     None if prompt is None else tuple(t[row : row + 1] for t in prompt))
+        for row in range(batch)
+    ]
     decoders = [model.codec.streaming_decoder(1) for _ in range(batch)] if decode_stream else None
     samples_out = [0] * batch
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -422,7 +444,7 @@ def greedy_text(model, inputs: dict, max_new_tokens: int = 64) -> list[list[int]
     `inputs` are the processor's (left-padded for batches). Uses the same prefill and runner as spoken replies.
     """
     settings = SpokenGenerationConfig(thinker_max_new_tokens=max_new_tokens)
-    runner, logits, _ = prefill(model, inputs, settings)
+    runner, logits, _, _ = prefill(model, inputs, settings)
     end_ids = reply_end_ids(model)
     rows = [[] for _ in range(logits.shape[0])]
     done = [False] * len(rows)
@@ -438,8 +460,42 @@ def greedy_text(model, inputs: dict, max_new_tokens: int = 64) -> list[list[int]
     return rows
 
 
+class PromptTail:
+    """The last positions the thinker has read (hidden states and input embeddings), kept as they are read so the
+    talker can have its prompt states (`talker_config.prompt_states`) wherever the prompt was read in pieces."""
+
+    def __init__(self, model):
+        self.count = model.config.talker_config.prompt_states
+        self.hidden = self.embeds = None
+        self.length = 0  # positions read so far
+
+    def add(self, embeds: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Positions just read: input embeddings and the thinker's hidden states, `[batch, n, hidden]` each."""
+        self.length += embeds.shape[1]
+        if not self.count:
+            return
+        keep = self.count + 1
+        if self.hidden is not None:
+            embeds, hidden = torch.cat([self.embeds, embeds], 1), torch.cat([self.hidden, hidden], 1)
+        self.embeds, self.hidden = embeds[:, -keep:], hidden[:, -keep:]
+
+    def states(self, starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The talker's prompt states, `[batch, count, hidden]` states and embeddings (None if it reads none).
+        `starts`: `[batch]` each row's first real position in the whole prompt (left padding)."""
+        if not self.count or self.hidden is None:
+            return None
+        kept = self.hidden.shape[1]
+        ends = torch.full((self.hidden.shape[0],), kept, dtype=torch.long, device=self.hidden.device)
+        if starts is not None:
+            starts = (starts.to(ends.device) - (self.length - kept)).clamp(min=0)
+        return prompt_states(self.hidden, self.embeds, ends, self.count, starts)
+
+
 def prefill(model, inputs: dict, settings: SpokenGenerationConfig):
-    """Read a whole prompt (text + audio) into a new runner; returns the runner and the last logits and hidden."""
+    """Read a whole prompt (text + audio) into a new runner.
+
+    Returns the runner, the last logits `[batch, vocab]` and hidden state `[batch, hidden]`, and the talker's prompt
+    states (`PromptTail.states`) or None."""
     input_ids = inputs["input_ids"]
     attention_mask = inputs.get("attention_mask")
     embeds = model.embed_inputs(
@@ -451,7 +507,10 @@ def prefill(model, inputs: dict, settings: SpokenGenerationConfig):
     )
     runner = make_runner(model, input_ids.shape[0], settings, input_ids.shape[1] + settings.thinker_max_new_tokens + 1)
     logits, hidden = runner.append(embeds, attention_mask)
-    return runner, logits, hidden[:, -1]
+    tail = PromptTail(model)
+    tail.add(embeds, hidden)
+    starts = None if attention_mask is None else (attention_mask == 0).sum(-1)
+    return runner, logits, hidden[:, -1], tail.states(starts)
 
 
 class AudioIteratorStreamer(BaseStreamer):
@@ -543,7 +602,7 @@ class ReplyTimer:
 
 
 def run_spoken_reply(model, runner, logits, hidden, settings, style_embeds=None, streamer=None,
-                     timer: ReplyTimer | None = None, reply_tokens=None) -> SpokenReply | None:
+                     timer: ReplyTimer | None = None, reply_tokens=None, prompt=None) -> SpokenReply | None:
     """Drive `spoken_reply_events` to the end and return the `SpokenReply`.
 
     With a `streamer`, audio is decoded chunk by chunk and handed to it as it is made, and the returned waveforms
@@ -556,7 +615,7 @@ def run_spoken_reply(model, runner, logits, hidden, settings, style_embeds=None,
     rows = None
     try:
         for kind, payload in spoken_reply_events(model, runner, logits, hidden, settings, style_embeds, streaming,
-                                                 reply_tokens):
+                                                 reply_tokens, prompt):
             if kind == "audio":
                 timer.audio(payload.duration)
                 chunks.setdefault(payload.row, []).append(payload.samples)

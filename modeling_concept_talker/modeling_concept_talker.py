@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 from .codec import AudioCodec, build_codec
 from .concept_adapter import ConceptAdapter
 from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerConfig
-from .talker import IGNORE_INDEX, RotaryEmbedding, Talker, build_delay_pattern
+from .talker import IGNORE_INDEX, RotaryEmbedding, Talker, build_delay_pattern, prompt_states
 
 
 @dataclass
@@ -32,10 +32,12 @@ class ConceptTalkerOutput(ModelOutput):
     """Output of [`ConceptTalkerForConditionalGeneration.forward`].
 
     Args:
-        loss: `text_loss + audio_loss_weight * audio_loss` (whichever parts have labels).
+        loss: `text_loss + audio_loss_weight * audio_loss` (whichever parts have labels; plus the duration loss).
         text_loss: mean cross-entropy over reply-text tokens.
         audio_loss: mean of `audio_codebook_losses`.
         audio_codebook_losses: `[codebooks]` cross-entropy of each codebook's head (EOS steps included).
+        duration_loss: squared error of the predicted log reply length (with `duration_conditioning`); it enters
+            `loss` with weight `audio_loss_weight * talker_config.duration_loss_weight`.
         logits: `[batch, length, vocab]` thinker logits (only when no text labels are given, to save memory).
         audio_logits: `[batch, steps, codebooks, codebook_size + 1]` talker logits (when audio labels are given).
         audio_targets: `[batch, codebooks, steps]` the delayed targets the audio logits were scored against.
@@ -46,6 +48,7 @@ class ConceptTalkerOutput(ModelOutput):
     text_loss: torch.FloatTensor | None = None
     audio_loss: torch.FloatTensor | None = None
     audio_codebook_losses: torch.FloatTensor | None = None
+    duration_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     audio_logits: torch.FloatTensor | None = None
     audio_targets: torch.LongTensor | None = None
@@ -716,6 +719,15 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         tokens = torch.gather(input_ids[:, 1:], 1, order)
         return states, self.get_input_embeddings()(tokens), lengths
 
+    def prompt_states(self, hidden: torch.Tensor, inputs_embeds: torch.Tensor, labels: torch.Tensor):
+        """Thinker states of the last `talker_config.prompt_states` positions before each row's reply (the first
+        labelled token), `[batch, n, hidden]` states and embeddings; None when the talker reads no prompt."""
+        count = self.config.talker_config.prompt_states
+        if not count:
+            return None
+        ends = (labels != IGNORE_INDEX).int().argmax(-1)
+        return prompt_states(hidden, inputs_embeds, ends, count)
+
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(
         self,
@@ -789,32 +801,46 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             losses.append(output.text_loss)
 
         if audio_labels is not None:
-            audio_loss, per_codebook, audio_logits, audio_targets = self._audio_loss(
-                hidden, input_ids, labels, audio_labels, style_embeds
+            audio_loss, per_codebook, duration_loss, audio_logits, audio_targets = self._audio_loss(
+                hidden, inputs_embeds, input_ids, labels, audio_labels, style_embeds
             )
             output.audio_loss, output.audio_codebook_losses = audio_loss, per_codebook
             output.audio_logits, output.audio_targets = audio_logits, audio_targets
             losses.append(self.config.audio_loss_weight * audio_loss)
+            if duration_loss is not None:
+                output.duration_loss = duration_loss
+                losses.append(self.config.audio_loss_weight * self.config.talker_config.duration_loss_weight * duration_loss)
 
         if losses:
             output.loss = sum(losses)
         return output
 
-    def _audio_loss(self, hidden, input_ids, labels, audio_labels, style_embeds):
+    def _audio_loss(self, hidden, inputs_embeds, input_ids, labels, audio_labels, style_embeds):
         if input_ids is None:
             raise ValueError("audio_labels need input_ids to find the reply tokens the talker reads.")
         valid = audio_labels[:, 0] != IGNORE_INDEX
         frame_lengths = valid.sum(-1)
         codes = self.codec.check_codes(torch.where(audio_labels == IGNORE_INDEX, 0, audio_labels), "audio_labels")
         states, token_embeds, text_lengths = self.reply_states(hidden, input_ids, labels)
-        if self.config.talker_config.detach_thinker_states:
-            states, token_embeds = states.detach(), token_embeds.detach()
+        prompt = self.prompt_states(hidden, inputs_embeds, labels)
         talker_dtype = self.talker.heads.dtype
-        text_embeds = self.talker.embed_text(states.to(talker_dtype), token_embeds.to(talker_dtype))
+
+        def talker_input(tensors):
+            detach = self.config.talker_config.detach_thinker_states
+            return tuple((t.detach() if detach else t).to(talker_dtype) for t in tensors)
+
+        text_embeds = self.talker.embed_text(*talker_input((states, token_embeds)))
         audio_inputs, audio_targets = build_delay_pattern(codes, frame_lengths, self.talker.codebook_size)
         audio_lengths = frame_lengths + self.talker.num_codebooks
-        style = None if style_embeds is None else self.talker.embed_style(style_embeds.to(talker_dtype))
-        logits = self.talker(text_embeds, text_lengths, audio_inputs, audio_lengths, style)
+        prefix = self.talker.embed_prefix(
+            None if style_embeds is None else style_embeds.to(talker_dtype),
+            None if prompt is None else talker_input(prompt),
+        )
+        logits = self.talker(text_embeds, text_lengths, audio_inputs, audio_lengths, prefix, frame_lengths)
+        duration_loss = None
+        if self.talker.duration_head is not None:
+            predicted = self.talker.predict_frames(text_embeds, text_lengths, prefix).float()
+            duration_loss = F.mse_loss(predicted.clamp(min=1e-3).log(), frame_lengths.float().clamp(min=1).log())
         flat_logits = logits.float().permute(2, 0, 1, 3)  # [codebooks, batch, steps, vocab]
         flat_targets = audio_targets.permute(1, 0, 2)  # [codebooks, batch, steps]
         per_codebook = torch.stack(
@@ -823,7 +849,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 for k in range(self.talker.num_codebooks)
             ]
         )
-        return per_codebook.mean(), per_codebook, logits, audio_targets
+        return per_codebook.mean(), per_codebook, duration_loss, logits, audio_targets
 
     # ---- spoken replies --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -869,12 +895,13 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         }
         if input_ids is None:
             raise ValueError("generate needs input_ids: build the inputs with ConceptTalkerProcessor.")
-        runner, logits, hidden = prefill(self, inputs, config)
+        runner, logits, hidden, prompt = prefill(self, inputs, config)
         voice = self.voice_style(voice_values, voice_values_mask)
         style_embeds = voice if voice is not None else style_embeds
         if reply_token_ids is not None and isinstance(reply_token_ids, torch.Tensor):
             reply_token_ids = reply_token_ids.tolist()
-        return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer, reply_token_ids)
+        return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer, reply_token_ids,
+                                prompt)
 
     def stream(self, style_embeds: torch.FloatTensor | None = None, **inputs_and_settings):
         """Like `generate`, but yields [`AudioChunk`]s (float32 numpy + sampling rate) as soon as each exists.
@@ -890,10 +917,11 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         voice_values_mask = inputs_and_settings.pop("voice_values_mask", None)
         config = SpokenGenerationConfig.from_kwargs(inputs_and_settings)
         with torch.no_grad():
-            runner, logits, hidden = prefill(self, inputs, config)
+            runner, logits, hidden, prompt = prefill(self, inputs, config)
             voice = self.voice_style(voice_values, voice_values_mask)
         style_embeds = voice if voice is not None else style_embeds
-        events = spoken_reply_events(self, runner, logits, hidden, config, style_embeds, decode_stream=True)
+        events = spoken_reply_events(self, runner, logits, hidden, config, style_embeds, decode_stream=True,
+                                     prompt=prompt)
         for kind, payload in events:
             if kind == "audio":
                 yield payload

@@ -32,6 +32,11 @@ class ReadWriteSchedule:
         needed = (audio_step // self.write_frames + 1) * self.read_tokens
         return needed if num_text is None else min(needed, num_text)
 
+    def text_complete(self, audio_steps: torch.Tensor, num_text: torch.Tensor) -> torch.Tensor:
+        """Whether each audio step is written after the reply's last thinker state has been read (broadcasts
+        `audio_steps` against `num_text`): from then on the reply's length is known to the talker."""
+        return (audio_steps // self.write_frames + 1) * self.read_tokens >= num_text
+
     def positions(self, num_text: int, num_audio: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Places of the thinker states and the audio steps in the talker's sequence.
 

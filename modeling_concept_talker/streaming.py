@@ -20,6 +20,7 @@ import torch
 from .audio import StreamingResampler, check_sampling_rate, to_mono_float
 from .configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_START_TOKEN, AUDIO_TOKEN
 from .generation import (
+    PromptTail,
     ReplyTimer,
     SpokenGenerationConfig,
     make_runner,
@@ -63,13 +64,20 @@ class SpokenTurn:
         max_slots = processor.concept_slots(int(config.max_audio_seconds * model.codec.sampling_rate))
         max_length = self.head_ids.shape[1] + max_slots + self.tail_ids.shape[1] + self.settings.thinker_max_new_tokens + 1
         self.runner = make_runner(model, 1, self.settings, max_length)
+        self.prompt_tail = PromptTail(model)
         self.resampler = StreamingResampler(self.sampling_rate, model.codec.sampling_rate)
         self.encoder = model.codec.streaming_encoder(1)
         self.pending_codes = torch.zeros(1, model.codec.num_codebooks, 0, dtype=torch.long)
         self.samples_fed = 0
         self.state = "listening"
         with torch.no_grad():
-            self.runner.append(self.runner.embed(self.head_ids))
+            self._read(self.runner.embed(self.head_ids))
+
+    def _read(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The thinker reads `embeds` `[1, n, hidden]`; the prompt's tail is kept for the talker."""
+        logits, hidden = self.runner.append(embeds)
+        self.prompt_tail.add(embeds, hidden)
+        return logits, hidden
 
     def _check_open(self) -> None:
         if self.state != "listening":
@@ -111,7 +119,7 @@ class SpokenTurn:
         used = min(windows * self.window_frames, self.pending_codes.shape[-1])
         concepts, mask = self.model.get_concepts(self.pending_codes[..., :used])
         self.pending_codes = self.pending_codes[..., used:]
-        self.runner.append(concepts[mask][None])
+        self._read(concepts[mask][None])
 
     @torch.no_grad()
     def end_of_speech(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +131,7 @@ class SpokenTurn:
         codes = self.encoder.push(self.resampler.flush()[None])
         codes = torch.cat([codes, self.encoder.flush()], dim=-1)
         self._add_codes(codes, final=True)
-        logits, hidden = self.runner.append(self.runner.embed(self.tail_ids))
+        logits, hidden = self._read(self.runner.embed(self.tail_ids))
         self.state = "answering"
         return logits, hidden[:, -1]
 
@@ -134,7 +142,7 @@ class SpokenTurn:
         logits, hidden = self.end_of_speech()
         try:
             return run_spoken_reply(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
-                                    streamer, timer)
+                                    streamer, timer, prompt=self.prompt_tail.states())
         finally:
             self.close()
 
@@ -143,7 +151,7 @@ class SpokenTurn:
         logits, hidden = self.end_of_speech()
         try:
             events = spoken_reply_events(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
-                                         decode_stream=True)
+                                         decode_stream=True, prompt=self.prompt_tail.states())
             for kind, payload in events:
                 if kind == "audio":
                     yield payload

@@ -10,6 +10,8 @@ Ids in each codebook: `0 .. codebook_size - 1` are codes, `codebook_size` is end
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -18,6 +20,20 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .schedule import ReadWriteSchedule
 
 IGNORE_INDEX = -100
+
+# Frames left until the end of audio, as an audio step is told them (`duration_conditioning`): exact from 1 to 15,
+# then in bins about 25% wide. Id 0: not known yet (the reply text has not all been read); id 1: none left.
+COUNTDOWN_EDGES = torch.tensor(
+    list(range(1, 17)) + sorted({round(16 * 1.25**i) for i in range(1, 25)} - set(range(1, 17)))
+)
+# Each reply token's predicted duration starts near 10 frames (200 ms at 50 Hz, about speech's pace).
+DURATION_OFFSET = math.log(math.expm1(10.0))
+
+
+def countdown_ids(remaining: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Frames remaining (any integer shape) and whether they are known yet -> countdown embedding ids."""
+    edges = COUNTDOWN_EDGES.to(remaining.device)
+    return torch.where(known, 1 + torch.bucketize(remaining, edges, right=True), 0)
 
 
 def build_delay_pattern(codes: torch.Tensor, lengths: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +75,30 @@ def undelay_codes(delayed: torch.Tensor, num_frames: int) -> torch.Tensor:
     (codebook k of frame f sits at step f + k)."""
     num_codebooks = delayed.shape[1]
     return torch.stack([delayed[:, k, k : k + num_frames] for k in range(num_codebooks)], dim=1)
+
+
+def prompt_states(hidden: torch.Tensor, embeds: torch.Tensor, ends: torch.Tensor, count: int,
+                  starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The thinker states of the last `count` prompt positions, paired as the talker reads reply tokens: for
+    position p, the thinker's last hidden state at p - 1 and the input embedding at p.
+
+    Args:
+        hidden: `[batch, length, thinker_hidden]` the thinker's last hidden states.
+        embeds: `[batch, length, thinker_hidden]` its input embeddings (concepts at audio slots).
+        ends: `[batch]` where each row's prompt ends (its first reply position, or the length when generating).
+        count: positions to take.
+        starts: `[batch]` each row's first real position (left padding), default 0. A prompt shorter than `count`
+            repeats its first usable position.
+
+    Returns:
+        states and embeddings, `[batch, count, thinker_hidden]` each.
+    """
+    starts = torch.zeros_like(ends) if starts is None else starts.to(ends.device)
+    offsets = torch.arange(-count, 0, device=ends.device)
+    positions = torch.maximum(ends[:, None] + offsets[None, :], starts[:, None] + 1).clamp(1, hidden.shape[1] - 1)
+    width = hidden.shape[-1]
+    states = torch.gather(hidden, 1, (positions - 1)[..., None].expand(-1, -1, width))
+    return states, torch.gather(embeds, 1, positions[..., None].expand(-1, -1, width))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +186,11 @@ class TalkerBlock(GradientCheckpointingLayer):
 
 
 class Talker(nn.Module):
-    """Thinker states (+ optional style concepts) -> audio codes.
+    """Thinker states (+ optional style concepts and prompt states) -> audio codes.
+
+    Its sequence is a prefix, read once before the reply (the style concepts of a reference voice, then the
+    thinker's states of the prompt's last `prompt_states` positions), followed by the reply's thinker states and
+    audio steps interleaved by the schedule.
 
     Args:
         config: the `TalkerConfig` (`num_codebooks` and `codebook_size` filled in from the codec).
@@ -175,6 +219,11 @@ class Talker(nn.Module):
         self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
         # One head per codebook, stored as one weight so a step is a single batched matmul.
         self.heads = nn.Parameter(torch.empty(config.num_codebooks, config.codebook_size + 1, width))
+        if config.duration_conditioning:
+            self.countdown_embedding = nn.Embedding(len(COUNTDOWN_EDGES) + 2, width)
+            self.duration_head = nn.Linear(2 * width, 1)  # [reply state; prefix summary] -> the token's frames
+        else:
+            self.countdown_embedding = self.duration_head = None
 
     # ---- embeddings ------------------------------------------------------------------------------------
     def embed_text(self, states: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
@@ -194,6 +243,42 @@ class Talker(nn.Module):
                 "reference voice."
             )
         return self.style_proj(style) + self.kind_embedding.weight[0]
+
+    def embed_prefix(self, style: torch.Tensor | None = None, prompt: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """The part of the sequence read before the reply: style concepts `[batch, p, thinker_hidden]` and prompt
+        states (states, token embeddings), `[batch, n, thinker_hidden]` each -> `[batch, p + n, width]`, or None."""
+        parts = []
+        if style is not None:
+            parts.append(self.embed_style(style))
+        if prompt is not None:
+            parts.append(self.embed_text(*prompt))
+        return torch.cat(parts, dim=1) if parts else None
+
+    def embed_countdown(self, remaining: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Frames left until the end of audio `[batch, steps]` (meaningful where `known`) -> `[batch, steps, width]`."""
+        return self.countdown_embedding(countdown_ids(remaining, known))
+
+    # ---- the reply's length -------------------------------------------------------------------------------------
+    @staticmethod
+    def prefix_summary(prefix_embeds: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """Mean of the prefix `[batch, p, width]` (zeros without one) -> `[batch, width]`: what the duration
+        predictor knows of the voice and the instruction."""
+        if prefix_embeds is None:
+            return like.new_zeros(batch, like.shape[-1])
+        return prefix_embeds.mean(1)
+
+    def token_frames(self, text_embeds: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """Predicted frames of each reply token: embedded states `[batch, n, width]`, prefix summary
+        `[batch, width]` -> `[batch, n]` (positive)."""
+        features = torch.cat([text_embeds, summary[:, None].expand_as(text_embeds)], dim=-1)
+        return F.softplus(self.duration_head(features).squeeze(-1) + DURATION_OFFSET)
+
+    def predict_frames(self, text_embeds: torch.Tensor, text_lengths: torch.Tensor,
+                       prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The reply's predicted length in frames, `[batch]` (float): the sum of its tokens' durations."""
+        summary = self.prefix_summary(prefix_embeds, text_embeds.shape[0], text_embeds)
+        real = torch.arange(text_embeds.shape[1], device=text_embeds.device)[None] < text_lengths[:, None]
+        return (self.token_frames(text_embeds, summary) * real).sum(-1)
 
     # ---- the network -----------------------------------------------------------------------------------
     def run(self, embeds: torch.Tensor, cache: TalkerCache | None = None) -> torch.Tensor:
@@ -223,7 +308,8 @@ class Talker(nn.Module):
         text_lengths: torch.Tensor,
         audio_inputs: torch.Tensor,
         audio_lengths: torch.Tensor,
-        style_embeds: torch.Tensor | None = None,
+        prefix_embeds: torch.Tensor | None = None,
+        frame_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits for every audio step.
 
@@ -232,7 +318,9 @@ class Talker(nn.Module):
             text_lengths: `[batch]` thinker states per row.
             audio_inputs: `[batch, codebooks, max_steps]` delayed input codes (`build_delay_pattern`).
             audio_lengths: `[batch]` audio steps per row.
-            style_embeds: `[batch, p, width]` embedded style concepts (`embed_style`), or None.
+            prefix_embeds: `[batch, p, width]` what is read before the reply (`embed_prefix`), or None.
+            frame_lengths: `[batch]` each reply's length in frames, counted down to its steps once the reply text
+                has been read (needed with `duration_conditioning`; generation counts down the predicted length).
 
         In training, `config.history_dropout` of the audio steps have their input codes hidden (filler id).
 
@@ -244,7 +332,14 @@ class Talker(nn.Module):
             hidden_steps = torch.rand(batch, 1, max_steps, device=audio_inputs.device) < self.config.history_dropout
             audio_inputs = torch.where(hidden_steps, self.bos_id, audio_inputs)
         audio_embeds = self.embed_audio(audio_inputs)
-        prefix = 0 if style_embeds is None else style_embeds.shape[1]
+        if self.countdown_embedding is not None:
+            if frame_lengths is None:
+                raise ValueError("This talker counts down to the end of audio (duration_conditioning): pass "
+                                 "frame_lengths, each reply's length in frames.")
+            steps = torch.arange(max_steps, device=audio_inputs.device)[None]
+            known = self.schedule.text_complete(steps, text_lengths.to(steps.device)[:, None])
+            audio_embeds = audio_embeds + self.embed_countdown(frame_lengths.to(steps.device)[:, None] - steps, known)
+        prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
         layouts = [self.schedule.positions(int(n), int(s)) for n, s in zip(text_lengths.tolist(), audio_lengths.tolist())]
         length = prefix + max(len(t) + len(a) for t, a in layouts)
         sequence = audio_embeds.new_zeros(batch, length, audio_embeds.shape[-1])
@@ -253,7 +348,7 @@ class Talker(nn.Module):
             text_positions = text_positions.to(sequence.device) + prefix
             audio_positions = audio_positions.to(sequence.device) + prefix
             if prefix:
-                sequence[row, :prefix] = style_embeds[row]
+                sequence[row, :prefix] = prefix_embeds[row]
             sequence[row, text_positions] = text_embeds[row, : len(text_positions)]
             sequence[row, audio_positions] = audio_embeds[row, : len(audio_positions)]
             audio_index[row, : len(audio_positions)] = audio_positions

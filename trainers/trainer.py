@@ -54,7 +54,7 @@ class ConceptTalkerTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         if model.training:
-            for name in ("text_loss", "audio_loss"):
+            for name in ("text_loss", "audio_loss", "duration_loss"):
                 value = getattr(outputs, name)
                 if value is not None:
                     self._loss_parts[name].append(float(value.detach()))
