@@ -76,12 +76,19 @@ def question_wave(sampling_rate: int, seconds: float = QUESTION_SECONDS) -> np.n
 
 
 def build(preset: str):
-    """The preset with random weights (thinker cast to bf16) and its processor."""
+    """The preset with random weights (thinker cast to bf16) and its processor.
+
+    A random talker would end its audio at a step chosen by rounding (the two engines' thinkers differ in the last
+    bits of their states): its end-of-audio head row is zeroed, so greedy decoding never picks it and every reply
+    runs to the same `max_audio_seconds` in both engines (equal audio, comparable real-time factors).
+    """
     from trainers.loading import load_model
 
     loaded = load_model(preset)
     model = loaded.model
     model.thinker.to(torch.bfloat16)
+    with torch.no_grad():
+        model.talker.heads[:, model.talker.eos_id] = 0
     return model, loaded.processor
 
 
@@ -115,7 +122,7 @@ def run_streaming(model, processor, wave: np.ndarray, rate: int, reply_tokens: i
 @torch.no_grad()
 def run_baseline(model, processor, wave: np.ndarray, rate: int, reply_tokens: int) -> dict:
     """The plain way: whole question -> thinker `generate()` -> talker over the whole reply -> one codec decode."""
-    from modeling_concept_talker.generation import SpokenGenerationConfig, TalkerStream
+    from modeling_concept_talker.generation import PromptTail, SpokenGenerationConfig, TalkerStream
     from modeling_concept_talker.processing_concept_talker import build_prompt
 
     start = time.perf_counter()
@@ -131,7 +138,9 @@ def run_baseline(model, processor, wave: np.ndarray, rate: int, reply_tokens: in
     tokens = out.sequences[0, -reply_tokens:]
     # the state that chose token i is the last position's final hidden state of generate step i
     states = [step[-1][0, -1] for step in out.hidden_states]
-    talker = TalkerStream(model, SpokenGenerationConfig(**settings(reply_tokens)))
+    prompt = PromptTail(model)  # the talker's prompt states, from generate()'s hidden states of the prompt
+    prompt.add(embeds, out.hidden_states[0][-1].to(embeds.dtype))
+    talker = TalkerStream(model, SpokenGenerationConfig(**settings(reply_tokens)), prompt=prompt.states())
     token_embeds = model.get_input_embeddings()(tokens[None])[0]
     for i, state in enumerate(states):
         talker.add_text(state, token_embeds[i], last=i == len(states) - 1)
