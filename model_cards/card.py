@@ -375,6 +375,19 @@ def limitations(facts: CardFacts) -> list[str]:
     else:
         items.append(f"The reply voice is whatever the talker learnt from its training speech through the "
                      f"{codec_name} codec; it is not a voice-cloning system.")
+    talker = config.talker_config
+    if talker.prompt_states and talker.duration_conditioning:
+        ratio = facts.eval_results.get("rate_duration_ratio") if facts.eval_results else None
+        measured = f" (here {ratio:.2f})" if isinstance(ratio, float) else ""
+        items.append(
+            "A typed speaking-rate instruction (\"Speak slowly.\" / \"Speak quickly.\") reaches the talker through its "
+            "prompt states and sets the reply's predicted length; it changes how long the reply lasts as far as "
+            f"`rate_duration_ratio` says{measured}. Keep instructions short: the talker reads the prompt's last "
+            f"{talker.prompt_states} positions."
+        )
+    else:
+        items.append("Typed instructions reach the talker only through the reply's thinker states: \"Speak slowly.\" may "
+                     "not change how fast it speaks (this talker has no prompt states or length countdown).")
     if "wer" in eval_metrics(facts.eval_results):
         items.append(
             "The spoken-reply WER comes from an offline recogniser with a language model of the training domain: "

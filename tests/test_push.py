@@ -187,6 +187,18 @@ def test_card_without_evaluation_or_recipe_says_so(run, tmp_path):
     assert card.data.eval_results is None and card.data.metrics is None  # an infinite WER is not a result
     assert "No evaluation results were recorded" in card.text
     assert "The training recipe was not recorded" in card.text
+    assert '"Speak slowly." may not change how fast it speaks' in card.text  # the tiny talker reads no prompt states
+
+
+def test_card_says_how_far_a_rate_instruction_is_followed(tmp_path):
+    from configuration import load_preset
+    from model_cards.card import CardFacts, render_model_card
+
+    config = load_preset("tiny", talker_config={"prompt_states": 16, "duration_conditioning": True})
+    facts = CardFacts(repo_id="me/ct", config=config, kind="merged", parameter_counts={"talker": 1},
+                      eval_results={"rate_duration_ratio": 1.95})
+    text = render_model_card(facts).text
+    assert "as far as `rate_duration_ratio` says (here 1.95)" in text and "the prompt's last 16 positions" in text
 
 
 def test_push_to_hub_uploads_the_staged_folder_through_hfapi(run, monkeypatch):
