@@ -62,7 +62,8 @@ METRICS = {
     ),
     "garbage_wer": MetricInfo(
         "wer", "Recogniser WER on garbage", "audio-to-audio", "Spoken tutoring reply",
-        "the same recogniser on time-reversed reference speech: what unintelligible audio scores",
+        "the same recogniser on the model's spoken replies played backwards: what unintelligible audio of the same "
+        "length scores",
     ),
     "rate_duration_ratio": MetricInfo(
         "ratio", "Slow / fast duration ratio", "audio-to-audio", "Tutor controls",
@@ -364,9 +365,9 @@ def limitations(facts: CardFacts) -> list[str]:
         "The thinker can be wrong with confidence. Do not rely on it for facts, grades or safety-critical advice.",
     ]
     codec_name = CODEC_NAMES.get(config.codec_type, config.codec_type)
-    if config.talker_config.num_style_concepts:
-        match = facts.eval_results.get("voice_f0_match") if facts.eval_results else None
-        measured = f" (here {match:.2f} of replies nearest the reference's pitch)" if isinstance(match, float) else ""
+    talker = config.talker_config
+    if talker.num_style_concepts:
+        measured = _recorded(facts, "voice_f0_match", " (here {:.2f} of replies nearest the reference's pitch)")
         items.append(
             f"A reference voice (1-5 s) steers the reply's voice only as far as `voice_f0_match` says{measured}; "
             f"the voice is otherwise what the talker learnt from its training speech through the {codec_name} codec. "
@@ -375,10 +376,8 @@ def limitations(facts: CardFacts) -> list[str]:
     else:
         items.append(f"The reply voice is whatever the talker learnt from its training speech through the "
                      f"{codec_name} codec; it is not a voice-cloning system.")
-    talker = config.talker_config
     if talker.prompt_states and talker.duration_conditioning:
-        ratio = facts.eval_results.get("rate_duration_ratio") if facts.eval_results else None
-        measured = f" (here {ratio:.2f})" if isinstance(ratio, float) else ""
+        measured = _recorded(facts, "rate_duration_ratio", " (here {:.2f})")
         items.append(
             "A typed speaking-rate instruction (\"Speak slowly.\" / \"Speak quickly.\") reaches the talker through its "
             "prompt states and sets the reply's predicted length; it changes how long the reply lasts as far as "
@@ -386,8 +385,9 @@ def limitations(facts: CardFacts) -> list[str]:
             f"{talker.prompt_states} positions."
         )
     else:
-        items.append("Typed instructions reach the talker only through the reply's thinker states: \"Speak slowly.\" may "
-                     "not change how fast it speaks (this talker has no prompt states or length countdown).")
+        items.append("Typed instructions reach the talker only through the reply's thinker states: \"Speak "
+                     "slowly.\" may not change how fast it speaks (this talker has no prompt states or length "
+                     "countdown).")
     if "wer" in eval_metrics(facts.eval_results):
         items.append(
             "The spoken-reply WER comes from an offline recogniser with a language model of the training domain: "
@@ -397,6 +397,12 @@ def limitations(facts: CardFacts) -> list[str]:
         items.append("Trainable-only checkpoints need peft (LoRA) and load the base thinker as well; the merged "
                      "export does not.")
     return items
+
+
+def _recorded(facts: CardFacts, key: str, template: str) -> str:
+    """`template` filled with the evaluation's figure `key`, or "" where none was recorded."""
+    value = facts.eval_results.get(key) if facts.eval_results else None
+    return template.format(value) if isinstance(value, float) else ""
 
 
 def _requirements(facts: CardFacts) -> str:

@@ -166,7 +166,7 @@ class TalkerStream:
         self.cache = None if self.runner is not None else talker.new_cache(1, length, dtype, device)
         if prefix is not None:
             self._read(prefix)
-        self.prefix_summary = talker.prefix_summary(prefix, 1, talker.heads[0])
+        self.prefix_summary = talker.prefix_summary(prefix)
         self.predicted_frames = 0.0  # the reply's length as predicted from the states read so far (frames)
         self.pending_text: list[torch.Tensor] = []  # embedded states not yet read
         self.text_read = 0

@@ -809,7 +809,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             losses.append(self.config.audio_loss_weight * audio_loss)
             if duration_loss is not None:
                 output.duration_loss = duration_loss
-                losses.append(self.config.audio_loss_weight * self.config.talker_config.duration_loss_weight * duration_loss)
+                weight = self.config.audio_loss_weight * self.config.talker_config.duration_loss_weight
+                losses.append(weight * duration_loss)
 
         if losses:
             output.loss = sum(losses)

@@ -260,23 +260,23 @@ class Talker(nn.Module):
 
     # ---- the reply's length -------------------------------------------------------------------------------------
     @staticmethod
-    def prefix_summary(prefix_embeds: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
-        """Mean of the prefix `[batch, p, width]` (zeros without one) -> `[batch, width]`: what the duration
+    def prefix_summary(prefix_embeds: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean of the prefix `[batch, p, width]` -> `[batch, width]` (None without one): what the duration
         predictor knows of the voice and the instruction."""
-        if prefix_embeds is None:
-            return like.new_zeros(batch, like.shape[-1])
-        return prefix_embeds.mean(1)
+        return None if prefix_embeds is None else prefix_embeds.mean(1)
 
-    def token_frames(self, text_embeds: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+    def token_frames(self, text_embeds: torch.Tensor, summary: torch.Tensor | None) -> torch.Tensor:
         """Predicted frames of each reply token: embedded states `[batch, n, width]`, prefix summary
-        `[batch, width]` -> `[batch, n]` (positive)."""
+        `[batch, width]` (`prefix_summary`; None counts as zeros) -> `[batch, n]` (positive)."""
+        if summary is None:
+            summary = text_embeds.new_zeros(text_embeds.shape[0], text_embeds.shape[-1])
         features = torch.cat([text_embeds, summary[:, None].expand_as(text_embeds)], dim=-1)
         return F.softplus(self.duration_head(features).squeeze(-1) + DURATION_OFFSET)
 
     def predict_frames(self, text_embeds: torch.Tensor, text_lengths: torch.Tensor,
                        prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """The reply's predicted length in frames, `[batch]` (float): the sum of its tokens' durations."""
-        summary = self.prefix_summary(prefix_embeds, text_embeds.shape[0], text_embeds)
+        summary = self.prefix_summary(prefix_embeds)
         real = torch.arange(text_embeds.shape[1], device=text_embeds.device)[None] < text_lengths[:, None]
         return (self.token_frames(text_embeds, summary) * real).sum(-1)
 

@@ -58,13 +58,31 @@ def test_prompt_states_pair_each_position_with_the_state_before_it():
 
 
 def test_the_instruction_changes_the_audio_of_the_same_reply_text(prompt_model, prompt_processor):
+    """The same reply states (read after "Speak slowly."), only the prompt states differ: the codes differ. (Through
+    `generate` the reply's own states would differ too, and hide whether the prompt states reach the talker.)"""
     audio = question()
-    reply = prompt_processor.tokenizer("The answer is nine.", add_special_tokens=False).input_ids
-    codes = []
+    reply = prompt_processor.tokenizer("The answer is nine.<|im_end|>", add_special_tokens=False).input_ids
+    settings = SpokenGenerationConfig(**GREEDY)
+    embed = prompt_model.get_input_embeddings()
+    prompts, reply_states = [], []
     for instruction in ("Speak slowly.", "Speak quickly."):
         inputs = prompt_processor(text=build_prompt(instruction), audio=audio, sampling_rate=24000)
-        out = prompt_model.generate(**inputs, **GREEDY, reply_token_ids=[reply])
-        codes.append(out.audio_codes[0])
+        runner, _, hidden, prompt = prefill(prompt_model, inputs, settings)
+        prompts.append(prompt)
+        states = []
+        for token in reply:
+            states.append(hidden[0])
+            hidden = runner.append(embed(torch.tensor([[token]])))[1][:, -1]
+        reply_states.append(states)
+    assert not torch.equal(reply_states[0][0], reply_states[1][0])  # which is why only one set is used below
+    codes = []
+    for prompt in prompts:
+        stream = TalkerStream(prompt_model, settings, prompt=prompt)
+        for i, (state, token) in enumerate(zip(reply_states[0], reply)):
+            stream.add_text(state, embed(torch.tensor(token)), last=i == len(reply) - 1)
+        while stream.write_block():
+            pass
+        codes.append(stream.all_frames())
     assert not torch.equal(codes[0], codes[1])
 
 

@@ -4,8 +4,8 @@
 
 Keeps what `chat` needs and nothing machine-specific: the config (with the Lyra folder cleared: it is found at
 load time), the trainable weights, the base thinker in bf16 (half the bytes; it loads back in the config's dtype),
-the processor settings, the recipe, its evaluation and loss curves. Leaves out the remote-code `.py` files (this repository is
-the code) and the tokenizer files (the offline Qwen2.5 tokenizer, or the Hub's, is used). Writes into a temporary
+the processor settings, the recipe, its evaluation and loss curves. Leaves out the remote-code `.py` files (this
+repository is the code) and the tokenizer files (the offline Qwen2.5 tokenizer, or the Hub's, is used). Writes into a temporary
 folder and renames it, so an interrupted refresh leaves the old model whole.
 """
 
