@@ -132,6 +132,11 @@ class TalkerConfig(PreTrainedConfig):
             (filled in from it when left unset).
         codebook_size (`int`, *optional*): entries per codebook; must equal the codec's (filled in when unset).
         num_style_concepts (`int`): concept vectors of a reference voice the talker attends to (0 disables).
+        voice_pitch (`bool`): the reference clip's measured pitch (its median F0, by YIN) joins its style concepts as
+            one more position. A voice's pitch is what most sets it apart, and a measured one holds for voices the
+            model never heard; learnt style concepts alone did not carry it to the talker at the tiny size.
+        voice_every_step (`bool`): the mean of the voice's style positions is also added to every audio step, so
+            each step sees the voice directly instead of having to attend back to the prefix for it.
         prompt_states (`int`): thinker states of the prompt's last positions the talker reads before the reply's
             (0 reads none). They hold what the user typed with the spoken turn ("Speak slowly.", "Repeat after
             me."); the reply's own states carry such an instruction only faintly. 16 covers an instruction of about
@@ -162,6 +167,8 @@ class TalkerConfig(PreTrainedConfig):
     num_codebooks: int | None = None
     codebook_size: int | None = None
     num_style_concepts: int = 0
+    voice_pitch: bool = False
+    voice_every_step: bool = False
     prompt_states: int = 0
     duration_conditioning: bool = False
     duration_loss_weight: float = 1.0
@@ -348,6 +355,11 @@ class ConceptTalkerConfig(PreTrainedConfig):
             raise ValueError(
                 f"talker_config.prompt_states={talker.prompt_states} and num_style_concepts="
                 f"{talker.num_style_concepts} must be 0 (off) or positive."
+            )
+        if (talker.voice_pitch or talker.voice_every_step) and not talker.num_style_concepts:
+            raise ValueError(
+                "talker_config.voice_pitch and voice_every_step shape how the talker reads a reference voice, which "
+                "needs num_style_concepts > 0: set num_style_concepts (e.g. 4), or turn them off."
             )
         if talker.hidden_size % talker.num_attention_heads:
             raise ValueError(

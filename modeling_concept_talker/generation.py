@@ -167,6 +167,7 @@ class TalkerStream:
         if prefix is not None:
             self._read(prefix)
         self.prefix_summary = talker.prefix_summary(prefix)
+        self.voice_step = talker.embed_voice_step(None if style_embeds is None else style_embeds.to(dtype))
         self.predicted_frames = 0.0  # the reply's length as predicted from the states read so far (frames)
         self.pending_text: list[torch.Tensor] = []  # embedded states not yet read
         self.text_read = 0
@@ -234,6 +235,8 @@ class TalkerStream:
             known = self.text_done and bool(self.schedule.text_complete(step, self.num_text))
             remaining = torch.tensor([[round(self.predicted_frames) - step]], device=embeds.device)
             embeds = embeds + talker.embed_countdown(remaining, torch.tensor([[known]], device=embeds.device))
+        if self.voice_step is not None:
+            embeds = embeds + self.voice_step
         logits = self._read(embeds, logits=True)  # [codebooks, codebook_size + 1]
         k = torch.arange(self.num_codebooks, device=logits.device)
         logits[1:, talker.eos_id] = float("-inf")  # only codebook 0 ends the audio; the others follow, forced

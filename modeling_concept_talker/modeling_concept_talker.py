@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput
 from .codec import AudioCodec, build_codec
 from .concept_adapter import ConceptAdapter
 from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerConfig
+from .pitch import clips_median_f0
 from .talker import IGNORE_INDEX, RotaryEmbedding, Talker, build_delay_pattern, prompt_states
 
 
@@ -661,20 +662,24 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         concepts, concept_mask = self.get_concepts(input_audio_codes, input_audio_codes_mask)
         return self.merge_concepts(input_ids, inputs_embeds, concepts, concept_mask)
 
-    def get_voice_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_voice_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                           voice_f0: torch.Tensor | None = None) -> torch.Tensor:
         """A reference voice as the talker's style concepts.
 
         The clip goes through the concept adapter like speech does, read by the adapter's style queries (averaged
         over its windows), so a clip of any length (1-5 s) gives the talker the same number of style positions.
         Checkpoints without style queries (`adapter_config.style_queries=False`, format version 1) pool the clip's
-        content concepts into that many equal stretches instead.
+        content concepts into that many equal stretches instead. With `talker_config.voice_pitch`, the clip's
+        median F0 follows as one more position.
 
         Args:
             codes: `[batch, codebooks, frames]` codec codes of one reference clip per row.
             frame_mask: `[batch, frames]`, True for real frames.
+            voice_f0: `[batch]` each clip's median F0 in Hz (0 where unvoiced), if already measured (the dataset's
+                `reference_f0`); otherwise, where needed, the codes are decoded and their pitch measured.
 
         Returns:
-            style embeddings `[batch, num_style_concepts, thinker_hidden]`.
+            style embeddings `[batch, num_style_concepts (+ 1 with voice_pitch), thinker_hidden]`.
         """
         count = self.config.talker_config.num_style_concepts
         if count == 0:
@@ -683,22 +688,40 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 "num_style_concepts > 0 (e.g. the tiny-lyra recipe) to speak in a given voice."
             )
         if self.concept_adapter.style_queries is not None:
-            return self.concept_adapter.style(self.adapter_latents(codes, "voice_audio_codes"), frame_mask)
-        concepts, concept_mask = self.get_concepts(codes, frame_mask)
-        pooled = []
-        for row in range(concepts.shape[0]):
-            real = concepts[row, concept_mask[row]]  # [n, hidden]
-            pooled.append(F.adaptive_avg_pool1d(real.T[None], count)[0].T)
-        return torch.stack(pooled)
+            style = self.concept_adapter.style(self.adapter_latents(codes, "voice_audio_codes"), frame_mask)
+        else:
+            concepts, concept_mask = self.get_concepts(codes, frame_mask)
+            pooled = []
+            for row in range(concepts.shape[0]):
+                real = concepts[row, concept_mask[row]]  # [n, hidden]
+                pooled.append(F.adaptive_avg_pool1d(real.T[None], count)[0].T)
+            style = torch.stack(pooled)
+        if self.talker.pitch_proj is None:
+            return style
+        if voice_f0 is None:
+            waves = self.codec.decode(self.codec.check_codes(codes, "voice_audio_codes"))
+            samples = None if frame_mask is None else frame_mask.sum(-1) * self.codec.hop_length
+            voice_f0 = clips_median_f0(waves, samples, self.codec.sampling_rate)
+        elif voice_f0.shape != (codes.shape[0],):
+            raise ValueError(
+                f"voice_f0 has shape {tuple(voice_f0.shape)}; give one median F0 (Hz) per reference clip, shape "
+                f"[{codes.shape[0]}]."
+            )
+        pitch = self.talker.pitch_concept(voice_f0.to(style.device)).to(style.dtype)
+        return torch.cat([style, pitch], dim=1)
 
-    def voice_style(self, voice_values=None, voice_values_mask=None, voice_audio_codes=None, voice_audio_codes_mask=None):
-        """Style embeddings `[batch, num_style_concepts, hidden]` of reference clips given as audio (at the codec's
-        rate, from the processor's `voice=`) or as codes; None when no clip is given."""
+    def voice_style(self, voice_values=None, voice_values_mask=None, voice_audio_codes=None, voice_audio_codes_mask=None,
+                    voice_f0=None):
+        """Style embeddings `[batch, style positions, hidden]` (`get_voice_concepts`) of reference clips given as
+        audio (at the codec's rate, from the processor's `voice=`) or as codes; None when no clip is given."""
         if voice_values is not None:
+            if voice_f0 is None and self.talker.pitch_proj is not None:
+                samples = None if voice_values_mask is None else voice_values_mask.sum(-1)
+                voice_f0 = clips_median_f0(voice_values, samples, self.codec.sampling_rate)
             voice_audio_codes, voice_audio_codes_mask = self.encode_audio(voice_values, voice_values_mask)
         if voice_audio_codes is None:
             return None
-        return self.get_voice_concepts(voice_audio_codes, voice_audio_codes_mask)
+        return self.get_voice_concepts(voice_audio_codes, voice_audio_codes_mask, voice_f0)
 
     # ---- the talker's view of the reply ------------------------------------------------------------------
     def reply_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor):
@@ -743,6 +766,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         voice_values_mask: torch.Tensor | None = None,
         voice_audio_codes: torch.LongTensor | None = None,
         voice_audio_codes_mask: torch.Tensor | None = None,
+        voice_f0: torch.FloatTensor | None = None,
         style_embeds: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -764,7 +788,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             voice_values: `[batch, samples]` a reference clip of the voice to speak in, one per row, at the codec's
                 rate (`voice_values_mask` marks real samples); or as codes, `voice_audio_codes` `[batch, codebooks,
                 frames]` with `voice_audio_codes_mask` `[batch, frames]`.
-            style_embeds: `[batch, num_style_concepts, hidden]` reference-voice concepts, if already computed.
+            voice_f0: `[batch]` the reference clips' median F0 (Hz, 0 where unvoiced), if already measured (the
+                collator passes the dataset's `reference_f0`); measured from the clips otherwise.
+            style_embeds: `[batch, style positions, hidden]` reference-voice concepts, if already computed.
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -774,7 +800,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             )
         if audio_labels is not None and labels is None:
             raise ValueError("audio_labels need text labels too: the talker speaks the labelled reply tokens.")
-        voice = self.voice_style(voice_values, voice_values_mask, voice_audio_codes, voice_audio_codes_mask)
+        voice = self.voice_style(voice_values, voice_values_mask, voice_audio_codes, voice_audio_codes_mask, voice_f0)
         style_embeds = voice if voice is not None else style_embeds
 
         kwargs.pop("num_items_in_batch", None)
@@ -837,7 +863,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             None if style_embeds is None else style_embeds.to(talker_dtype),
             None if prompt is None else talker_input(prompt),
         )
-        logits = self.talker(text_embeds, text_lengths, audio_inputs, audio_lengths, prefix, frame_lengths)
+        voice_step = self.talker.embed_voice_step(None if style_embeds is None else style_embeds.to(talker_dtype))
+        logits = self.talker(text_embeds, text_lengths, audio_inputs, audio_lengths, prefix, frame_lengths, voice_step)
         duration_loss = None
         if self.talker.duration_head is not None:
             predicted = self.talker.predict_frames(text_embeds, text_lengths, prefix).float()

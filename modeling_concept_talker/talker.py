@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .pitch import VOICE_PITCH_FEATURES, voice_pitch_features
 from .schedule import ReadWriteSchedule
 
 IGNORE_INDEX = -100
@@ -210,6 +211,9 @@ class Talker(nn.Module):
         self.state_proj = nn.Linear(thinker_hidden_size, width)
         self.token_proj = nn.Linear(thinker_hidden_size, width, bias=False)
         self.style_proj = nn.Linear(thinker_hidden_size, width) if config.num_style_concepts else None
+        # The voice's pitch features -> one more style position (in the thinker's width, as style concepts are).
+        self.pitch_proj = nn.Linear(VOICE_PITCH_FEATURES, thinker_hidden_size) if config.voice_pitch else None
+        self.voice_proj = nn.Linear(thinker_hidden_size, width) if config.voice_every_step else None
         self.code_embeddings = nn.ModuleList(
             nn.Embedding(config.codebook_size + 2, width) for _ in range(config.num_codebooks)
         )
@@ -243,6 +247,19 @@ class Talker(nn.Module):
                 "reference voice."
             )
         return self.style_proj(style) + self.kind_embedding.weight[0]
+
+    def pitch_concept(self, f0_hz: torch.Tensor) -> torch.Tensor:
+        """Median F0 of each reference clip `[batch]` (Hz; 0 where unvoiced) -> the style position that carries it,
+        `[batch, 1, thinker_hidden]`, appended to the clip's style concepts."""
+        features = voice_pitch_features(f0_hz).to(self.pitch_proj.weight)
+        return self.pitch_proj(features)[:, None]
+
+    def embed_voice_step(self, style: torch.Tensor | None) -> torch.Tensor | None:
+        """What every audio step is told of the voice (`voice_every_step`): style positions
+        `[batch, p, thinker_hidden]` -> `[batch, 1, width]`; None without a voice or without `voice_every_step`."""
+        if style is None or self.voice_proj is None:
+            return None
+        return self.voice_proj(style.mean(1))[:, None]
 
     def embed_prefix(self, style: torch.Tensor | None = None, prompt: tuple[torch.Tensor, torch.Tensor] | None = None):
         """The part of the sequence read before the reply: style concepts `[batch, p, thinker_hidden]` and prompt
@@ -310,6 +327,7 @@ class Talker(nn.Module):
         audio_lengths: torch.Tensor,
         prefix_embeds: torch.Tensor | None = None,
         frame_lengths: torch.Tensor | None = None,
+        voice_step_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits for every audio step.
 
@@ -321,6 +339,7 @@ class Talker(nn.Module):
             prefix_embeds: `[batch, p, width]` what is read before the reply (`embed_prefix`), or None.
             frame_lengths: `[batch]` each reply's length in frames, counted down to its steps once the reply text
                 has been read (needed with `duration_conditioning`; generation counts down the predicted length).
+            voice_step_embeds: `[batch, 1, width]` added to every audio step (`embed_voice_step`), or None.
 
         In training, `config.history_dropout` of the audio steps have their input codes hidden (filler id).
 
@@ -339,6 +358,8 @@ class Talker(nn.Module):
             steps = torch.arange(max_steps, device=audio_inputs.device)[None]
             known = self.schedule.text_complete(steps, text_lengths.to(steps.device)[:, None])
             audio_embeds = audio_embeds + self.embed_countdown(frame_lengths.to(steps.device)[:, None] - steps, known)
+        if voice_step_embeds is not None:
+            audio_embeds = audio_embeds + voice_step_embeds
         prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
         layouts = [self.schedule.positions(int(n), int(s)) for n, s in zip(text_lengths.tolist(), audio_lengths.tolist())]
         length = prefix + max(len(t) + len(a) for t, a in layouts)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from modeling_concept_talker.pitch import median_f0
 from trainers.codecs import check_codec_matches, codec_fingerprint, describe_codec, resolve_codec
 from trainers.synth import (
     STYLE_RATES,
@@ -82,6 +83,9 @@ def test_rows_follow_the_tutor_controls(built):
                 assert row["reply_text"] == row["question_text"]
             assert row["reference_text"] != row["reply_text"]
             assert 1.0 <= row["reference_seconds"] <= 5.0
+            # The reference voice's pitch, as the talker reads it: measured on the clip itself.
+            assert row["reference_f0"] == pytest.approx(median_f0(row["reference_audio"], 24000) or 0.0, rel=1e-5)
+            assert 60 < row["reference_f0"] < 400
             assert row["question_seconds"] > 0.3 and row["reply_seconds"] > 0.3
     # A slow reply is slower, in words per second, than a fast one.
     def words_per_second(row):

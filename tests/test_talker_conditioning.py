@@ -1,7 +1,8 @@
 """What the talker is told besides the reply's states: typed instructions through its prompt states
-(`talker_config.prompt_states`, the thinker's states of the prompt's last positions) and the reply's predicted
-length counted down to the end of audio (`duration_conditioning`). And: the talker computes the same thing in
-training (teacher forcing) as in generation, with all of these."""
+(`talker_config.prompt_states`, the thinker's states of the prompt's last positions), the reply's predicted
+length counted down to the end of audio (`duration_conditioning`), and a reference voice (style concepts, its
+pitch, and the voice on every audio step). And: the talker computes the same thing in training (teacher forcing)
+as in generation, with all of these."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ GREEDY = dict(thinker_max_new_tokens=8, talker_do_sample=False, max_audio_second
 def prompt_config():
     from configuration import load_preset
 
-    return load_preset("tiny", talker_config={"prompt_states": 8, "duration_conditioning": True})
+    return load_preset("tiny", talker_config={"prompt_states": 8, "duration_conditioning": True, "num_style_concepts": 4,
+                                              "voice_pitch": True, "voice_every_step": True})
 
 
 @pytest.fixture
@@ -33,6 +35,7 @@ def prompt_model(prompt_config):
         model.talker.state_proj.weight.normal_(std=0.5)
         model.talker.token_proj.weight.normal_(std=0.5)
         model.talker.countdown_embedding.weight.normal_(std=1.0)
+        model.talker.voice_proj.weight.normal_(std=1.0)
     return model
 
 
@@ -102,11 +105,19 @@ def predict_exactly(model, frames: int, tokens: int) -> None:
         model.talker.duration_head.bias.fill_(float(per_token + torch.log(-torch.expm1(-per_token))) - DURATION_OFFSET)
 
 
-@pytest.mark.parametrize("instruction", [None, "Speak slowly."])
-def test_training_and_generation_give_the_talker_the_same_view(prompt_model, prompt_processor, instruction):
+def speech_like(seconds: float, f0: float, rate: int = 24000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.2 * sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 5))).astype(np.float32)
+
+
+@pytest.mark.parametrize("instruction, voice", [(None, False), ("Speak slowly.", False), ("Speak slowly.", True)])
+def test_training_and_generation_give_the_talker_the_same_view(prompt_model, prompt_processor, instruction, voice):
     """Teacher-forced on what generation wrote, the talker's greedy choice at every step is what it wrote: the
-    prefix (prompt states), the schedule and the countdown are laid out the same way in both."""
-    inputs = prompt_processor(text=build_prompt(instruction), audio=question(), sampling_rate=24000)
+    prefix (style concepts and pitch of a voice, prompt states), the schedule, the countdown and the voice on each
+    audio step are laid out the same way in both."""
+    clip = speech_like(2.0, 180.0) if voice else None
+    inputs = prompt_processor(text=build_prompt(instruction), audio=question(), voice=clip, sampling_rate=24000)
+    voice_inputs = {k: inputs[k] for k in ("voice_values", "voice_values_mask") if k in inputs}
     settings = dict(GREEDY, thinker_runner="reference", talker_runner="reference", max_audio_seconds=0.6)
     frames = int(0.6 * 75)  # this random talker writes no EOS: the length limit ends the audio
     tokens = len(prompt_model.generate(**inputs, **settings).sequences[0])
@@ -120,7 +131,7 @@ def test_training_and_generation_give_the_talker_the_same_view(prompt_model, pro
     with torch.no_grad():
         forced = prompt_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                               input_values=inputs["input_values"], input_values_mask=inputs["input_values_mask"],
-                              labels=labels, audio_labels=codes[None])
+                              labels=labels, audio_labels=codes[None], **voice_inputs)
     assert forced.duration_loss < 1e-6  # the predictor said exactly this length
     eos = prompt_model.config.codebook_size
     chosen = forced.audio_logits[0, ..., :eos].argmax(-1)  # [steps, codebooks]; codes only (generation hit no EOS)

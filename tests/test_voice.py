@@ -1,5 +1,5 @@
-"""The reference voice and the talker's conditioning: style concepts from the concept adapter, clip checks, the
-version-1 way of reading a voice, and the talker's history dropout."""
+"""The reference voice and the talker's conditioning: style concepts from the concept adapter, the voice's measured
+pitch, clip checks, the version-1 way of reading a voice, and the talker's history dropout."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor, build_prompt
+from modeling_concept_talker.pitch import voice_pitch_features
+from trainers.collators import SpokenTurnCollator
 
 
 @pytest.fixture
@@ -132,3 +134,65 @@ def test_history_dropout_hides_audio_inputs_only_in_training(voice_config):
     torch.testing.assert_close(talker(text, lengths, first, steps), talker(text, lengths, second, steps))
     talker.eval()
     assert not torch.allclose(talker(text, lengths, first, steps), talker(text, lengths, second, steps))
+
+
+# ---- the voice's pitch (talker_config.voice_pitch) -------------------------------------------------------------
+
+
+@pytest.fixture
+def pitch_model(voice_config):
+    voice_config.talker_config.voice_pitch = True
+    torch.manual_seed(0)
+    return ConceptTalkerForConditionalGeneration(voice_config).eval()
+
+
+def test_pitch_features_are_octaves_from_150_hz_with_a_voiced_flag():
+    features = voice_pitch_features(torch.tensor([150.0, 300.0, 75.0, 0.0, float("nan")]))
+    torch.testing.assert_close(features, torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_the_clips_pitch_is_measured_and_read_as_one_more_style_position(pitch_model, voice_processor):
+    rate = voice_processor.sampling_rate
+    clips = [speech_like(2.0, rate, 110.0), speech_like(3.0, rate, 230.0)]
+    batch = voice_processor(text=["a", "b"], voice=clips, sampling_rate=rate)
+    with torch.no_grad():
+        style = pitch_model.voice_style(batch["voice_values"], batch["voice_values_mask"])
+        expected = pitch_model.talker.pitch_concept(torch.tensor([110.0, 230.0]))[:, 0]
+        unvoiced = pitch_model.talker.pitch_concept(torch.tensor([0.0]))[0, 0]
+    assert style.shape == (2, 5, pitch_model.config.thinker_config.hidden_size)  # 4 style concepts + the pitch
+    torch.testing.assert_close(style[:, -1], expected, rtol=0, atol=1e-3)  # measured on each clip's real samples
+    assert not torch.allclose(style[0, -1], unvoiced, atol=1e-3)
+
+
+def test_a_measured_pitch_is_used_as_given_and_codes_alone_are_decoded_to_measure_it(pitch_model, monkeypatch):
+    """Training passes the dataset's `reference_f0` (no decoding per batch); codes alone are decoded."""
+    k, size = pitch_model.config.codec_num_codebooks, pitch_model.config.codebook_size
+    codes, mask = torch.randint(0, size, (2, k, 120)), torch.ones(2, 120, dtype=torch.bool)
+    decoded = []
+    real_decode = pitch_model.codec.decode
+    monkeypatch.setattr(pitch_model.codec, "decode", lambda c: decoded.append(c.shape) or real_decode(c))
+    with torch.no_grad():
+        given = pitch_model.get_voice_concepts(codes, mask, voice_f0=torch.tensor([120.0, 0.0]))
+        torch.testing.assert_close(given[:, -1], pitch_model.talker.pitch_concept(torch.tensor([120.0, 0.0]))[:, 0])
+        assert decoded == []
+        pitch_model.get_voice_concepts(codes, mask)
+    assert decoded == [(2, k, 120)]
+    with pytest.raises(ValueError, match=r"one median F0 \(Hz\) per reference clip, shape \[2\]"):
+        pitch_model.get_voice_concepts(codes, mask, voice_f0=torch.tensor([120.0]))
+
+
+def test_the_collator_passes_the_datasets_measured_pitch(voice_processor):
+    k = 8
+    row = {"id": "r0", "instruction": "", "question_text": "hi", "reply_text": "Hello.",
+           "question_codes": [[1] * 30] * k, "reply_codes": [[2] * 20] * k, "reference_codes": [[3] * 60] * k}
+    collate = SpokenTurnCollator(voice_processor, "reply", k, voice=True)
+    batch = collate([{**row, "reference_f0": 182.5}, {**row, "reference_f0": 0.0}])
+    assert batch["voice_f0"].tolist() == [182.5, 0.0]
+    assert "voice_f0" not in collate([row, row])  # older datasets: the model measures the pitch itself
+
+
+def test_voice_pitch_needs_style_concepts():
+    from configuration import load_preset
+
+    with pytest.raises(ValueError, match="needs num_style_concepts > 0"):
+        ConceptTalkerForConditionalGeneration(load_preset("tiny", talker_config={"voice_pitch": True}))

@@ -51,7 +51,8 @@ class SpokenTurnCollator:
         processor: the model's `ConceptTalkerProcessor` (tokenizer and concept-slot counting).
         task: "text", "transcribe" or "reply" (see the module docstring).
         num_codebooks: codebooks the model uses (rows must carry exactly these).
-        voice: with "reply", also pass the reference clip's codes as the talker's voice (`voice_audio_codes`).
+        voice: with "reply", also pass the reference clip's codes as the talker's voice (`voice_audio_codes`), and
+            its measured median F0 (`voice_f0`) where the rows carry `reference_f0` (otherwise the model measures it).
     """
 
     def __init__(self, processor, task: str, num_codebooks: int, voice: bool = False):
@@ -78,7 +79,7 @@ class SpokenTurnCollator:
         return prompt, answer
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, labels, clips, replies, voices = [], [], [], [], []
+        input_ids, labels, clips, replies, voices, voice_f0 = [], [], [], [], [], []
         for row in rows:
             prompt, answer = self.prompt_and_answer(row)
             if self.task != "text":
@@ -93,6 +94,7 @@ class SpokenTurnCollator:
                 replies.append(codes_tensor(row["reply_codes"], "reply_codes", self.num_codebooks))
                 if self.voice:
                     voices.append(codes_tensor(row["reference_codes"], "reference_codes", self.num_codebooks))
+                    voice_f0.append(row.get("reference_f0"))
 
         longest = max(len(ids) for ids in input_ids)
         batch = {
@@ -110,6 +112,8 @@ class SpokenTurnCollator:
             batch["audio_labels"], _ = pad_codes(replies, IGNORE_INDEX)
         if voices:
             batch["voice_audio_codes"], batch["voice_audio_codes_mask"] = pad_codes(voices, 0)
+            if all(f0 is not None for f0 in voice_f0):
+                batch["voice_f0"] = torch.tensor(voice_f0, dtype=torch.float32)
         return batch
 
 

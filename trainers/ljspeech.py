@@ -88,7 +88,7 @@ def _split_of(utterance_id: str, validation_fraction: float, test_fraction: floa
 def _rows(folder: str, entries, sampling_rate: int, speaker: str, max_seconds: float | None) -> Iterator[dict]:
     """Rows of the schema for `entries`, reading and resampling one recording at a time."""
     absent = ("reply_text", "reference_text", "reply_voice", "question_rate", "question_pitch", "reply_rate",
-              "reply_pitch", "reference_rate", "reply_seconds", "reference_seconds")
+              "reply_pitch", "reference_rate", "reply_seconds", "reference_seconds", "reference_f0")
     for utterance_id, text in entries:
         path = _audio_path(folder, utterance_id)
         audio, rate = load_audio(path)

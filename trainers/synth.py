@@ -13,6 +13,7 @@ Columns (see `dataset_features`):
     question_voice, question_rate, question_pitch             TTS voice, words per minute, pitch (0-99)
     reply_voice, reply_rate, reply_pitch, reference_rate      (the reference uses the reply's voice and pitch)
     question_seconds, reply_seconds, reference_seconds        clip lengths, s
+    reference_f0                                              the reference clip's median pitch (Hz, YIN; 0 unvoiced)
     question_audio, reply_audio [, reference_audio]           float32 lists at the codec's rate (choose with --audio)
     question_codes, reply_codes, reference_codes              int16 [codebooks][frames]
 
@@ -41,6 +42,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from modeling_concept_talker.pitch import median_f0
 
 from .dialogue import SKILLS, SPLITS, STYLE_WEIGHTS, generate_dialogues, reference_sentences
 
@@ -81,6 +84,7 @@ def _rendered_features(audio_columns: Sequence[str]) -> dict:
     from datasets import List, Value
 
     features = {f"{kind}_seconds": Value("float32") for kind in AUDIO_KINDS}
+    features["reference_f0"] = Value("float32")
     features.update({f"{kind}_audio": List(Value("float32")) for kind in AUDIO_KINDS if kind in audio_columns})
     return features
 
@@ -264,8 +268,9 @@ def _torch_threads(threads: int | None):
 class RenderRows:
     """Batched `map` function: renders each row's question, reply and reference with the TTS at the codec's rate.
 
-    Adds `<kind>_audio` (float32 `[samples]`) for every kind, and `<kind>_seconds`. The reference clip is cut to
-    at most 5 s and must last at least 1 s.
+    Adds `<kind>_audio` (float32 `[samples]`) for every kind, `<kind>_seconds`, and `reference_f0` (the reference
+    clip's median F0, Hz, 0 when unvoiced: what the talker reads of the voice's pitch). The reference clip is cut
+    to at most 5 s and must last at least 1 s.
     """
 
     def __init__(self, tts_spec: str, sampling_rate: int, max_seconds: float = MAX_CLIP_SECONDS):
@@ -280,6 +285,7 @@ class RenderRows:
             torch.set_num_threads(1)  # a forked worker: one thread each (resampling gains nothing from threads)
         tts = load_tts(self.tts_spec)
         out = {f"{kind}_{field}": [] for kind in AUDIO_KINDS for field in ("audio", "seconds")}
+        out["reference_f0"] = []
         for i, row_id in enumerate(batch["id"]):
             clips = {
                 "question": (batch["question_text"][i], batch["question_voice"][i], batch["question_rate"][i],
@@ -302,6 +308,7 @@ class RenderRows:
                             f"row {row_id}: the reference clip {text!r} lasts {len(wave) / self.sampling_rate:.2f} s, "
                             f"under {low:g} s: use a longer reference sentence."
                         )
+                    out["reference_f0"].append(median_f0(wave, self.sampling_rate) or 0.0)
                 out[f"{kind}_audio"].append(wave)
                 out[f"{kind}_seconds"].append(len(wave) / self.sampling_rate)
         return out

@@ -11,7 +11,8 @@
                           (after normalisation). Target >= 0.9.
 
 Durations count speech, not silence: audio is trimmed of leading and trailing frames 35 dB below its loudest.
-F0 is estimated with a YIN-style difference function on 40 ms frames (`estimate_f0`).
+F0 is estimated with YIN on 40 ms frames (`modeling_concept_talker.pitch.estimate_f0`, which the talker's reference
+voice also uses).
 """
 
 from __future__ import annotations
@@ -19,52 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from modeling_concept_talker.pitch import estimate_f0, median_f0  # noqa: F401  (the measures used here)
+
 SLOW, FAST = "Speak slowly.", "Speak quickly."
-
-
-def estimate_f0(audio: np.ndarray, sampling_rate: int, fmin: float = 60.0, fmax: float = 400.0,
-                frame_seconds: float = 0.04, threshold: float = 0.15) -> np.ndarray:
-    """Fundamental frequency (Hz) of each voiced frame of `audio` (unvoiced frames left out).
-
-    The cumulative-mean-normalised difference function (de Cheveigné & Kawahara's YIN) is computed per frame; the
-    first lag below `threshold` (refined to its local minimum, then interpolated) gives the period. Frames quieter
-    than 30 dB below the clip's loudest are not voiced.
-    """
-    audio = np.asarray(audio, dtype=np.float64)
-    frame = int(frame_seconds * sampling_rate)
-    hop = frame // 2
-    min_lag, max_lag = int(sampling_rate / fmax), int(sampling_rate / fmin)
-    if len(audio) < frame + max_lag:
-        return np.zeros(0)
-    starts = np.arange(0, len(audio) - frame - max_lag, hop)
-    energies = np.array([np.sqrt(np.mean(audio[s : s + frame] ** 2)) for s in starts])
-    loud = energies > energies.max() * 10 ** (-30 / 20) if len(energies) else energies
-    f0 = []
-    for start, is_loud in zip(starts, loud):
-        if not is_loud:
-            continue
-        window = audio[start : start + frame]
-        diff = np.array([np.sum((window - audio[start + lag : start + lag + frame]) ** 2) for lag in range(max_lag + 1)])
-        cumulative = np.cumsum(diff[1:])
-        normalised = np.ones_like(diff)
-        normalised[1:] = diff[1:] * np.arange(1, max_lag + 1) / np.maximum(cumulative, 1e-12)
-        candidates = np.nonzero(normalised[min_lag:] < threshold)[0]
-        if not len(candidates):
-            continue
-        lag = min_lag + candidates[0]
-        while lag + 1 <= max_lag and normalised[lag + 1] < normalised[lag]:
-            lag += 1
-        if 1 <= lag < max_lag:  # parabolic interpolation of the minimum
-            a, b, c = normalised[lag - 1], normalised[lag], normalised[lag + 1]
-            shift = 0.5 * (a - c) / (a - 2 * b + c) if (a - 2 * b + c) != 0 else 0.0
-            lag = lag + float(np.clip(shift, -1, 1))
-        f0.append(sampling_rate / lag)
-    return np.asarray(f0)
-
-
-def median_f0(audio: np.ndarray, sampling_rate: int) -> float | None:
-    values = estimate_f0(audio, sampling_rate)
-    return float(np.median(values)) if len(values) >= 3 else None
 
 
 def speech_seconds(audio: np.ndarray, sampling_rate: int, floor_db: float = 35.0) -> float:
