@@ -141,7 +141,7 @@ class TalkerStream:
     prompt states (`prompt`, see `PromptTail`). Feed thinker states with `add_text`; call `write_block` to write
     the next block of audio steps when the schedule allows; read the newly complete frames from `take_frames`.
     With `duration_conditioning`, each state adds its predicted frames to `predicted_frames`, counted down to the
-    steps written after the last state. Audio ends when codebook 0 writes EOS (the other codebooks finish their
+    steps written after the last state; with `voice_every_step`, the voice is added to each step as in training. Audio ends when codebook 0 writes EOS (the other codebooks finish their
     delayed steps after it) or at `max_frames`.
     """
 

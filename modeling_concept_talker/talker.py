@@ -189,9 +189,10 @@ class TalkerBlock(GradientCheckpointingLayer):
 class Talker(nn.Module):
     """Thinker states (+ optional style concepts and prompt states) -> audio codes.
 
-    Its sequence is a prefix, read once before the reply (the style concepts of a reference voice, then the
-    thinker's states of the prompt's last `prompt_states` positions), followed by the reply's thinker states and
-    audio steps interleaved by the schedule.
+    Its sequence is a prefix, read once before the reply (the style concepts of a reference voice and, with
+    `voice_pitch`, its measured pitch; then the thinker's states of the prompt's last `prompt_states` positions),
+    followed by the reply's thinker states and audio steps interleaved by the schedule. With `voice_every_step`,
+    each audio step also gets the voice added to its input, as it gets the countdown.
 
     Args:
         config: the `TalkerConfig` (`num_codebooks` and `codebook_size` filled in from the codec).
