@@ -141,8 +141,9 @@ class TalkerStream:
     prompt states (`prompt`, see `PromptTail`). Feed thinker states with `add_text`; call `write_block` to write
     the next block of audio steps when the schedule allows; read the newly complete frames from `take_frames`.
     With `duration_conditioning`, each state adds its predicted frames to `predicted_frames`, counted down to the
-    steps written after the last state; with `voice_every_step`, the voice is added to each step as in training. Audio ends when codebook 0 writes EOS (the other codebooks finish their
-    delayed steps after it) or at `max_frames`.
+    steps written after the last state; with `voice_every_step`, the voice is added to each step as in training.
+    Audio ends when codebook 0 writes EOS (the other codebooks finish their delayed steps after it) or at
+    `max_frames`.
     """
 
     def __init__(self, model, settings: SpokenGenerationConfig, style_embeds: torch.Tensor | None = None,
@@ -157,17 +158,15 @@ class TalkerStream:
         dtype = talker.heads.dtype
         device = talker.heads.device
         max_text = settings.thinker_max_new_tokens + 1
-        prefix = talker.embed_prefix(
-            None if style_embeds is None else style_embeds.to(dtype),
-            None if prompt is None else tuple(t.to(dtype) for t in prompt),
-        )
+        style = None if style_embeds is None else style_embeds.to(dtype)
+        prefix = talker.embed_prefix(style, None if prompt is None else tuple(t.to(dtype) for t in prompt))
         length = (0 if prefix is None else prefix.shape[1]) + max_text + self.max_frames + self.num_codebooks + 1
         self.runner = fast_talker_runner(model, settings, length)
         self.cache = None if self.runner is not None else talker.new_cache(1, length, dtype, device)
         if prefix is not None:
             self._read(prefix)
         self.prefix_summary = talker.prefix_summary(prefix)
-        self.voice_step = talker.embed_voice_step(None if style_embeds is None else style_embeds.to(dtype))
+        self.voice_step = talker.embed_voice_step(style)  # added to each audio step (voice_every_step), or None
         self.predicted_frames = 0.0  # the reply's length as predicted from the states read so far (frames)
         self.pending_text: list[torch.Tensor] = []  # embedded states not yet read
         self.text_read = 0

@@ -699,7 +699,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if self.talker.pitch_proj is None:
             return style
         if voice_f0 is None:
-            waves = self.codec.decode(self.codec.check_codes(codes, "voice_audio_codes"))
+            waves = self.codec.decode(codes)  # checked above, by the adapter's reading
             samples = None if frame_mask is None else frame_mask.sum(-1) * self.codec.hop_length
             voice_f0 = clips_median_f0(waves, samples, self.codec.sampling_rate)
         elif voice_f0.shape != (codes.shape[0],):
@@ -859,11 +859,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         text_embeds = self.talker.embed_text(*talker_input((states, token_embeds)))
         audio_inputs, audio_targets = build_delay_pattern(codes, frame_lengths, self.talker.codebook_size)
         audio_lengths = frame_lengths + self.talker.num_codebooks
-        prefix = self.talker.embed_prefix(
-            None if style_embeds is None else style_embeds.to(talker_dtype),
-            None if prompt is None else talker_input(prompt),
-        )
-        voice_step = self.talker.embed_voice_step(None if style_embeds is None else style_embeds.to(talker_dtype))
+        style = None if style_embeds is None else style_embeds.to(talker_dtype)
+        prefix = self.talker.embed_prefix(style, None if prompt is None else talker_input(prompt))
+        voice_step = self.talker.embed_voice_step(style)
         logits = self.talker(text_embeds, text_lengths, audio_inputs, audio_lengths, prefix, frame_lengths, voice_step)
         duration_loss = None
         if self.talker.duration_head is not None:

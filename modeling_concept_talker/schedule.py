@@ -24,18 +24,22 @@ class ReadWriteSchedule:
     read_tokens: int  # R: thinker states read per block
     write_frames: int  # W: audio steps written per block
 
+    def text_read_by(self, audio_step):
+        """Thinker states read, for a reply without end, before audio step `audio_step` (int or tensor) is written."""
+        return (audio_step // self.write_frames + 1) * self.read_tokens
+
     def text_needed(self, audio_step: int, num_text: int | None = None) -> int:
         """How many thinker states the talker must have read before it writes audio step `audio_step`.
 
         `num_text` is the reply's final number of states when known (the thinker has stopped), else `None`.
         """
-        needed = (audio_step // self.write_frames + 1) * self.read_tokens
+        needed = self.text_read_by(audio_step)
         return needed if num_text is None else min(needed, num_text)
 
     def text_complete(self, audio_steps: torch.Tensor, num_text: torch.Tensor) -> torch.Tensor:
         """Whether each audio step is written after the reply's last thinker state has been read (broadcasts
         `audio_steps` against `num_text`): from then on the reply's length is known to the talker."""
-        return (audio_steps // self.write_frames + 1) * self.read_tokens >= num_text
+        return self.text_read_by(audio_steps) >= num_text
 
     def positions(self, num_text: int, num_audio: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Places of the thinker states and the audio steps in the talker's sequence.

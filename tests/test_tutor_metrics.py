@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainers.tutor_metrics import distinct_voice_references, estimate_f0, median_f0, speech_seconds
+from modeling_concept_talker.pitch import estimate_f0, median_f0
+from trainers.tutor_metrics import distinct_voice_references, speech_seconds
 
 RATE = 16000
 

@@ -160,7 +160,7 @@ def test_the_clips_pitch_is_measured_and_read_as_one_more_style_position(pitch_m
         expected = pitch_model.talker.pitch_concept(torch.tensor([110.0, 230.0]))[:, 0]
         unvoiced = pitch_model.talker.pitch_concept(torch.tensor([0.0]))[0, 0]
     assert style.shape == (2, 5, pitch_model.config.thinker_config.hidden_size)  # 4 style concepts + the pitch
-    torch.testing.assert_close(style[:, -1], expected, rtol=0, atol=1e-3)  # measured on each clip's real samples
+    torch.testing.assert_close(style[:, -1], expected, rtol=0, atol=1e-3)  # each clip's own pitch, measured (YIN)
     assert not torch.allclose(style[0, -1], unvoiced, atol=1e-3)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modeling_concept_talker.pitch import estimate_f0, median_f0  # noqa: F401  (the measures used here)
+from modeling_concept_talker.pitch import median_f0
 
 SLOW, FAST = "Speak slowly.", "Speak quickly."
 
@@ -113,7 +113,8 @@ def voice_f0_match(model, processor, rows: list[dict], references: dict[str, dic
     for voice, ref_row in references.items():
         codes = reference_codes(model, ref_row)
         clip_f0[voice] = reference_f0(model, ref_row)
-        styles[voice] = model.get_voice_concepts(codes)
+        # The talker reads the pitch measured here (decoded once); 0 Hz is how it is told a clip is unvoiced.
+        styles[voice] = model.get_voice_concepts(codes, voice_f0=torch.tensor([clip_f0[voice] or 0.0]))
     candidates = {v: f for v, f in clip_f0.items() if f is not None}
     hits, trials = 0, 0
     for row in rows:
