@@ -61,6 +61,15 @@ class SpokenGenerationConfig:
     talker_runner: str = "auto"
 
     @classmethod
+    def for_model(cls, model, kwargs: dict) -> SpokenGenerationConfig:
+        """The settings of one reply: `kwargs` over the checkpoint's own defaults over this class's.
+
+        A checkpoint carries the defaults its recipe chose (e.g. `talker_temperature`) in its
+        `generation_config.json`, as extra attributes of its `transformers.GenerationConfig`.
+        """
+        return cls.from_kwargs({**checkpoint_defaults(model), **kwargs})
+
+    @classmethod
     def from_kwargs(cls, kwargs: dict) -> SpokenGenerationConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
@@ -74,6 +83,15 @@ class SpokenGenerationConfig:
             if getattr(config, name) not in ("auto", "fast", "reference"):
                 raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(config, name)!r}.")
         return config
+
+
+def checkpoint_defaults(model) -> dict:
+    """The spoken-reply settings a model's `generation_config` holds (those named like `SpokenGenerationConfig`'s)."""
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is None:
+        return {}
+    names = [f.name for f in fields(SpokenGenerationConfig)]
+    return {name: getattr(generation_config, name) for name in names if hasattr(generation_config, name)}
 
 
 @dataclass

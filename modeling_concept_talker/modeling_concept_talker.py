@@ -899,7 +899,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         Inputs are those of `forward` (from `ConceptTalkerProcessor`; left padding for batches). Settings are
         keywords of [`SpokenGenerationConfig`], prefixed by the part they steer: `thinker_max_new_tokens`,
         `thinker_do_sample`, `thinker_temperature`, `talker_do_sample`, `talker_temperature`, `talker_top_k`,
-        `max_audio_seconds`, `seed`. Greedy decoding of both parts is deterministic.
+        `max_audio_seconds`, `seed`. Those not given come from the checkpoint's `generation_config.json` where it
+        holds them (its recipe's tuned `talker_temperature`, say), else from `SpokenGenerationConfig`'s defaults.
+        Greedy decoding of both parts is deterministic.
 
         With `streamer` (an [`AudioIteratorStreamer`]), audio chunks are handed over as soon as they exist.
         With `reply_token_ids` (per row, token ids), the model speaks that text instead of choosing its own.
@@ -913,7 +915,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         from .generation import ReplyTimer, SpokenGenerationConfig, prefill, run_spoken_reply
 
         timer = ReplyTimer()
-        config = SpokenGenerationConfig.from_kwargs(settings)
+        config = SpokenGenerationConfig.for_model(self, settings)
         inputs = {
             "input_ids": input_ids, "attention_mask": attention_mask, "input_values": input_values,
             "input_values_mask": input_values_mask, "input_audio_codes": input_audio_codes,
@@ -929,6 +931,17 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer, reply_token_ids,
                                 prompt)
 
+    def set_reply_defaults(self, **settings) -> None:
+        """Make `settings` ([`SpokenGenerationConfig`] keywords, e.g. `talker_temperature=0.5`) this model's defaults
+        for `generate`, `stream` and `SpokenTurn`; `save_pretrained` writes them to generation_config.json."""
+        from .generation import SpokenGenerationConfig
+
+        SpokenGenerationConfig.for_model(self, settings)  # checks the names and values
+        for name, value in settings.items():
+            setattr(self.generation_config, name, value)
+        # A config marked as derived from the model's config loses its extra attributes when loaded.
+        self.generation_config._from_model_config = False
+
     def stream(self, style_embeds: torch.FloatTensor | None = None, **inputs_and_settings):
         """Like `generate`, but yields [`AudioChunk`]s (float32 numpy + sampling rate) as soon as each exists.
 
@@ -941,7 +954,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         inputs = {k: inputs_and_settings.pop(k) for k in names if k in inputs_and_settings}
         voice_values = inputs_and_settings.pop("voice_values", None)
         voice_values_mask = inputs_and_settings.pop("voice_values_mask", None)
-        config = SpokenGenerationConfig.from_kwargs(inputs_and_settings)
+        config = SpokenGenerationConfig.for_model(self, inputs_and_settings)
         with torch.no_grad():
             runner, logits, hidden, prompt = prefill(self, inputs, config)
             voice = self.voice_style(voice_values, voice_values_mask)

@@ -48,7 +48,7 @@ class SpokenTurn:
         self.model = model
         self.processor = processor
         self.sampling_rate = check_sampling_rate(sampling_rate)
-        self.settings = SpokenGenerationConfig.from_kwargs(settings)
+        self.settings = SpokenGenerationConfig.for_model(model, settings)
         self.style_embeds = None
         if voice is not None:
             wave = processor.prepare_voice(voice, voice_sampling_rate or self.sampling_rate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -165,6 +166,30 @@ def test_sampling_uses_the_seed(lively_model, tiny_processor):
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.audio_codes[0], b.audio_codes[0])
     c = lively_model.generate(**batch, **dict(settings, seed=8))
     assert not torch.equal(a.audio_codes[0], c.audio_codes[0])
+
+
+def test_a_checkpoints_own_reply_settings_are_its_defaults(lively_model, tiny_processor, tmp_path):
+    """Settings in generation_config.json (a recipe's `generation`) are used when not given; given ones win."""
+    from modeling_concept_talker import ConceptTalkerForConditionalGeneration
+    from modeling_concept_talker.generation import SpokenGenerationConfig
+
+    batch, common = ask(tiny_processor), dict(thinker_max_new_tokens=6, max_audio_seconds=1.0, seed=3)
+    greedy = lively_model.generate(**batch, **common, talker_do_sample=False).audio_codes[0]
+    sampled = lively_model.generate(**batch, **common, talker_do_sample=True, talker_temperature=2.0).audio_codes[0]
+    assert not torch.equal(greedy, sampled)
+
+    lively_model.set_reply_defaults(talker_do_sample=False, talker_temperature=2.0)
+    assert torch.equal(lively_model.generate(**batch, **common).audio_codes[0], greedy)
+    assert torch.equal(lively_model.generate(**batch, **common, talker_do_sample=True).audio_codes[0], sampled)
+    turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **common)
+    assert turn.settings.talker_do_sample is False and turn.settings.talker_temperature == 2.0
+
+    lively_model.save_pretrained(tmp_path)  # and they travel with the checkpoint
+    assert json.loads((tmp_path / "generation_config.json").read_text())["talker_temperature"] == 2.0
+    loaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
+    assert SpokenGenerationConfig.for_model(loaded, {}).talker_do_sample is False
+    with pytest.raises(TypeError, match=r"Unknown generation setting.*\['temperature'\]"):
+        lively_model.set_reply_defaults(temperature=0.5)
 
 
 def test_unknown_setting_is_refused(lively_model, tiny_processor):

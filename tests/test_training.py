@@ -15,6 +15,7 @@ import pytest
 
 from trainers.collators import TRANSCRIBE_TASK, SpokenTurnCollator, is_transcription_row
 from trainers.recipes import RecipeError, load_recipe
+from trainers.train import _changed_keys
 from modeling_concept_talker.talker import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,15 @@ def test_recipe_overrides_and_their_errors(tmp_path):
         load_recipe(path, ["--data.synht.n", "5"])
     with pytest.raises(RecipeError, match=r"Unknown setting\(s\) \['max_stepz'\] in stages.align"):
         load_recipe(path, ["--stages.align.max_stepz", "5"])
+    # a run started before a recipe section existed resumes: the section left empty is no change
+    assert _changed_keys({"seed": 0}, {"seed": 0, "generation": {}}) == []
+    assert _changed_keys({"seed": 0}, {"seed": 0, "generation": {"talker_top_k": 5}}) == ["generation"]
+    recipe = load_recipe(path, ["--generation.talker_temperature", "0.5"])
+    assert recipe["generation"] == {"talker_temperature": 0.5}
+    with pytest.raises(RecipeError, match=r"generation: Unknown generation setting\(s\) \['temperature'\]"):
+        load_recipe(path, ["--generation.temperature", "0.5"])
+    with pytest.raises(RecipeError, match="talker_runner must be"):
+        load_recipe(path, ["--generation.talker_runner", "gpu"])
     with pytest.raises(RecipeError, match="has no value"):
         load_recipe(path, ["--stages.align.max_steps"])
     # YAML 1.1 reads 3e-3 as a string; on the command line and in files it must still be the number
@@ -175,8 +185,11 @@ def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_proces
 def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
     """The tiny recipe end to end; then the same run killed with SIGKILL mid-stage, resumed to the same final loss."""
     whole = tmp_path / "whole"
-    result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(whole)] + micro_overrides(micro_dataset))
+    result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(whole), "--generation.talker_temperature",
+                        "0.6"] + micro_overrides(micro_dataset))
     assert result.returncode == 0, result.stderr[-3000:]
+    # the recipe's reply settings are the checkpoint's defaults
+    assert json.loads((whole / "final" / "generation_config.json").read_text())["talker_temperature"] == 0.6
     results = json.loads((whole / "eval_results.json").read_text())
     for key in ("stage1_cer", "stage2_reply_accuracy", "audio_code_accuracy", "stage2_reply_accuracy_by_skill"):
         assert key in results

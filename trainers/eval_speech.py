@@ -65,8 +65,8 @@ def speech_intelligibility(model, processor, rows: list[dict], recognizer, voice
     codec, k = model.codec, model.config.codec_num_codebooks
     rate = codec.sampling_rate
     references, ceiling_heard, forced_heard, free_texts, free_heard, backwards_heard = [], [], [], [], [], []
-    settings = dict(thinker_max_new_tokens=64, talker_do_sample=True, talker_temperature=0.7, talker_top_k=20,
-                    max_audio_seconds=15.0, seed=seed)
+    # The talker samples with the checkpoint's own settings (its generation_config.json), as `chat` does.
+    settings = dict(thinker_max_new_tokens=64, max_audio_seconds=15.0, seed=seed)
     for row in rows:
         reference = row["reply_text"]
         references.append(reference)
@@ -100,6 +100,15 @@ def speech_intelligibility(model, processor, rows: list[dict], recognizer, voice
     }
 
 
+def talker_sampling(model) -> dict:
+    """How the talker samples when not told otherwise (the checkpoint's defaults): what the figures were made with."""
+    from modeling_concept_talker.generation import SpokenGenerationConfig
+
+    settings = SpokenGenerationConfig.for_model(model, {})
+    return {"talker_do_sample": settings.talker_do_sample, "talker_temperature": settings.talker_temperature,
+            "talker_top_k": settings.talker_top_k}
+
+
 def run(args) -> int:
     from datasets import load_from_disk
 
@@ -119,7 +128,8 @@ def run(args) -> int:
     with torch.inference_mode():
         results = speech_intelligibility(model, processor, rows, recognizer, voice=voice)
     results.update({"examples_scored": len(rows), "recognizer": language_model_description(args.lm),
-                    "codec": model.config.codec_type, "model": os.path.abspath(args.model), "split": args.split})
+                    "codec": model.config.codec_type, "model": os.path.abspath(args.model), "split": args.split,
+                    "talker_sampling": talker_sampling(model)})
     directory = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(directory, exist_ok=True)
     with open(args.json + ".tmp", "w") as f:

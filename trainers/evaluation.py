@@ -124,6 +124,10 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
             results.update(speech_metrics(model, processor, dataset, rows, settings, voice))
         if settings.get("voice"):
             results.update(tutor_metrics(model, processor, test_split, rows, settings, voice))
+    if settings.get("speech") or settings.get("voice"):
+        from trainers.eval_speech import talker_sampling
+
+        results["talker_sampling"] = talker_sampling(model)
     return results
 
 

@@ -34,6 +34,9 @@ RECIPE_SCHEMA = {
         "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0},
     },
     "stages": {name: None for name in STAGES},
+    # The trained checkpoint's default reply settings (`SpokenGenerationConfig` fields, e.g. talker_temperature),
+    # written into its generation_config.json; `generate`, `chat` and the evaluation use them unless told otherwise.
+    "generation": {},
     "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "speech_examples": 40, "speech_lm": "corpus",
              "voice": False, "voice_examples": 12},
 }
@@ -119,7 +122,21 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
             raise RecipeError(f"stages.{name} must be a mapping of TrainingArguments fields.")
         check_stage(name, stage)
         recipe["stages"][name] = stage
+    check_generation(recipe["generation"])
     return recipe
+
+
+def check_generation(generation) -> None:
+    """`generation` must name `SpokenGenerationConfig` fields with values it accepts."""
+    from modeling_concept_talker.generation import SpokenGenerationConfig
+
+    if not isinstance(generation, dict):
+        raise RecipeError(f"generation must be a mapping of reply settings (e.g. talker_temperature: 0.5), got "
+                          f"{generation!r}.")
+    try:
+        SpokenGenerationConfig.from_kwargs(generation)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"generation: {err}") from err
 
 
 def training_argument_names() -> set[str]:

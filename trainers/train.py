@@ -6,7 +6,8 @@
     text     stage 0, the thinker learns the dialogue text (skipped with a pretrained thinker)
     align    stage 1, the concept adapter learns to make the frozen thinker transcribe the audio
     reply    stage 2, the thinker's LoRA learns the replies, the talker their audio
-    final    a self-contained checkpoint: trainable weights, the base thinker it refers to, processor, recipe
+    final    a self-contained checkpoint: trainable weights, the base thinker it refers to, processor, recipe,
+             and the recipe's `generation` settings as the checkpoint's reply defaults (generation_config.json)
     eval     held-out voices and items -> <out>/eval_results.json; loss curves -> <out>/loss_curves.png
 
 Each stage writes `<out>/<stage>/model` (renamed into place when complete) and keeps Trainer checkpoints; with
@@ -292,6 +293,7 @@ class TrainingRun:
     def save_final(self, model) -> str:
         """<out>/final: the trained model, self-contained (its base thinker inside, referred to relatively)."""
         final = self.path("final")
+        model.set_reply_defaults(**self.recipe["generation"])  # the recipe's reply settings become the defaults
 
         def write(directory: str) -> None:
             reference = model.config.thinker_name_or_path
@@ -343,6 +345,8 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
         changed = []
         for key in sorted(set(old) | set(new)):
             if key in ("output_dir", "recipe_path"):
+                continue
+            if key not in old and new[key] == {}:  # a section added to recipes since, left empty
                 continue
             changed += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
         return changed

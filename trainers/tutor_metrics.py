@@ -11,7 +11,8 @@
                           (after normalisation). Target >= 0.9.
 
 Durations count speech, not silence: audio is trimmed of leading and trailing frames 35 dB below its loudest.
-F0 is estimated with YIN on 40 ms frames (`modeling_concept_talker.pitch.estimate_f0`, which the talker's reference
+The talker samples with the checkpoint's own settings (`generation_config.json`, e.g. its recipe's
+`talker_temperature`), as `chat` does. F0 is estimated with YIN on 40 ms frames (`modeling_concept_talker.pitch.estimate_f0`, which the talker's reference
 voice also uses).
 """
 
@@ -43,8 +44,7 @@ def _speak(model, processor, row: dict, instruction: str | None, reply_text: str
     inputs = spoken_turn_inputs(processor, [{**row, "instruction": instruction or ""}], model.config.codec_num_codebooks,
                                 "reply")
     ids = processor.tokenizer(reply_text + "<|im_end|>", add_special_tokens=False).input_ids
-    reply = model.generate(**inputs, style_embeds=style, reply_token_ids=[ids], talker_do_sample=True,
-                           talker_temperature=0.7, talker_top_k=20, max_audio_seconds=20.0, seed=seed)
+    reply = model.generate(**inputs, style_embeds=style, reply_token_ids=[ids], max_audio_seconds=20.0, seed=seed)
     return reply.waveforms[0]
 
 
