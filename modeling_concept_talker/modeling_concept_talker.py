@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -530,6 +530,10 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             model.config.codec_name_or_path = codec_inside
         model.config.saved_weights = "full"
         model.config.name_or_path = location
+        try:  # the checkpoint's reply defaults (set_reply_defaults), as transformers' own loading reads them
+            model.generation_config = GenerationConfig.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
+        except OSError:  # older checkpoints have none: keep the one derived from the config
+            pass
         return model.eval()
 
     @staticmethod

@@ -190,6 +190,11 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # the recipe's reply settings are the checkpoint's defaults
     assert json.loads((whole / "final" / "generation_config.json").read_text())["talker_temperature"] == 0.6
+    from modeling_concept_talker import ConceptTalkerForConditionalGeneration
+    from modeling_concept_talker.generation import SpokenGenerationConfig
+
+    trained = ConceptTalkerForConditionalGeneration.from_pretrained(whole / "final")  # a trainable-only checkpoint
+    assert SpokenGenerationConfig.for_model(trained, {}).talker_temperature == 0.6
     results = json.loads((whole / "eval_results.json").read_text())
     for key in ("stage1_cer", "stage2_reply_accuracy", "audio_code_accuracy", "stage2_reply_accuracy_by_skill"):
         assert key in results

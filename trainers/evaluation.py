@@ -168,7 +168,7 @@ def tutor_metrics(model, processor, test_split, rows, settings, voice: bool) -> 
     if voice:
         pool = [test_split[i] for i in range(min(len(test_split), 60))]
         references = distinct_voice_references(pool, lambda row: reference_f0(model, row))
-        results.update(voice_f0_match(model, processor, chosen[: max(1, len(chosen) // 2)], references))
+        results.update(voice_f0_match(model, processor, chosen, references))
     return results
 
 
