@@ -115,7 +115,7 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
                    f"{model.config.thinker_config.num_hidden_layers}-layer thinker)")
     if os.path.abspath(spec) == str(EMBEDDED_MODEL):
         description = (f"the embedded default: the tiny-lyra recipe's trained model ({spec}), a 2-layer, 64-wide "
-                       "thinker trained on CPU in minutes, speaking through the real Lyra SoundStream codec; expect "
-                       "short, often wrong replies in speech-like audio that a recogniser cannot yet understand "
-                       "(README)")
+                       "thinker trained on 2 CPU cores in about an hour, speaking through the real Lyra SoundStream "
+                       "codec; expect short, often wrong replies in speech-like audio that a recogniser cannot yet "
+                       "understand (README)")
     return LoadedModel(model, processor, description, trained=True)
