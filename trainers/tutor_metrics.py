@@ -12,8 +12,8 @@
 
 Durations count speech, not silence: audio is trimmed of leading and trailing frames 35 dB below its loudest.
 The talker samples with the checkpoint's own settings (`generation_config.json`, e.g. its recipe's
-`talker_temperature`), as `chat` does. F0 is estimated with YIN on 40 ms frames (`modeling_concept_talker.pitch.estimate_f0`, which the talker's reference
-voice also uses).
+`talker_temperature`), as `chat` does. F0 is estimated with YIN on 40 ms frames
+(`modeling_concept_talker.pitch.estimate_f0`, which the talker's reference voice also uses).
 """
 
 from __future__ import annotations
