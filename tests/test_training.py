@@ -60,6 +60,23 @@ def test_recipe_files_parse():
         assert set(recipe["stages"]) == {"text", "align", "reply"}
 
 
+def test_a_nested_model_override_changes_only_its_field():
+    from configuration import load_preset
+
+    preset = load_preset("tiny-lyra")
+    config = load_preset("tiny-lyra", talker_config={"read_tokens": 3}, codec_config={"model_dir": "/lyra"})
+    assert config.talker_config.read_tokens == 3
+    # the talker's other fields are still the preset's, not ConceptTalkerConfig's (0.5b-sized) defaults
+    for field in ("hidden_size", "num_hidden_layers", "prompt_states", "voice_pitch", "duration_conditioning"):
+        assert getattr(config.talker_config, field) == getattr(preset.talker_config, field)
+    assert (config.codec_type, config.codec_config.model_dir) == ("lyra_soundstream", "/lyra")
+    # another codec type replaces the preset's codec settings instead of mixing two codecs' fields
+    config = load_preset("tiny", codec_config={"model_type": "mimi", "num_hidden_layers": 1, "num_quantizers": 8},
+                         adapter_config={"window_seconds": 0.8})
+    assert config.codec_type == "mimi" and config.codec_config.num_hidden_layers == 1
+    assert config.codec_config.upsampling_ratios != [8, 5, 4, 2]  # the tiny EnCodec's, not Mimi's
+
+
 def test_recipe_overrides_and_their_errors(tmp_path):
     path = str(REPO / "configuration" / "tiny.yaml")
     recipe = load_recipe(path, ["--stages.reply.max_steps", "7", "--data.synth.n=50", "--model.overrides.lora_r", "2"])
