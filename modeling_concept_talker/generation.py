@@ -36,6 +36,9 @@ class SpokenGenerationConfig:
         thinker_max_new_tokens: longest reply text, in tokens.
         thinker_do_sample, thinker_temperature, thinker_top_k, thinker_top_p: the thinker's sampling
             (greedy by default: deterministic).
+        thinker_repetition_penalty: > 1 makes the thinker less likely to write a token the reply already holds
+            (CTRL's penalty, transformers' `RepetitionPenaltyLogitsProcessor`, over the reply's tokens only, not
+            the prompt's): small thinkers decoding greedily fall into loops ("word word word ..."); 1.0 is off.
         talker_do_sample, talker_temperature, talker_top_k: the talker's sampling of each codebook.
         max_audio_seconds: longest reply audio; the talker ends the audio there.
         seed: seed of the sampling generator (None: torch's global generator).
@@ -51,6 +54,7 @@ class SpokenGenerationConfig:
     thinker_temperature: float = 1.0
     thinker_top_k: int = 0
     thinker_top_p: float = 1.0
+    thinker_repetition_penalty: float = 1.0
     talker_do_sample: bool = True
     talker_temperature: float = 0.8
     talker_top_k: int = 50
@@ -82,6 +86,9 @@ class SpokenGenerationConfig:
         for name in ("thinker_runner", "talker_runner"):
             if getattr(config, name) not in ("auto", "fast", "reference"):
                 raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(config, name)!r}.")
+        if not config.thinker_repetition_penalty > 0:
+            raise ValueError(f"thinker_repetition_penalty must be > 0 (1.0 is off, 1.1-1.3 are usual), got "
+                             f"{config.thinker_repetition_penalty!r}.")
         return config
 
 
@@ -150,6 +157,24 @@ def choose_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top
     probs = logits.softmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def penalize_repeats(logits: torch.Tensor, tokens: list[list[int]], penalty: float) -> torch.Tensor:
+    """`logits` `[batch, vocab]` with each row's already written `tokens` made less likely by `penalty` (> 1), as
+    transformers' `RepetitionPenaltyLogitsProcessor` does (positive logits divided, negative ones multiplied).
+    Rows without tokens are left as they are."""
+    if penalty == 1.0 or not any(tokens):
+        return logits
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    longest = max(len(row) for row in tokens)
+    # A shorter row is padded with its own first token (no new id penalised); a row without tokens gets
+    # placeholder ids and keeps its logits (restored below).
+    written = torch.tensor([row + row[:1] * (longest - len(row)) if row else [0] * longest for row in tokens],
+                           device=logits.device)
+    penalized = RepetitionPenaltyLogitsProcessor(penalty)(written, logits.float().clone())
+    empty = torch.tensor([not row for row in tokens], device=logits.device)
+    return torch.where(empty[:, None], logits.float(), penalized).to(logits.dtype)
 
 
 class TalkerStream:
@@ -423,6 +448,7 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
         if all(text_done):
             break
         if reply_tokens is None:
+            logits = penalize_repeats(logits, tokens, settings.thinker_repetition_penalty)
             chosen = choose_tokens(logits, settings.thinker_do_sample, settings.thinker_temperature,
                                    settings.thinker_top_k, settings.thinker_top_p, generator)
         else:

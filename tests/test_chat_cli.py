@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import soundfile
 
 from trainers.cli import main
@@ -73,6 +74,12 @@ def test_chat_refuses_a_missing_file(tmp_path):
         assert "No such audio file" in str(exit)
     else:
         raise AssertionError("expected SystemExit")
+
+
+def test_chat_refuses_a_bad_setting_before_any_work(assets, tmp_path):
+    with pytest.raises(SystemExit, match=r"thinker_repetition_penalty must be > 0 \(1.0 is off"):
+        main(["chat", "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"), "--repetition-penalty", "0"])
+    assert not list(tmp_path.iterdir())  # no reply file written
 
 
 def test_the_installed_command_runs(assets, tmp_path):

@@ -192,6 +192,30 @@ def test_a_checkpoints_own_reply_settings_are_its_defaults(lively_model, tiny_pr
         lively_model.set_reply_defaults(temperature=0.5)
 
 
+def test_repetition_penalty_is_ctrls_over_the_reply_tokens():
+    from modeling_concept_talker.generation import penalize_repeats
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.25], [2.0, -1.0, 0.5, 0.25]])
+    penalized = penalize_repeats(logits, [[0, 1, 0], []], 2.0)
+    # written ids: positive logits halved, negative doubled (once each, however often written); others unchanged;
+    # a row with nothing written yet is left alone
+    assert penalized.tolist() == [[1.0, -2.0, 0.5, 0.25], [2.0, -1.0, 0.5, 0.25]]
+    assert penalize_repeats(logits, [[0], [1]], 1.0) is logits
+
+
+def test_repetition_penalty_breaks_a_greedy_loop(tiny_model, tiny_processor):
+    settings = dict(GREEDY, thinker_max_new_tokens=24)
+    plain = tiny_model.generate(**ask(tiny_processor), **settings).sequences[0].tolist()
+    assert len(set(plain)) <= 2  # a freshly initialised thinker writes one token over and over
+    penalized = tiny_model.generate(**ask(tiny_processor), **settings, thinker_repetition_penalty=1e4)
+    tokens = penalized.sequences[0].tolist()
+    assert len(tokens) > 2 and len(set(tokens)) == len(tokens) and tokens[0] == plain[0]
+    same = tiny_model.generate(**ask(tiny_processor), **settings, thinker_repetition_penalty=1.0)
+    assert same.sequences[0].tolist() == plain
+    with pytest.raises(ValueError, match="thinker_repetition_penalty must be > 0"):
+        tiny_model.generate(**ask(tiny_processor), thinker_repetition_penalty=0.0)
+
+
 def test_unknown_setting_is_refused(lively_model, tiny_processor):
     with pytest.raises(TypeError, match=r"Unknown generation setting.*\['temperature'\].*prefixed"):
         lively_model.generate(**ask(tiny_processor), temperature=0.7)

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply text, in tokens")
     parser.add_argument("--max-audio-seconds", type=float, default=20.0, help="longest reply audio")
     parser.add_argument("--sample", action="store_true", help="sample the reply text (default: greedy)")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help="> 1 discourages the reply text from repeating its own tokens, e.g. 1.2 "
+                             "(default: the checkpoint's, else 1.0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the talker's sampling")
     parser.add_argument("--json", help="also write the reply text and timings to this JSON file")
 
@@ -88,6 +91,7 @@ def run(args) -> int:
     import torch
 
     from modeling_concept_talker import build_prompt
+    from modeling_concept_talker.generation import SpokenGenerationConfig
     from modeling_concept_talker.audio import load_audio, save_audio
     from modeling_concept_talker.streaming import SpokenTurn
     from configuration import preset_names
@@ -108,6 +112,12 @@ def run(args) -> int:
     audio, rate = question_audio(args)
     settings = dict(thinker_max_new_tokens=args.max_new_tokens, thinker_do_sample=args.sample,
                     max_audio_seconds=args.max_audio_seconds, seed=args.seed)
+    if args.repetition_penalty is not None:
+        settings["thinker_repetition_penalty"] = args.repetition_penalty
+    try:
+        SpokenGenerationConfig.for_model(model, settings)  # a bad setting is reported before any work
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     voice, voice_rate = (None, None)
     if args.voice:
         if not os.path.isfile(args.voice):
