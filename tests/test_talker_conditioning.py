@@ -198,7 +198,7 @@ def test_the_duration_predictor_learns_the_speaking_rate_from_the_instruction(pr
     for row, n in enumerate(frames):
         audio_labels[row, :, :n] = torch.randint(0, size, (k, n))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(60):
+    for _ in range(150):
         optimizer.zero_grad()
         model(**batch, labels=labels, audio_labels=audio_labels).duration_loss.backward()
         optimizer.step()

@@ -28,6 +28,9 @@ def voice_model(voice_config):
     with torch.no_grad():  # big enough that the style changes what the talker writes
         model.talker.style_proj.weight.normal_(std=1.0)
         model.concept_adapter.style_queries.normal_(std=1.0)
+        for name, p in model.talker.named_parameters():  # and that the talker attends to it (tiny: 64 wide)
+            if p.ndim == 2 and "proj" in name and "style" not in name:
+                p.normal_(std=0.3)
     return model
 
 
