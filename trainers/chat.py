@@ -109,7 +109,6 @@ def run(args) -> int:
                         **(overrides if spec in preset_names() else {}))
     model, processor = loaded.model, loaded.processor
     print(f"Model: {loaded.description}")
-    audio, rate = question_audio(args)
     settings = dict(thinker_max_new_tokens=args.max_new_tokens, thinker_do_sample=args.sample,
                     max_audio_seconds=args.max_audio_seconds, seed=args.seed)
     if args.repetition_penalty is not None:
@@ -118,6 +117,7 @@ def run(args) -> int:
         SpokenGenerationConfig.for_model(model, settings)  # a bad setting is reported before any work
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    audio, rate = question_audio(args)
     voice, voice_rate = (None, None)
     if args.voice:
         if not os.path.isfile(args.voice):
