@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-audio-seconds", type=float, default=20.0, help="longest reply audio")
     parser.add_argument("--sample", action="store_true", help="sample the reply text (default: greedy)")
     parser.add_argument("--repetition-penalty", type=float,
-                        help="> 1 discourages the reply text from repeating its own tokens, e.g. 1.2 "
+                        help="> 1 discourages the reply text from repeating its own tokens, e.g. 1.3 "
                              "(default: the checkpoint's, else 1.0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the talker's sampling")
     parser.add_argument("--json", help="also write the reply text and timings to this JSON file")
