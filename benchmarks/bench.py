@@ -127,7 +127,8 @@ def run_baseline(model, processor, wave: np.ndarray, rate: int, reply_tokens: in
 
     start = time.perf_counter()
     inputs = processor(text=build_prompt(), audio=wave, sampling_rate=rate, return_tensors="pt")
-    embeds = model.embed_inputs(inputs["input_ids"], inputs.get("input_values"), inputs.get("input_values_mask"))
+    embeds = model.embed_inputs(inputs["input_ids"], input_values=inputs.get("input_values"),
+                                input_values_mask=inputs.get("input_values_mask"))
     thinker = model.thinker
     out = thinker.generate(
         inputs_embeds=embeds.to(thinker.dtype), attention_mask=inputs["attention_mask"],

@@ -162,7 +162,7 @@ class ConceptTalkerPipeline(Pipeline):
         return self.processor(text=prompt, audio=audio, sampling_rate=rate)
 
     def _forward(self, model_inputs, generate_kwargs=None):
-        reply = self.model.generate(**model_inputs, **(generate_kwargs or {}))
+        reply = self.model.generate(**model_inputs, tokenizer=self.processor.tokenizer, **(generate_kwargs or {}))
         return {
             "sequences": reply.sequences,
             "audio": np.asarray(reply.waveforms[0], dtype=np.float32),

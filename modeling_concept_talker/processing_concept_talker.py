@@ -91,9 +91,11 @@ class ConceptTalkerProcessor(ProcessorMixin):
 
     Args:
         tokenizer: a Qwen2.5 tokenizer; the audio special tokens are added to it if missing.
-        sampling_rate: the codec's sampling rate in Hz (audio is resampled to it).
-        hop_length: audio samples per codec frame.
-        window_frames: codec frames per concept-adapter window.
+        sampling_rate: the ear's sampling rate in Hz (the user's audio is resampled to it: 16 kHz for Whisper).
+        hop_length: audio samples per ear frame.
+        window_frames: ear frames per concept-adapter window.
+        voice_sampling_rate: the codec's sampling rate in Hz (reference-voice clips are resampled to it; default
+            `sampling_rate`).
         concepts_per_window: concept slots per window.
         max_audio_seconds: longest clip accepted.
         padding_side: `"left"` (for batched generation, default) or `"right"`.
@@ -109,6 +111,7 @@ class ConceptTalkerProcessor(ProcessorMixin):
         concepts_per_window: int = 4,
         max_audio_seconds: float = 30.0,
         padding_side: str = "left",
+        voice_sampling_rate: int | None = None,
     ):
         missing = [t for t in AUDIO_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
         if missing:
@@ -116,6 +119,7 @@ class ConceptTalkerProcessor(ProcessorMixin):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = "<|endoftext|>"
         self.sampling_rate = int(sampling_rate)
+        self.voice_sampling_rate = int(voice_sampling_rate or sampling_rate)
         self.hop_length = int(hop_length)
         self.window_frames = int(window_frames)
         self.concepts_per_window = int(concepts_per_window)
@@ -132,9 +136,10 @@ class ConceptTalkerProcessor(ProcessorMixin):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         processor = cls(
             tokenizer,
-            sampling_rate=config.sampling_rate,
-            hop_length=config.hop_length,
+            sampling_rate=config.input_sampling_rate,
+            hop_length=config.input_hop_length,
             window_frames=config.window_frames,
+            voice_sampling_rate=config.sampling_rate,
             concepts_per_window=config.adapter_config.concepts_per_window,
             max_audio_seconds=config.max_audio_seconds,
         )
@@ -152,15 +157,15 @@ class ConceptTalkerProcessor(ProcessorMixin):
         return self.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
 
     def concept_slots(self, num_samples: int) -> int:
-        """Concept slots for a clip of `num_samples` at the codec's rate."""
+        """Concept slots for a clip of `num_samples` at the ear's rate."""
         return self.concept_slots_for_frames(count_frames(num_samples, self.hop_length))
 
     def concept_slots_for_frames(self, num_frames: int) -> int:
-        """Concept slots for a clip of `num_frames` codec frames (for precomputed codes)."""
+        """Concept slots for a clip of `num_frames` ear frames (for precomputed features or codes)."""
         return count_concept_slots(num_frames, self.window_frames, self.concepts_per_window)
 
     def prepare_audio(self, audio, sampling_rate, name: str = "audio") -> torch.Tensor:
-        """One clip -> mono float32 `[samples]` at the codec's rate (checked, downmixed, resampled)."""
+        """One clip -> mono float32 `[samples]` at the ear's rate (checked, downmixed, resampled)."""
         return prepare_audio(audio, sampling_rate, self.sampling_rate, self.max_audio_seconds, name=name)
 
     def prepare_voice(self, clip, sampling_rate, name: str = "voice clip") -> torch.Tensor:
@@ -169,19 +174,19 @@ class ConceptTalkerProcessor(ProcessorMixin):
         A clip must hold 1 s to 5 s of speech: a silent clip or one shorter than 1 s is refused; a longer one is cut
         to its first 5 s (the talker was trained on 1-5 s clips). Other sampling rates are resampled.
         """
-        wave = prepare_audio(clip, sampling_rate, self.sampling_rate, None, name=name)
-        seconds = wave.numel() / self.sampling_rate
+        wave = prepare_audio(clip, sampling_rate, self.voice_sampling_rate, None, name=name)
+        seconds = wave.numel() / self.voice_sampling_rate
         if seconds < VOICE_MIN_SECONDS:
             raise ValueError(
                 f"The {name} is {seconds:.2f} s long; give at least {VOICE_MIN_SECONDS:g} s of the voice speaking."
             )
         if float(wave.abs().max()) < 1e-3:
             raise ValueError(f"The {name} is silent (peak below -60 dBFS): give a recording of the voice speaking.")
-        return wave[: int(VOICE_MAX_SECONDS * self.sampling_rate)]
+        return wave[: int(VOICE_MAX_SECONDS * self.voice_sampling_rate)]
 
     def expand_audio_placeholders(self, texts: list[str], clip_frames: list[int]) -> list[str]:
         """Replace the i-th `<|audio_pad|>` (in reading order across `texts`) by the slots of the i-th clip,
-        whose length is given in codec frames."""
+        whose length is given in ear frames."""
         count = sum(text.count(AUDIO_TOKEN) for text in texts)
         if any(AUDIO_START_TOKEN in text for text in texts):
             raise ValueError(
@@ -228,7 +233,8 @@ class ConceptTalkerProcessor(ProcessorMixin):
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, with audio, `input_values` `[clips, samples]`
-            (float32 at the codec's rate, zero-padded) and `input_values_mask` `[clips, samples]`.
+            (float32 at the ear's rate, zero-padded) and `input_values_mask` `[clips, samples]`; with a voice,
+            `voice_values` / `voice_values_mask` at the codec's rate.
         """
         if text is None:
             raise ValueError(

@@ -2,15 +2,16 @@
 
     turn = SpokenTurn(model, processor, sampling_rate=16000, instruction="Speak slowly.")
     for piece in microphone():           # any sizes, at the declared rate
-        turn.feed(piece)                 # codec encoder (streaming), then for each completed window:
-                                         # concept adapter -> thinker prefill
+        turn.feed(piece)                 # the ear, then for each completed window: concept adapter -> thinker prefill
     for chunk in turn.stream_reply():    # end of speech: only the last window and the prompt's tail remain
         play(chunk.samples)
 
 The thinker reads the same embeddings, in the same order, as when the whole recording goes through the processor
 and `generate`: the prompt up to `<|audio_start|>`, the concepts of each window, then `<|audio_end|>` and the rest.
-Windows are independent in the concept adapter and the codec streams exactly, so feeding in pieces gives the
-same reply as feeding the whole recording.
+Windows are independent in the concept adapter, and the ear gives each window the same frames either way (Whisper's
+encoder with `ear_context_windows` > 0 encodes each window with its left context only as it completes; with 0 it
+encodes the whole question at the end of speech; a codec ear streams exactly), so feeding in pieces gives the same
+reply as feeding the whole recording.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from .audio import StreamingResampler, check_sampling_rate, to_mono_float
 from .configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_START_TOKEN, AUDIO_TOKEN
+from .ear import EarStream
 from .generation import (
     PromptTail,
     ReplyTimer,
@@ -36,7 +38,7 @@ class SpokenTurn:
     Args:
         model: a `ConceptTalkerForConditionalGeneration` (eval mode).
         processor: its `ConceptTalkerProcessor`.
-        sampling_rate: rate of the pieces that will be fed, Hz (resampled to the codec's as they arrive).
+        sampling_rate: rate of the pieces that will be fed, Hz (resampled to the ear's as they arrive).
         instruction, history, system_prompt: as in `build_prompt`.
         voice: a 1-5 s reference clip of the voice to answer in (at `voice_sampling_rate`, default `sampling_rate`).
         settings: generation settings (`SpokenGenerationConfig` keywords), e.g. `thinker_max_new_tokens=64`.
@@ -61,12 +63,13 @@ class SpokenTurn:
         config = model.config
         self.window_frames = config.window_frames
         self.max_samples = int(config.max_audio_seconds * self.sampling_rate)
-        max_slots = processor.concept_slots(int(config.max_audio_seconds * model.codec.sampling_rate))
+        max_slots = processor.concept_slots(int(config.max_audio_seconds * config.input_sampling_rate))
         max_length = self.head_ids.shape[1] + max_slots + self.tail_ids.shape[1] + self.settings.thinker_max_new_tokens + 1
         self.runner = make_runner(model, 1, self.settings, max_length)
         self.prompt_tail = PromptTail(model)
-        self.resampler = StreamingResampler(self.sampling_rate, model.codec.sampling_rate)
-        self.encoder = model.codec.streaming_encoder(1)
+        self.resampler = StreamingResampler(self.sampling_rate, config.input_sampling_rate)
+        self.ear_stream = EarStream(model.ear) if model.ear is not None else None
+        self.encoder = model.codec.streaming_encoder(1) if model.ear is None else None
         self.pending_codes = torch.zeros(1, model.codec.num_codebooks, 0, dtype=torch.long)
         self.samples_fed = 0
         self.state = "listening"
@@ -106,8 +109,17 @@ class SpokenTurn:
                 f"The turn is longer than {self.model.config.max_audio_seconds:g} s (config.max_audio_seconds): "
                 "end the turn sooner, or raise max_audio_seconds."
             )
-        codes = self.encoder.push(self.resampler.push(wave)[None])
-        self._add_codes(codes, final=False)
+        wave = self.resampler.push(wave)
+        if self.ear_stream is not None:
+            self._add_frames(self.ear_stream.push(wave))
+        else:
+            self._add_codes(self.encoder.push(wave[None]), final=False)
+
+    def _add_frames(self, frames: torch.Tensor) -> None:
+        """The ear's frames of completed windows `[n, d_model]` -> concepts, read by the thinker."""
+        if frames.shape[0]:
+            concepts, mask = self.model.concept_adapter(frames[None].to(self.model.concept_adapter.frame_proj.weight.dtype))
+            self._read(concepts[mask][None])
 
     def _add_codes(self, codes: torch.Tensor, final: bool) -> None:
         self.pending_codes = torch.cat([self.pending_codes, codes], dim=-1)
@@ -128,9 +140,13 @@ class SpokenTurn:
         if self.samples_fed == 0:
             self.close()
             raise ValueError("The turn has no audio: feed at least one piece before ending it.")
-        codes = self.encoder.push(self.resampler.flush()[None])
-        codes = torch.cat([codes, self.encoder.flush()], dim=-1)
-        self._add_codes(codes, final=True)
+        if self.ear_stream is not None:
+            self.ear_stream.push(self.resampler.flush())
+            self._add_frames(self.ear_stream.flush())
+        else:
+            codes = self.encoder.push(self.resampler.flush()[None])
+            codes = torch.cat([codes, self.encoder.flush()], dim=-1)
+            self._add_codes(codes, final=True)
         logits, hidden = self._read(self.runner.embed(self.tail_ids))
         self.state = "answering"
         return logits, hidden[:, -1]
@@ -142,7 +158,8 @@ class SpokenTurn:
         logits, hidden = self.end_of_speech()
         try:
             return run_spoken_reply(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
-                                    streamer, timer, prompt=self.prompt_tail.states())
+                                    streamer, timer, prompt=self.prompt_tail.states(),
+                                    tokenizer=self.processor.tokenizer)
         finally:
             self.close()
 
@@ -151,7 +168,8 @@ class SpokenTurn:
         logits, hidden = self.end_of_speech()
         try:
             events = spoken_reply_events(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
-                                         decode_stream=True, prompt=self.prompt_tail.states())
+                                         decode_stream=True, prompt=self.prompt_tail.states(),
+                                         tokenizer=self.processor.tokenizer)
             for kind, payload in events:
                 if kind == "audio":
                     yield payload
@@ -163,4 +181,5 @@ class SpokenTurn:
         self.state = "closed"
         self.runner = None
         self.encoder = None
+        self.ear_stream = None
         self.pending_codes = None

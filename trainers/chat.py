@@ -143,7 +143,7 @@ def run(args) -> int:
             if voice is not None:
                 voice_wave = processor.prepare_voice(voice, voice_rate)
                 batch["voice_values"], batch["voice_values_mask"] = voice_wave[None], torch.ones(1, voice_wave.numel())
-            reply = model.generate(**batch, **settings)
+            reply = model.generate(**batch, tokenizer=processor.tokenizer, **settings)
             save_audio(args.out, reply.waveforms[0], reply.sampling_rate)
             measured_from = "start of generate()"
 

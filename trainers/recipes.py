@@ -16,7 +16,10 @@ from dataclasses import fields
 import yaml
 
 STAGES = ("text", "align", "reply")
-STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice"}
+# Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
+# dense slot-by-slot signal, default on) and `text_labels` (align: the frozen thinker's transcript loss, default on).
+STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
+                    "text_labels"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {
@@ -28,17 +31,20 @@ RECIPE_SCHEMA = {
         "tokenizer": None,  # folder or Hub id; default: the offline Qwen2.5 copy, else the Hub
         "thinker": None,  # a pretrained thinker (Hub id / folder): skips the text stage
         "codec": None,  # a pretrained codec (Hub id / EnCodec folder / Lyra folder); default: the preset's
+        "ear": None,  # the Whisper model (Hub id / folder) the preset's ear loads; needed when the preset has one
     },
     "data": {
         "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
-        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0},
+        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0, "reply_tts": "piper",
+                  "voice_variant_share": 0.4, "perturb_share": 0.3},
     },
     "stages": {name: None for name in STAGES},
     # The trained checkpoint's default reply settings (`SpokenGenerationConfig` fields, e.g. talker_temperature),
     # written into its generation_config.json; `generate`, `chat` and the evaluation use them unless told otherwise.
     "generation": {},
-    "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "speech_examples": 40, "speech_lm": "corpus",
-             "voice": False, "voice_examples": 12},
+    "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "speech_examples": 40, "judge": None,
+             "voice": False, "voice_examples": 12, "house_voice_questions": 0, "real_speech": None,
+             "real_speech_examples": 40},
 }
 
 

@@ -27,11 +27,15 @@ logger = logging.getLogger("concept_talker.train")
 
 STAGE_TRAINERS = {"text": "ThinkerTextTrainer", "align": "AlignmentTrainer", "reply": "SpokenReplyTrainer"}
 STAGE_TASKS = {"text": "text", "align": "transcribe", "reply": "reply"}
+QUESTION_TIMINGS = ("question_text", "question_word_spans", "question_word_seconds")
 REQUIRED_COLUMNS = {
-    "text": ("id", "question_text", "reply_text", "instruction"),
-    "align": ("question_text", "question_codes"),
-    "reply": ("reply_text", "question_codes", "reply_codes", "instruction"),
+    "text": ("id", "reply_text", "instruction") + QUESTION_TIMINGS,
+    "align": QUESTION_TIMINGS,
+    "reply": ("reply_text", "reply_codes", "instruction", "reply_phonemes", "reply_phoneme_chars",
+              "reply_phoneme_frames") + QUESTION_TIMINGS,
 }
+# Stages that also learn from the question-only rows of general English (the `transcribe` split).
+LISTENING_STAGES = ("text", "align")
 RUN_FILE = "run.json"
 TAKES_OVERRIDES = True  # trainers.cli passes undeclared `--key value` pairs as recipe overrides
 
@@ -119,6 +123,10 @@ class TrainingRun:
         synth_config = SynthConfig(
             num_rows=int(synth["n"]), seed=int(synth["seed"]), codec=codec,
             num_codebooks=config.codec_num_codebooks, voices=synth["voices"], audio_columns=(),
+            ear=self.ear_spec(config), ear_context_windows=config.ear_context_windows,
+            window_seconds=config.adapter_config.window_seconds, transcribe_rows=int(synth["transcribe_rows"]),
+            reply_tts=synth["reply_tts"], voice_variant_share=float(synth["voice_variant_share"]),
+            perturb_share=float(synth["perturb_share"]),
         )
         logger.info("Synthesising %d rows with the %s codec into %s", synth_config.num_rows, codec, path)
         build_synthetic_dataset(synth_config, path, num_proc=int(synth["num_proc"]))
@@ -136,12 +144,27 @@ class TrainingRun:
             return config.codec_config.model_dir
         return self.model_spec["preset"]
 
+    def ear_spec(self, config) -> str | None:
+        """The Whisper model the preset's ear loads (`model.ear`, made absolute), or None for a codec ear."""
+        if config.ear_type == "codec":
+            return None
+        if not self.model_spec["ear"]:
+            raise SystemExit(
+                "The model hears through Whisper's encoder (its preset has an ear_config) but no Whisper was given: "
+                "set model.ear (or --model.ear) to a Whisper folder or Hub id, e.g. ../shared/assets/whisper-base."
+            )
+        ear = self.model_spec["ear"]
+        return os.path.abspath(ear) if os.path.isdir(ear) else ear
+
     def check_columns(self, dataset, stage: str, voice: bool) -> None:
-        needed = list(REQUIRED_COLUMNS[stage]) + (["reference_codes"] if voice else [])
+        question = "question_codes" if self.model_config.ear_type == "codec" else "question_features"
+        needed = list(REQUIRED_COLUMNS[stage]) + [question] + (["reference_codes"] if voice else [])
         train = dataset["train"]
         first = train[0] if len(train) else {}
-        # A column that exists but is empty (recordings have reply columns set to None) counts as missing.
-        missing = [c for c in needed if c not in train.column_names or first.get(c) is None]
+        # A column that exists but is empty (recordings have reply columns set to None) counts as missing; reference
+        # clips exist only on the rows whose voice the reply stage passes.
+        missing = [c for c in needed if c not in train.column_names
+                   or (first.get(c) is None and c != "reference_codes")]
         if missing:
             raise SystemExit(
                 f"The dataset at {self.data_path} lacks the column(s) {missing} that stage '{stage}' needs: make it "
@@ -155,6 +178,9 @@ class TrainingRun:
         config = load_preset(self.model_spec["preset"], **(self.model_spec["overrides"] or {}))
         if config.codec_type == "lyra_soundstream" and config.codec_config.model_dir:
             config.codec_config.model_dir = os.path.abspath(config.codec_config.model_dir)
+        if config.ear_type != "codec":
+            config.ear_name_or_path = self.ear_spec(config)
+        self.model_config = config
         return config
 
     def new_model(self, config):
@@ -174,20 +200,23 @@ class TrainingRun:
             )
         else:
             model = ConceptTalkerForConditionalGeneration(config)
+            if model.ear is not None:
+                model.load_ear(config.ear_name_or_path)
         return model
 
     def match_codec(self, model) -> None:
-        """Give the model the codec that made the dataset's codes, and refuse data made by another codec."""
-        from trainers.codecs import resolve_codec
+        """Give the model the codec that made the dataset's codes, and refuse data made by another codec or ear."""
+        from trainers.codecs import check_ear_matches, resolve_codec
         from trainers.synth import check_dataset_codec
 
         try:
             data_codec = resolve_codec(self.data_path, model.config.codec_num_codebooks)
             if type(data_codec) is type(model.codec) and list(data_codec.state_dict()):
                 model.codec.load_state_dict(data_codec.state_dict())
-            check_dataset_codec(self.data_path, model.codec)
+            info = check_dataset_codec(self.data_path, model.codec)
+            check_ear_matches(info.get("ear"), model, f"the dataset at {self.data_path}")
         except (ValueError, RuntimeError) as err:
-            raise SystemExit(f"The dataset at {self.data_path} does not fit this model's codec: {err}") from err
+            raise SystemExit(f"The dataset at {self.data_path} does not fit this model: {err}") from err
 
     def load_processor(self, config):
         from modeling_concept_talker import ConceptTalkerProcessor
@@ -216,15 +245,23 @@ class TrainingRun:
             ddp_find_unused_parameters=settings.get("ddp_find_unused_parameters", True),
             use_cpu=settings.get("use_cpu", not _cuda_available()),
         )
+        from datasets import concatenate_datasets
+
+        from trainers.evaluation import with_features
+
         train = dataset["train"]
+        if stage in LISTENING_STAGES and "transcribe" in dataset:
+            train = concatenate_datasets([train, dataset["transcribe"]]).shuffle(seed=self.recipe["seed"])
         if settings.get("max_train_examples"):
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
-        collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config.codec_num_codebooks, voice=voice)
+        collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config, voice=voice,
+                                      concept_labels=bool(settings.get("concept_labels", True)))
         trainer_class = getattr(trainer_module, STAGE_TRAINERS[stage])
         trainer = trainer_class(
-            model=model, args=args, train_dataset=train, eval_dataset=dataset["validation"],
+            model=model, args=args, train_dataset=with_features(train), eval_dataset=with_features(dataset["validation"]),
             data_collator=collator, processing_class=self.processor.tokenizer,
             adapter_learning_rate=settings.get("adapter_learning_rate"),
+            text_labels=bool(settings.get("text_labels", True)),
         )
         from transformers.trainer_utils import get_last_checkpoint
 
