@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def reply_symbol_inputs(processor, config, replies, frames):
+    """The talker's inputs for replies (texts) lasting `frames` codec frames each: their symbols (espeak-ng's
+    phonemes, as the house voice reads them), the answer token of each symbol, and each symbol's frames (the reply's
+    frames shared out evenly). Returns `reply_symbols`, `reply_symbol_tokens`, `reply_symbol_frames`, padded."""
+    from modeling_concept_talker.phonemes import reply_symbols, symbol_ids
+    from trainers.collators import symbol_tokens
+
+    rows = []
+    for text, total in zip(replies, frames):
+        symbols = reply_symbols(text)
+        ids = symbol_ids(symbols.symbols, config.talker_config.phoneme_symbols)
+        answer = processor.tokenizer(text + "<|im_end|>", add_special_tokens=False).input_ids
+        shares = np.diff(np.round(np.linspace(0, total, len(ids) + 1))).astype(int).tolist()
+        rows.append((ids, symbol_tokens(symbols.chars, answer, processor.tokenizer), shares))
+    longest = max(len(r[0]) for r in rows)
+    pad = lambda values, fill: values + [fill] * (longest - len(values))  # noqa: E731
+    return {
+        "reply_symbols": torch.tensor([pad(r[0], -100) for r in rows]),
+        "reply_symbol_tokens": torch.tensor([pad(r[1], 0) for r in rows]),
+        "reply_symbol_frames": torch.tensor([pad(r[2], 0) for r in rows]),
+    }

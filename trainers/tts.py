@@ -742,9 +742,19 @@ class PiperBackend(TTSBackend):
         self.noise_scale = float(noise_scale)
         self.noise_w = float(noise_w)
         self.language = self.config.get("espeak", {}).get("voice", "en-us")
-        self.reload()
+        self._session = None
+        self._session_pid = None
+        self.session  # fail now, with the reason, if the voice cannot be loaded
 
-    def reload(self) -> None:
+    @property
+    def session(self):
+        """The onnxruntime session, made in the process that uses it (a session does not survive a fork)."""
+        if self._session is None or self._session_pid != os.getpid():
+            self._session = self._load_session()
+            self._session_pid = os.getpid()
+        return self._session
+
+    def _load_session(self):
         """Load the voice's ONNX graph, with the duration output added, into an onnxruntime session."""
         try:
             import onnx
@@ -764,9 +774,7 @@ class PiperBackend(TTSBackend):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # synthesis workers are processes, one core each
         options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), options,
-                                                    providers=["CPUExecutionProvider"])
-        self.hop = 256  # samples per duration unit of Piper's VITS voices
+        return onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def voices(self) -> list[str]:
         return [self.config.get("dataset") or "default"]
@@ -778,6 +786,7 @@ class PiperBackend(TTSBackend):
             raise ValueError(f"The Piper voice has no id for the symbol(s) {missing!r} of {text[:60]!r}: rephrase it.")
         pad = self.id_map["_"]
         ids = []
+        hop = 256  # samples per duration unit of Piper's VITS voices
         for symbol in symbols.symbols:  # ^ _ p1 _ p2 _ ... $: each symbol is followed by a pad, except the last
             ids += self.id_map[symbol] + (pad if symbol != END_SYMBOL else [])
         factor = 2.0 ** ((pitch - NOMINAL_PITCH) * PIPER_SEMITONES_PER_PITCH_STEP / 12.0)
@@ -792,7 +801,7 @@ class PiperBackend(TTSBackend):
         per_symbol, index = [], 0
         for symbol in symbols.symbols:
             width = len(self.id_map[symbol]) + (len(pad) if symbol != END_SYMBOL else 0)
-            per_symbol.append(int(hops[index : index + width].sum()) * self.hop)
+            per_symbol.append(int(hops[index : index + width].sum()) * hop)
             index += width
         samples = np.array(per_symbol, dtype=np.int64)
         samples[-1] += len(audio) - int(samples.sum())  # the graph's audio is exactly the hops; guard anyway
