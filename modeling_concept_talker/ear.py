@@ -46,13 +46,19 @@ class WhisperEar(nn.Module):
         self.encoder = WhisperEncoder(config)
         self.window_samples = int(round(window_seconds * self.sampling_rate))
         self.context_windows = int(context_windows)
-        extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=self.sampling_rate,
-                                            hop_length=self.mel_hop_length)
-        self.register_buffer("mel_filters", torch.tensor(extractor.mel_filters, dtype=torch.float32),
-                             persistent=False)
-        self.register_buffer("stft_window", torch.hann_window(extractor.n_fft), persistent=False)
-        self.n_fft = extractor.n_fft
+        self.n_fft = WhisperFeatureExtractor(feature_size=config.num_mel_bins).n_fft
+        mel_filters, stft_window = self.compute_buffers()
+        self.register_buffer("mel_filters", mel_filters, persistent=False)
+        self.register_buffer("stft_window", stft_window, persistent=False)
         self.requires_grad_(False)
+
+    def compute_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whisper's mel filter bank `[n_fft // 2 + 1, mel bins]` and STFT window `[n_fft]` (not saved: rebuilt)."""
+        from transformers import WhisperFeatureExtractor
+
+        extractor = WhisperFeatureExtractor(feature_size=self.config.num_mel_bins, sampling_rate=self.sampling_rate,
+                                            hop_length=self.mel_hop_length)
+        return torch.tensor(extractor.mel_filters, dtype=torch.float32), torch.hann_window(extractor.n_fft)
 
     @property
     def frame_rate(self) -> float:
@@ -78,10 +84,10 @@ class WhisperEar(nn.Module):
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """One clip `[samples]` (whole windows) -> Whisper's normalised log-mel `[mel bins, samples / 160]`."""
-        spectrum = torch.stft(wave.float(), self.n_fft, self.mel_hop_length, window=self.stft_window,
+        spectrum = torch.stft(wave.float(), self.n_fft, self.mel_hop_length, window=self.stft_window.float(),
                               return_complex=True)
         power = spectrum[..., :-1].abs() ** 2
-        mel = (self.mel_filters.T @ power).clamp(min=1e-10).log10()
+        mel = (self.mel_filters.float().T @ power).clamp(min=1e-10).log10()
         mel = torch.maximum(mel, mel.max() - 8.0)
         return (mel + 4.0) / 4.0
 

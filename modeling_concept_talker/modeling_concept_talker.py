@@ -86,7 +86,9 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
             if module.house_voice is not None:
                 init.normal_(module.house_voice, std=std)
         elif isinstance(module, WhisperEar):
-            return  # pretrained (or loaded) weights only; its buffers are computed
+            mel_filters, stft_window = module.compute_buffers()  # not saved: rebuilt on load
+            init.copy_(module.mel_filters, mel_filters)
+            init.copy_(module.stft_window, stft_window)
         elif isinstance(module, RotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())  # not saved: rebuilt on load
         elif _is_lora_layer(module):

@@ -76,7 +76,7 @@ def test_overfits_one_small_batch(tiny_model, tiny_processor):
     params = [p for p in tiny_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     first = None
-    for step in range(150):
+    for step in range(300):
         out = tiny_model(**batch)
         optimizer.zero_grad()
         out.loss.backward()

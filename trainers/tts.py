@@ -790,6 +790,10 @@ class PiperBackend(TTSBackend):
         for symbol in symbols.symbols:  # ^ _ p1 _ p2 _ ... $: each symbol is followed by a pad, except the last
             ids += self.id_map[symbol] + (pad if symbol != END_SYMBOL else [])
         factor = 2.0 ** ((pitch - NOMINAL_PITCH) * PIPER_SEMITONES_PER_PITCH_STEP / 12.0)
+        # The shifted rate is rounded to 100 Hz so that resampling from it needs a small filter (a rate prime to
+        # the voice's would need one with thousands of phases, gigabytes of it).
+        shifted = int(round(self.sampling_rate * factor / 100.0)) * 100
+        factor = shifted / self.sampling_rate
         length_scale = NOMINAL_RATE / rate * factor
         audio, hops = self.session.run(None, {
             "input": np.array([ids], dtype=np.int64),
@@ -806,8 +810,7 @@ class PiperBackend(TTSBackend):
         samples = np.array(per_symbol, dtype=np.int64)
         samples[-1] += len(audio) - int(samples.sum())  # the graph's audio is exactly the hops; guard anyway
         utterance = Utterance(audio, self.sampling_rate, text, None, symbols, samples)
-        if factor != 1.0:  # read the samples as if recorded at rate * factor: pitch up by factor, pace kept
-            shifted = int(round(self.sampling_rate * factor))
+        if shifted != self.sampling_rate:  # read the samples as if recorded at rate * factor: pitch up, pace kept
             utterance = utterance._replace(sampling_rate=shifted).resampled(self.sampling_rate)
         return utterance._replace(words=symbol_word_timings(utterance.phonemes, utterance.phoneme_samples, text,
                                                             self.sampling_rate))
