@@ -12,6 +12,8 @@ OFFLINE_TOKENIZER = REPO_ROOT.parent / "shared" / "assets" / "qwen2.5-tokenizer"
 HUB_TOKENIZER = "Qwen/Qwen2.5-0.5B"
 # The shared offline copy of the real Lyra v2 SoundStream models.
 OFFLINE_LYRA = REPO_ROOT.parent / "shared" / "assets" / "lyra-soundstream"
+# The shared offline copy of Whisper base (the tiny-lyra ear, and the judge).
+OFFLINE_WHISPER = REPO_ROOT.parent / "shared" / "assets" / "whisper-base"
 # The embedded default model: what `configuration/tiny-lyra.yaml` trains (checkpoints/README.md says how it was made).
 EMBEDDED_MODEL = REPO_ROOT / "checkpoints" / "tiny-lyra"
 
@@ -40,14 +42,25 @@ def default_lyra_dir() -> str | None:
     return str(OFFLINE_LYRA) if OFFLINE_LYRA.is_dir() else None
 
 
+def default_whisper_dir() -> str | None:
+    """`$CONCEPT_TALKER_WHISPER_DIR`, else the offline shared copy of Whisper base if present, else None."""
+    if os.environ.get("CONCEPT_TALKER_WHISPER_DIR"):
+        return os.environ["CONCEPT_TALKER_WHISPER_DIR"]
+    return str(OFFLINE_WHISPER) if (OFFLINE_WHISPER / "config.json").is_file() else None
+
+
 def default_model() -> tuple[str, str | None]:
     """The model `chat` uses when none is given: the embedded trained tiny-lyra checkpoint where the Lyra models
     can be found, else the `tiny` preset (random weights, random codec); and why, when it is the fallback."""
     if (EMBEDDED_MODEL / "config.json").is_file():
-        if default_lyra_dir() is not None:
+        if default_lyra_dir() is not None and default_whisper_dir() is not None:
             return str(EMBEDDED_MODEL), None
-        why = ("the embedded trained model speaks through the Lyra codec, whose model files were not found (set "
-               "CONCEPT_TALKER_LYRA_DIR or pass --lyra-dir)")
+        if default_lyra_dir() is None:
+            why = ("the embedded trained model speaks through the Lyra codec, whose model files were not found (set "
+                   "CONCEPT_TALKER_LYRA_DIR or pass --lyra-dir)")
+        else:
+            why = ("the embedded trained model hears through Whisper base's encoder, which was not found (set "
+                   "CONCEPT_TALKER_WHISPER_DIR to a folder holding openai/whisper-base)")
     else:
         why = "no embedded checkpoint in this copy"
     return "tiny", why
@@ -99,6 +112,12 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
                 lyra_dir = default_lyra_dir()
             if lyra_dir is not None:
                 kwargs["codec_model_dir"] = lyra_dir
+        if config.ear_type == "whisper" and config.saved_weights == "trainable":
+            # The ear is a Hub id or a folder on the machine that trained it: where it is not a folder here, use the
+            # offline copy when it is the same Whisper (its size fits, and the load checks it).
+            saved = config.ear_name_or_path
+            if (saved is None or not os.path.isdir(saved)) and default_whisper_dir() is not None:
+                kwargs["ear_name_or_path"] = default_whisper_dir()
         model = ConceptTalkerForConditionalGeneration.from_pretrained(spec, **kwargs).eval()
     except OSError as err:
         raise SystemExit(
@@ -114,8 +133,8 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
     description = (f"{spec} ({codec_words.get(codec, codec)}, "
                    f"{model.config.thinker_config.num_hidden_layers}-layer thinker)")
     if os.path.abspath(spec) == str(EMBEDDED_MODEL):
-        description = (f"the embedded default: the tiny-lyra recipe's trained model ({spec}), a 2-layer, 64-wide "
-                       "thinker trained on 2 CPU cores in about an hour, speaking through the real Lyra SoundStream "
-                       "codec; expect short, often wrong replies in speech-like audio that a recogniser cannot yet "
-                       "understand (README)")
+        description = (f"the embedded default: the tiny-lyra recipe's trained model ({spec}), hearing through "
+                       "Whisper base's encoder, a 2-layer, 64-wide thinker, and a talker speaking the house voice "
+                       "through the real Lyra SoundStream codec, all trained on 2 CPU cores (README: what it gets "
+                       "right and wrong)")
     return LoadedModel(model, processor, description, trained=True)
