@@ -1150,7 +1150,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         self.generation_config._from_model_config = False
 
     def stream(self, style_embeds: torch.FloatTensor | None = None, **inputs_and_settings):
-        """Like `generate`, but yields [`AudioChunk`]s (float32 numpy + sampling rate) as soon as each exists.
+        """Like `generate` (same inputs, `reply_token_ids`, `tokenizer` and settings), but yields [`AudioChunk`]s
+        (float32 numpy + sampling rate) as soon as each exists.
 
         The chunks joined are the reply audio; stopping the iteration early stops generation.
         """
@@ -1162,13 +1163,16 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         voice_values = inputs_and_settings.pop("voice_values", None)
         voice_values_mask = inputs_and_settings.pop("voice_values_mask", None)
         tokenizer = inputs_and_settings.pop("tokenizer", None)
+        reply_token_ids = inputs_and_settings.pop("reply_token_ids", None)
+        if isinstance(reply_token_ids, torch.Tensor):
+            reply_token_ids = reply_token_ids.tolist()
         config = SpokenGenerationConfig.for_model(self, inputs_and_settings)
         with torch.no_grad():
             runner, logits, hidden, prompt = prefill(self, inputs, config)
             voice = self.voice_style(voice_values, voice_values_mask)
         style_embeds = voice if voice is not None else style_embeds
         events = spoken_reply_events(self, runner, logits, hidden, config, style_embeds, decode_stream=True,
-                                     prompt=prompt, tokenizer=tokenizer)
+                                     reply_tokens=reply_token_ids, prompt=prompt, tokenizer=tokenizer)
         for kind, payload in events:
             if kind == "audio":
                 yield payload
