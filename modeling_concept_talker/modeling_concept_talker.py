@@ -1205,14 +1205,13 @@ def _checkpoint_tokenizer(location: str, subfolder: str, hub_kwargs: dict):
     checkpoint has none (pass `tokenizer=` to `generate` then)."""
     import os
 
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     folder = os.path.join(location, subfolder)
-    if os.path.isdir(location) and not any(os.path.isfile(os.path.join(folder, name))
-                                           for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+    if os.path.isdir(location) and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
         return None
-    try:
-        return AutoTokenizer.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
+    try:  # the fast tokenizer's own file: no class lookup, so nothing asks to run remote code
+        return PreTrainedTokenizerFast.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
     except (OSError, ValueError):
         return None
 
