@@ -232,6 +232,8 @@ class ConceptTalkerConfig(PreTrainedConfig):
             (`concept_labels`), or of this token.
         concept_loss_weight (`float`): weight of that slot-by-slot loss (cross-entropy through the thinker's
             embeddings, plus the squared distance to the embedding) in the total loss.
+        concept_logit_scale (`float`): a concept reads as each token by its cosine similarity with the token's
+            embedding, times this. A concept that reads as the blank token is left out of what the thinker reads.
         max_audio_seconds (`float`): longest user audio accepted.
         reply_end_token_ids (`list[int]`): thinker tokens that end a reply (default `<|im_end|>`, `<|endoftext|>`).
         audio_loss_weight (`float`): weight of the talker's loss in the total loss.
@@ -267,6 +269,7 @@ class ConceptTalkerConfig(PreTrainedConfig):
     audio_end_token_id: int = 151667
     concept_blank_token_id: int = 151668
     concept_loss_weight: float = 1.0
+    concept_logit_scale: float = 16.0
     max_audio_seconds: float = 30.0
     reply_end_token_ids: list[int] | None = None
     audio_loss_weight: float = 1.0

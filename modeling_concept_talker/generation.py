@@ -623,16 +623,32 @@ def prefill(model, inputs: dict, settings: SpokenGenerationConfig):
     Returns the runner, the last logits `[batch, vocab]` and hidden state `[batch, hidden]`, and the talker's prompt
     states (`PromptTail.states`) or None."""
     input_ids = inputs["input_ids"]
-    attention_mask = inputs.get("attention_mask")
     audio = {k: inputs.get(k) for k in ("input_values", "input_values_mask", "input_audio_codes",
                                          "input_audio_codes_mask", "input_features", "input_features_mask")}
-    embeds = model.embed_inputs(input_ids, **audio)
-    runner = make_runner(model, input_ids.shape[0], settings, input_ids.shape[1] + settings.thinker_max_new_tokens + 1)
+    embeds, attention_mask = model.thinker_inputs(input_ids, inputs.get("attention_mask"), **audio)
+    embeds, attention_mask = left_aligned(embeds, attention_mask)  # blank concepts left out, as padding on the left
+    runner = make_runner(model, input_ids.shape[0], settings, embeds.shape[1] + settings.thinker_max_new_tokens + 1)
     logits, hidden = runner.append(embeds, attention_mask)
     tail = PromptTail(model)
     tail.add(embeds, hidden)
-    starts = None if attention_mask is None else (attention_mask == 0).sum(-1)
+    starts = (attention_mask == 0).sum(-1)
     return runner, logits, hidden[:, -1], tail.states(starts)
+
+
+def left_aligned(embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's read positions (`attention_mask` 1) moved together at the end, the rest as left padding:
+    `[batch, length, hidden]` -> `[batch, longest read, hidden]` and its mask. What the thinker computes is the
+    same (left-out positions are never attended to and take no position); the runners need left padding only."""
+    keep = attention_mask.bool()
+    lengths = keep.sum(-1)
+    longest = int(lengths.max())
+    out = embeds.new_zeros(embeds.shape[0], longest, embeds.shape[-1])
+    mask = torch.zeros(embeds.shape[0], longest, dtype=attention_mask.dtype, device=attention_mask.device)
+    for row in range(embeds.shape[0]):
+        n = int(lengths[row])
+        out[row, longest - n :] = embeds[row, keep[row]]
+        mask[row, longest - n :] = 1
+    return out, mask
 
 
 class AudioIteratorStreamer(BaseStreamer):

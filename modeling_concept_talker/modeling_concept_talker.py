@@ -772,6 +772,23 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         inputs_embeds[placeholder] = real.to(inputs_embeds.dtype)
         return inputs_embeds
 
+    def thinker_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, concepts=None,
+                       **audio) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the thinker reads: input embeddings `[batch, length, hidden]` (concepts at the audio placeholders) and
+        the attention mask `[batch, length]` with the blank concepts' positions left out, as padding (`concept_keep`).
+        `audio` as `hear` takes it, or `concepts` from `hear`."""
+        if concepts is None:
+            concepts = self.hear(**audio)
+        inputs_embeds = self.embed_inputs(input_ids, concepts=concepts)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if concepts is not None:
+            keep = self.concept_keep(*concepts)[concepts[1]]  # one flag per real concept, in reading order
+            placeholder = input_ids == self.config.audio_token_id
+            dropped = torch.zeros_like(placeholder)
+            dropped[placeholder] = ~keep.to(placeholder.device)
+            attention_mask = attention_mask * (~dropped).to(attention_mask.dtype)
+        return inputs_embeds, attention_mask
+
     def embed_inputs(self, input_ids: torch.Tensor, concepts=None, **audio) -> torch.Tensor:
         """Thinker input embeddings `[batch, length, hidden]`, with concepts at the audio placeholders.
 
@@ -790,6 +807,21 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             return inputs_embeds
         return self.merge_concepts(input_ids, inputs_embeds, *concepts)
 
+    def concept_logits(self, concepts: torch.Tensor) -> torch.Tensor:
+        """How much each concept reads as each token: `[..., thinker_hidden]` -> `[..., vocab]`, the cosine similarity
+        with each row of the thinker's input embeddings times `config.concept_logit_scale` (cosine, so that a token
+        whose embedding is short, such as the blank's, can be read as well as any)."""
+        table = F.normalize(self.get_input_embeddings().weight.float(), dim=-1)
+        return self.config.concept_logit_scale * F.normalize(concepts.float(), dim=-1) @ table.T
+
+    def concept_keep(self, concepts: torch.Tensor, concept_mask: torch.Tensor) -> torch.Tensor:
+        """Which concepts the thinker reads: `[clips, slots]`, True for real slots that do not read as the blank
+        token. Blank concepts (no token was spoken in their stretch of time) are left out, as padding is, so the thinker
+        reads the spoken tokens one after the other, as it reads text."""
+        with torch.no_grad():
+            blank = self.concept_logits(concepts).argmax(-1) == self.config.concept_blank_token_id
+        return concept_mask & ~blank
+
     def concept_loss(self, concepts: torch.Tensor, concept_mask: torch.Tensor, concept_labels: torch.Tensor):
         """How far the concepts are from the tokens spoken in their stretch of time.
 
@@ -799,9 +831,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 none was spoken), -100 where no loss applies.
 
         Returns:
-            the loss (cross-entropy of each concept read through the thinker's embeddings, as if it were the
-            thinker's output, plus the squared distance to the label's embedding, averaged over its width) and the
-            accuracy of that reading.
+            the loss (cross-entropy of each concept read through the thinker's embeddings, `concept_logits`, plus the
+            squared distance to the label's embedding, averaged over its width) and the accuracy of that reading.
         """
         if concept_labels.shape != concept_mask.shape:
             raise ValueError(f"concept_labels has shape {tuple(concept_labels.shape)} but the audio makes concepts of "
@@ -812,7 +843,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         table = self.get_input_embeddings().weight
         chosen = concepts[scored].float()
         labels = concept_labels[scored]
-        logits = chosen @ table.float().T
+        logits = self.concept_logits(chosen)
         cross_entropy = F.cross_entropy(logits, labels)
         distance = F.mse_loss(chosen, table[labels].float())
         accuracy = (logits.argmax(-1) == labels).float().mean()
@@ -898,14 +929,24 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         tokens = torch.gather(input_ids[:, 1:], 1, order)
         return states, self.get_input_embeddings()(tokens), lengths
 
-    def prompt_states(self, hidden: torch.Tensor, inputs_embeds: torch.Tensor, labels: torch.Tensor):
+    def prompt_states(self, hidden: torch.Tensor, inputs_embeds: torch.Tensor, labels: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None):
         """Thinker states of the last `talker_config.prompt_states` positions before each row's reply (the first
-        labelled token), `[batch, n, hidden]` states and embeddings; None when the talker reads no prompt."""
+        labelled token), `[batch, n, hidden]` states and embeddings; None when the talker reads no prompt. Positions
+        the thinker did not read (`attention_mask` 0: padding, blank concepts) are skipped, as in generation, where
+        they are never there."""
         count = self.config.talker_config.prompt_states
         if not count:
             return None
         ends = (labels != IGNORE_INDEX).int().argmax(-1)
-        return prompt_states(hidden, inputs_embeds, ends, count)
+        if attention_mask is None:
+            return prompt_states(hidden, inputs_embeds, ends, count)
+        rows = []
+        for row in range(hidden.shape[0]):
+            read = attention_mask[row, : int(ends[row])].bool().nonzero()[:, 0]
+            rows.append(prompt_states(hidden[row : row + 1, read], inputs_embeds[row : row + 1, read],
+                                      torch.tensor([len(read)], device=hidden.device), count))
+        return tuple(torch.cat(parts) for parts in zip(*rows))
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(
@@ -971,7 +1012,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 raise ValueError("Pass input_ids (from ConceptTalkerProcessor) or inputs_embeds.")
             concepts = self.hear(input_values, input_values_mask, input_audio_codes, input_audio_codes_mask,
                                  input_features, input_features_mask)
-            inputs_embeds = self.embed_inputs(input_ids, concepts=concepts)
+            inputs_embeds, attention_mask = self.thinker_inputs(input_ids, attention_mask, concepts=concepts)
+            if position_ids is None:  # the positions of what is read: left-out blank concepts take none
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if audio_labels is not None and (labels is None or reply_symbols is None):
             raise ValueError("audio_labels need text labels and the reply's symbols (reply_symbols, "
                              "reply_symbol_tokens, reply_symbol_frames): the talker speaks the reply's phonemes.")
@@ -1014,7 +1057,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if audio_labels is not None:
             symbols = (reply_symbols, reply_symbol_tokens, reply_symbol_frames)
             audio_loss, per_codebook, duration_loss, audio_logits, audio_targets = self._audio_loss(
-                hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given
+                hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given,
+                attention_mask
             )
             output.audio_loss, output.audio_codebook_losses = audio_loss, per_codebook
             output.audio_logits, output.audio_targets = audio_logits, audio_targets
@@ -1036,7 +1080,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         picked = [(t.detach() if detach else t).to(talker_dtype) for t in picked]
         return self.talker.embed_text(*picked)
 
-    def _audio_loss(self, hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given):
+    def _audio_loss(self, hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given,
+                    attention_mask=None):
         if input_ids is None:
             raise ValueError("audio_labels need input_ids to find the reply tokens the talker reads.")
         reply_symbols, symbol_tokens, symbol_frames = symbols
@@ -1055,7 +1100,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         codes = self.codec.check_codes(torch.where(audio_labels == IGNORE_INDEX, 0, audio_labels), "audio_labels")
         states, token_embeds, _ = self.reply_states(hidden, input_ids, labels)
         symbol_text = self.talker_symbols(states, token_embeds, torch.where(symbol_real, symbol_tokens, 0))
-        prompt = self.prompt_states(hidden, inputs_embeds, labels)
+        prompt = self.prompt_states(hidden, inputs_embeds, labels, attention_mask)
         talker_dtype = self.talker.heads.dtype
         if prompt is not None:
             detach = self.config.talker_config.detach_thinker_states

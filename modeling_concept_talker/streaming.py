@@ -119,7 +119,9 @@ class SpokenTurn:
         """The ear's frames of completed windows `[n, d_model]` -> concepts, read by the thinker."""
         if frames.shape[0]:
             concepts, mask = self.model.concept_adapter(frames[None].to(self.model.concept_adapter.frame_proj.weight.dtype))
-            self._read(concepts[mask][None])
+            keep = self.model.concept_keep(concepts, mask)  # blank concepts are not read
+            if keep.any():
+                self._read(concepts[keep][None])
 
     def _add_codes(self, codes: torch.Tensor, final: bool) -> None:
         self.pending_codes = torch.cat([self.pending_codes, codes], dim=-1)
@@ -131,7 +133,9 @@ class SpokenTurn:
         used = min(windows * self.window_frames, self.pending_codes.shape[-1])
         concepts, mask = self.model.get_concepts(self.pending_codes[..., :used])
         self.pending_codes = self.pending_codes[..., used:]
-        self._read(concepts[mask][None])
+        keep = self.model.concept_keep(concepts, mask)  # blank concepts are not read
+        if keep.any():
+            self._read(concepts[keep][None])
 
     @torch.no_grad()
     def end_of_speech(self) -> tuple[torch.Tensor, torch.Tensor]:

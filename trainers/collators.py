@@ -2,11 +2,11 @@
 
 Tasks, and the formats they teach (the prompt is `build_prompt`'s, so training sees what generation sees):
 
-    text        stage 0, text only. The spoken question is given as its words laid out the way the concept
-                adapter will write them (`concept_slot_labels`: each token in the slot of its stretch of time, blank
-                tokens between), so the thinker learns to read concept slots before it ever hears one:
-                  user: <slots> "\\nTranscribe the audio."  -> assistant: "<question text>"
-                  user: <slots>["\\n<instruction>"]         -> assistant: "<reply text>"
+    text        stage 0, text only. The spoken question is given as the tokens the concept adapter is taught to
+                write for it (`concept_slot_labels`, blanks left out, as the thinker reads concepts), so the thinker
+                learns to read them before it ever hears one:
+                  user: <tokens> "\\nTranscribe the audio."  -> assistant: "<question text>"
+                  user: <tokens>["\\n<instruction>"]         -> assistant: "<reply text>"
                 (each dialogue row is one or the other, fixed by its id; general-English rows always transcribe).
     transcribe  stage 1, alignment. user: <|audio_pad|> "\\nTranscribe the audio." -> assistant: "<question text>",
                 and `concept_labels`: the token of each concept slot (the dense signal).
@@ -158,8 +158,8 @@ class SpokenTurnCollator:
                                    self.config.concept_blank_token_id)
 
     def _prompt_ids(self, prompt: str, slots: list[int] | None) -> list[int]:
-        """Token ids of a prompt whose `<|audio_pad|>` is replaced by the question's slots as tokens (text stage),
-        or expanded to one placeholder per concept (speech stages)."""
+        """Token ids of a prompt whose `<|audio_pad|>` is replaced by the question's tokens (text stage), or expanded
+        to one placeholder per concept (speech stages)."""
         before, after = prompt.split(AUDIO_TOKEN)
         ids = self.tokenizer(before + AUDIO_START_TOKEN, add_special_tokens=False).input_ids
         ids += slots if slots is not None else []
@@ -174,7 +174,8 @@ class SpokenTurnCollator:
             windows = self.windows(row)
             slots = self.slot_labels(row, windows)
             if self.task == "text":
-                prompt_ids = self._prompt_ids(prompt, slots)
+                blank = self.config.concept_blank_token_id
+                prompt_ids = self._prompt_ids(prompt, [token for token in slots if token != blank])
             else:
                 prompt_ids = self._prompt_ids(prompt, [audio_id] * (windows * self.per_window))
                 clips.append(row["question_features"] if self.heard_through_ear
