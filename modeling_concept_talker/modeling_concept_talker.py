@@ -807,11 +807,13 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             return inputs_embeds
         return self.merge_concepts(input_ids, inputs_embeds, *concepts)
 
-    def concept_logits(self, concepts: torch.Tensor) -> torch.Tensor:
-        """How much each concept reads as each token: `[..., thinker_hidden]` -> `[..., vocab]`, the cosine similarity
-        with each row of the thinker's input embeddings times `config.concept_logit_scale` (cosine, so that a token
-        whose embedding is short, such as the blank's, can be read as well as any)."""
-        table = F.normalize(self.get_input_embeddings().weight.float(), dim=-1)
+    def concept_logits(self, concepts: torch.Tensor, vocabulary: torch.Tensor | None = None) -> torch.Tensor:
+        """How much each concept reads as each token: `[..., thinker_hidden]` -> `[..., vocab]` (or `[..., len(vocabulary)]`
+        for those tokens only), the cosine similarity with each row of the thinker's input embeddings times
+        `config.concept_logit_scale` (cosine, so that a token whose embedding is short, such as the blank's, can be
+        read as well as any)."""
+        table = self.get_input_embeddings().weight
+        table = F.normalize((table if vocabulary is None else table[vocabulary]).float(), dim=-1)
         return self.config.concept_logit_scale * F.normalize(concepts.float(), dim=-1) @ table.T
 
     def concept_keep(self, concepts: torch.Tensor, concept_mask: torch.Tensor) -> torch.Tensor:
@@ -822,7 +824,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             blank = self.concept_logits(concepts).argmax(-1) == self.config.concept_blank_token_id
         return concept_mask & ~blank
 
-    def concept_loss(self, concepts: torch.Tensor, concept_mask: torch.Tensor, concept_labels: torch.Tensor):
+    def concept_loss(self, concepts: torch.Tensor, concept_mask: torch.Tensor, concept_labels: torch.Tensor,
+                     vocabulary: torch.Tensor | None = None):
         """How far the concepts are from the tokens spoken in their stretch of time.
 
         Args:
@@ -843,9 +846,11 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         table = self.get_input_embeddings().weight
         chosen = concepts[scored].float()
         labels = concept_labels[scored]
-        logits = self.concept_logits(chosen)
-        cross_entropy = F.cross_entropy(logits, labels)
         distance = F.mse_loss(chosen, table[labels].float())
+        logits = self.concept_logits(chosen, vocabulary)
+        if vocabulary is not None:
+            labels = vocabulary_index(vocabulary, labels)
+        cross_entropy = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
         return cross_entropy + distance, accuracy
 
@@ -960,6 +965,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         input_audio_codes: torch.LongTensor | None = None,
         input_audio_codes_mask: torch.Tensor | None = None,
         concept_labels: torch.LongTensor | None = None,
+        text_vocabulary: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         audio_labels: torch.LongTensor | None = None,
         reply_symbols: torch.LongTensor | None = None,
@@ -989,6 +995,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 `input_audio_codes` `[clips, codebooks, frames]` with `input_audio_codes_mask` instead.)
             concept_labels: `[clips, slots]` the token spoken in each concept's stretch of time (or the blank token),
                 -100 where no loss applies (`concept_loss`).
+            text_vocabulary: `[tokens]` ids: score the text and concept losses over these tokens only instead of the
+                whole vocabulary (a small thinker trained from scratch on one domain needs no other; the softmax over
+                Qwen2.5's 151,936 rows is most of its training step). Every label must be in it.
             labels: `[batch, length]` reply-text labels, `-100` where no loss applies (unshifted, as in HF causal LMs).
             audio_labels: `[batch, codebooks, frames]` codec codes of the spoken reply, `-100` after each reply ends.
                 Needs `labels` (the talker reads the thinker's states of the labelled reply tokens) and the reply's
@@ -1027,7 +1036,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if concept_labels is not None:
             if concepts is None:
                 raise ValueError("concept_labels need the user's audio (input_values or input_features).")
-            output.concept_loss, output.concept_accuracy = self.concept_loss(*concepts, concept_labels)
+            output.concept_loss, output.concept_accuracy = self.concept_loss(*concepts, concept_labels, text_vocabulary)
             losses.append(self.config.concept_loss_weight * output.concept_loss)
             if labels is None:  # the concepts alone are being taught: no need to run the thinker
                 output.loss = sum(losses)
@@ -1050,8 +1059,12 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             scored = targets != IGNORE_INDEX
             if not bool(scored.any()):
                 raise ValueError("labels has no token to learn (all -100): mark the reply tokens with their ids.")
-            logits = self.thinker.lm_head(hidden[:, :-1][scored])  # only where there is a label
-            output.text_loss = F.cross_entropy(logits.float(), targets[scored])
+            chosen = hidden[:, :-1][scored]  # only where there is a label
+            if text_vocabulary is None:
+                output.text_loss = F.cross_entropy(self.thinker.lm_head(chosen).float(), targets[scored])
+            else:
+                logits = F.linear(chosen, self.thinker.lm_head.weight[text_vocabulary])
+                output.text_loss = F.cross_entropy(logits.float(), vocabulary_index(text_vocabulary, targets[scored]))
             losses.append(output.text_loss)
 
         if audio_labels is not None:
@@ -1243,6 +1256,19 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 model_inputs["input_ids"] = input_ids
         model_inputs.pop("logits_to_keep", None)
         return model_inputs
+
+
+def vocabulary_index(vocabulary: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids -> their places in `vocabulary` (`[tokens]`, distinct ids); a ValueError names ids outside it."""
+    places = torch.full((int(vocabulary.max()) + 1,), -1, dtype=torch.long, device=vocabulary.device)
+    places[vocabulary] = torch.arange(len(vocabulary), device=vocabulary.device)
+    inside = ids <= int(vocabulary.max())
+    mapped = torch.where(inside, places[ids.clamp(max=int(vocabulary.max()))], -1)
+    if bool((mapped < 0).any()):
+        missing = sorted(set(ids[mapped < 0].tolist()))[:5]
+        raise ValueError(f"Label token(s) {missing} are not in text_vocabulary: build the vocabulary from every text "
+                         "the model is taught (trainers.collators.data_vocabulary).")
+    return mapped
 
 
 def _checkpoint_tokenizer(location: str, subfolder: str, hub_kwargs: dict):

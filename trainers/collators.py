@@ -119,9 +119,11 @@ class SpokenTurnCollator:
         voice: with "reply", pass the reference clip's codes where the row gives one (`voice_given`), with its
             measured median F0 (`voice_f0`) where the rows carry `reference_f0`.
         concept_labels: with "transcribe" and "reply", give each concept slot its token (`concept_labels`).
+        text_vocabulary: token ids the losses are scored over (`data_vocabulary`); None: the whole vocabulary.
     """
 
-    def __init__(self, processor, task: str, config, voice: bool = False, concept_labels: bool = True):
+    def __init__(self, processor, task: str, config, voice: bool = False, concept_labels: bool = True,
+                 text_vocabulary: list[int] | None = None):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
         self.processor = processor
@@ -135,6 +137,7 @@ class SpokenTurnCollator:
         self.per_window = config.adapter_config.concepts_per_window
         self.window_seconds = config.adapter_config.window_seconds
         self.heard_through_ear = config.ear_type != "codec"
+        self.text_vocabulary = None if text_vocabulary is None else torch.tensor(sorted(set(text_vocabulary)))
 
     def prompt_and_answer(self, row: dict) -> tuple[str, str]:
         """The prompt (ending where the assistant begins) and the answer text of a row for this task."""
@@ -207,6 +210,8 @@ class SpokenTurnCollator:
             batch["input_features"], batch["input_features_mask"] = pad_frames(clips)
         elif clips:
             batch["input_audio_codes"], batch["input_audio_codes_mask"] = pad_codes(clips, 0)
+        if self.text_vocabulary is not None:
+            batch["text_vocabulary"] = self.text_vocabulary
         if concept_labels and self.with_concept_labels:
             longest = max(len(c) for c in concept_labels)
             batch["concept_labels"] = torch.tensor([c + [IGNORE_INDEX] * (longest - len(c)) for c in concept_labels])
@@ -235,6 +240,17 @@ class SpokenTurnCollator:
                 f"{sum(frames)} frames, but the reply has {codes}: rebuild the dataset with concept-talker synth."
             )
         return ids, symbol_tokens(row["reply_phoneme_chars"], answer_ids, self.tokenizer), frames
+
+
+def data_vocabulary(tokenizer, texts, config) -> list[int]:
+    """Every token id the texts are written with (as answers: with `<|im_end|>`), the end-of-reply tokens and the
+    blank token: what a small thinker trained from scratch on these texts needs its losses scored over."""
+    ids = set(config.reply_end_token_ids) | {config.concept_blank_token_id}
+    texts = [t for t in texts if t]
+    for start in range(0, len(texts), 1024):
+        for row in tokenizer(texts[start : start + 1024], add_special_tokens=False).input_ids:
+            ids.update(row)
+    return sorted(ids)
 
 
 def pad_codes(clips: list[torch.Tensor], fill: int) -> tuple[torch.Tensor, torch.Tensor]:

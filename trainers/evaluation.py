@@ -236,11 +236,16 @@ def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> di
     """Spoken WER of the model and of the codec's ceiling, judged by Whisper (see `trainers.eval_speech`)."""
     from trainers.eval_speech import build_judge, speech_intelligibility
 
+    from trainers.synth import HOUSE_PITCH
+
     sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"] if text})
     judge = build_judge(settings.get("judge"), sentences)
-    chosen = rows[: int(settings.get("speech_examples", 40))]
+    # The house voice's own replies (not the pitch-shifted voice rows, which the voice metric scores), spoken by the
+    # model in its house voice: the ceiling is then the same sentences in the same voice through the codec.
+    house = [row for row in rows if row.get("reply_pitch") in (None, HOUSE_PITCH)]
+    chosen = house[: int(settings.get("speech_examples", 40))]
     training = dataset["train"]["reply_text"] if "train" in dataset else None
-    results = speech_intelligibility(model, processor, chosen, judge, voice=voice, training_replies=training)
+    results = speech_intelligibility(model, processor, chosen, judge, voice=False, training_replies=training)
     results["speech_examples_scored"] = len(chosen)
     return results
 

@@ -17,9 +17,10 @@ import yaml
 
 STAGES = ("text", "align", "reply")
 # Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
-# dense slot-by-slot signal, default on) and `text_labels` (align: the frozen thinker's transcript loss, default on).
+# dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on) and
+# `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch).
 STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
-                    "text_labels"}
+                    "text_labels", "text_vocabulary"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {

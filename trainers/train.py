@@ -254,8 +254,18 @@ class TrainingRun:
             train = concatenate_datasets([train, dataset["transcribe"]]).shuffle(seed=self.recipe["seed"])
         if settings.get("max_train_examples"):
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
+        vocabulary = None
+        if settings.get("text_vocabulary") == "data":
+            from trainers.collators import data_vocabulary
+
+            texts = [t for name in ("train", "transcribe") if name in dataset
+                     for column in ("question_text", "reply_text") if column in dataset[name].column_names
+                     for t in dataset[name][column]]
+            vocabulary = data_vocabulary(self.processor.tokenizer, texts, model.config)
+            logger.info("Stage %s scores its losses over the %d tokens of the data", stage, len(vocabulary))
         collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config, voice=voice,
-                                      concept_labels=bool(settings.get("concept_labels", True)))
+                                      concept_labels=bool(settings.get("concept_labels", True)),
+                                      text_vocabulary=vocabulary)
         trainer_class = getattr(trainer_module, STAGE_TRAINERS[stage])
         trainer = trainer_class(
             model=model, args=args, train_dataset=with_features(train), eval_dataset=with_features(dataset["validation"]),
