@@ -1,0 +1,69 @@
+"""Nothing lost, nothing planted, no traceback: hostile and careless input gets a clear error, a warning or a refusal.
+
+Each test names the case it guards; without the fix it stands for, it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from modeling_concept_talker import ConceptTalkerConfig, ConceptTalkerForConditionalGeneration, build_prompt
+from modeling_concept_talker.generation import SpokenGenerationConfig
+from modeling_concept_talker.streaming import SpokenTurn
+from trainers.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = REPO / "checkpoints" / "tiny-lyra"
+
+
+def question_file(assets) -> str:
+    return str(assets / "speech" / "ljspeech-dev" / "wavs" / "LJ001-0002.flac")
+
+
+def speech_like(seconds: float = 1.5, rate: int = 16000) -> np.ndarray:
+    return (0.1 * np.random.default_rng(0).standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+# ---- 2. synth --overwrite replaces only a dataset of ours -------------------------------------------------------------
+
+def test_synth_overwrite_never_deletes_a_folder_that_is_not_our_dataset(tmp_path, capsys):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("months of work")
+    code = main(["synth", "--out", str(out), "--overwrite", "--n", "3", "--validation-size", "1", "--test-size", "1"])
+    assert code == 1
+    assert "not a dataset made by concept-talker synth (chapter1.tex)" in capsys.readouterr().err
+    assert (out / "chapter1.tex").read_text() == "months of work"
+
+
+def test_what_counts_as_a_dataset_of_ours(tmp_path):
+    from trainers.synth import FORMAT, check_output_dir
+
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "synth_info.json").write_text(json.dumps({"format": FORMAT}))
+    (ours / "train").mkdir()
+    check_output_dir(str(ours), overwrite=True)  # replaceable
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        check_output_dir(str(ours), overwrite=False)
+    partial = tmp_path / "partial"  # what save_to_disk had written of a build of ours
+    partial.mkdir()
+    (partial / "dataset_dict.json").write_text("{}")
+    check_output_dir(str(partial), overwrite=True)
+    theirs = tmp_path / "theirs"  # a synth_info.json of another format is not ours
+    theirs.mkdir()
+    (theirs / "synth_info.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(FileExistsError, match="even with --overwrite"):
+        check_output_dir(str(theirs), overwrite=True)
+    (tmp_path / "empty").mkdir()
+    check_output_dir(str(tmp_path / "empty"), overwrite=False)  # an empty folder holds nothing to lose
