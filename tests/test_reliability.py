@@ -67,3 +67,35 @@ def test_what_counts_as_a_dataset_of_ours(tmp_path):
         check_output_dir(str(theirs), overwrite=True)
     (tmp_path / "empty").mkdir()
     check_output_dir(str(tmp_path / "empty"), overwrite=False)  # an empty folder holds nothing to lose
+
+
+# ---- 5. generation settings are range-checked ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("settings, message", [
+    ({"thinker_max_new_tokens": 0}, r"thinker_max_new_tokens must be a whole number >= 1, got 0"),
+    ({"thinker_max_new_tokens": -3}, r"thinker_max_new_tokens must be a whole number >= 1"),
+    ({"thinker_max_new_tokens": 2.5}, r"thinker_max_new_tokens must be a whole number >= 1, got 2.5"),
+    ({"max_audio_seconds": 0}, r"max_audio_seconds must be > 0 \(seconds of reply audio\)"),
+    ({"max_audio_seconds": -1.0}, r"max_audio_seconds must be > 0"),
+    ({"max_audio_seconds": float("nan")}, r"max_audio_seconds must be > 0"),
+    ({"talker_temperature": 0.0}, r"talker_temperature must be > 0 when talker_do_sample is on"),
+    ({"thinker_do_sample": True, "thinker_temperature": -1.0}, r"thinker_temperature must be > 0"),
+    ({"thinker_top_p": 0.0}, r"thinker_top_p must be in \(0, 1\]"),
+    ({"thinker_top_p": 1.5}, r"thinker_top_p must be in \(0, 1\]"),
+    ({"talker_top_k": -1}, r"talker_top_k must be a whole number >= 0"),
+    ({"thinker_top_k": 1.5}, r"thinker_top_k must be a whole number >= 0"),
+    ({"seed": -1}, r"seed must be a whole number >= 0"),
+    ({"thinker_do_sample": "yes"}, r"thinker_do_sample must be True or False"),
+    ({"thinker_dtype": "float16"}, r"thinker_dtype must be 'bfloat16', 'float32' or None"),
+])
+def test_generation_settings_out_of_range_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SpokenGenerationConfig.from_kwargs(settings)
+
+
+def test_generate_refuses_a_bad_setting_before_any_work(tiny_model, tiny_processor):
+    batch = tiny_processor(text=build_prompt(), audio=speech_like(1.0, 24000), sampling_rate=24000)
+    with pytest.raises(ValueError, match="thinker_max_new_tokens must be a whole number >= 1, got 0"):
+        tiny_model.generate(**batch, thinker_max_new_tokens=0)
+    # greedy decoding leaves the temperature unused: any value is accepted there
+    SpokenGenerationConfig.from_kwargs({"talker_do_sample": False, "talker_temperature": 0.0})
