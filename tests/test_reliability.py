@@ -69,6 +69,69 @@ def test_what_counts_as_a_dataset_of_ours(tmp_path):
     check_output_dir(str(tmp_path / "empty"), overwrite=False)  # an empty folder holds nothing to lose
 
 
+# ---- 4. recipes: every key and value checked before any work; --resume with changed unfinished stages ------------------
+
+@pytest.mark.parametrize("override, message", [
+    (["--model.overrides.talker_config.num_hiden_layers", "4"],
+     r"Unknown model setting 'talker_config.num_hiden_layers'.*Did you mean 'num_hidden_layers'"),
+    (["--model.overrides.lora_rank", "4"], r"Unknown model setting 'lora_rank'.*Did you mean 'lora_r'"),
+    (["--stages.reply.adapter_learning_rate", "fast"], r"stages.reply.adapter_learning_rate must be a number > 0"),
+    (["--stages.reply.max_train_examples", "some"], r"stages.reply.max_train_examples must be a whole number >= 1"),
+    (["--stages.align.voice", "maybe"], r"stages.align.voice must be true or false, got 'maybe'"),
+    (["--stages.align.lr_scheduler_type", "wavy"], r"stages.align: .*wavy is not a valid SchedulerType"),
+    (["--data.synth.n", "forty"], r"data.synth.n must be a whole number >= 1, got 'forty'"),
+    (["--data.synth.num_proc", "0"], r"data.synth.num_proc must be a whole number >= 1, got 0"),
+    (["--eval.max_examples", "all"], r"eval.max_examples must be a whole number >= 1"),
+])
+def test_bad_recipe_values_fail_when_the_recipe_is_read(override, message):
+    from trainers.recipes import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(str(REPO / "configuration" / "tiny.yaml"), override)
+
+
+def test_recipe_numbers_written_as_text_still_read(tmp_path):
+    from trainers.recipes import load_recipe
+
+    recipe = load_recipe(str(REPO / "configuration" / "tiny.yaml"),
+                         ["--data.synth.n", "2e3", "--stages.reply.adapter_learning_rate", "1e-4"])
+    assert recipe["data"]["synth"]["n"] == 2000 and recipe["stages"]["reply"]["adapter_learning_rate"] == 1e-4
+
+
+def test_the_train_command_refuses_a_typo_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="num_hiden_layers"):
+        main(["train", "--recipe", "configuration/tiny.yaml", "--output_dir", str(out),
+              "--model.overrides.talker_config.num_hiden_layers", "4"])
+    assert not out.exists()
+
+
+def test_resume_accepts_changes_to_unfinished_stages_only(tmp_path):
+    from trainers.recipes import load_recipe
+    from trainers.train import RUN_FILE, TrainingRun
+
+    out = tmp_path / "run"
+    path = str(REPO / "configuration" / "tiny.yaml")
+    first = load_recipe(path, ["--stages.reply.adapter_learning_rate", "1e-4"])
+    first["output_dir"] = str(out)
+    TrainingRun(first, str(out))  # writes run.json
+    for stage in ("text", "align"):  # these two finished
+        (out / stage / "model").mkdir(parents=True)
+        (out / stage / "model" / "config.json").write_text("{}")
+
+    fixed = load_recipe(path, ["--stages.reply.adapter_learning_rate", "2e-4", "--eval.max_examples", "10"])
+    fixed["output_dir"] = str(out)
+    TrainingRun(fixed, str(out), resume=True)  # the reply stage has not run yet: its settings may change
+    assert json.loads((out / RUN_FILE).read_text())["recipe"]["stages"]["reply"]["adapter_learning_rate"] == 2e-4
+
+    changed = load_recipe(path, ["--stages.reply.adapter_learning_rate", "2e-4", "--eval.max_examples", "10",
+                                 "--stages.align.max_steps", "7"])
+    changed["output_dir"] = str(out)
+    with pytest.raises(SystemExit, match=r"stages.align.max_steps changed; finished stages: text, align.*"
+                                         r"only the settings of its unfinished stages \(stages.reply\)"):
+        TrainingRun(changed, str(out), resume=True)
+
+
 # ---- 5. generation settings are range-checked ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("settings, message", [
