@@ -34,6 +34,39 @@ def speech_like(seconds: float = 1.5, rate: int = 16000) -> np.ndarray:
     return (0.1 * np.random.default_rng(0).standard_normal(int(seconds * rate))).astype(np.float32)
 
 
+# ---- 1. a checkpoint folder without config.json; defaults that are never large ---------------------------------------
+
+def test_a_folder_with_weights_but_no_config_fails_at_once_naming_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    shutil.copy(EMBEDDED / "model.safetensors", folder)
+
+    def no_model(self, config):  # should loading ever get this far again, fail without building (it took 24 GB)
+        raise AssertionError(f"a model was built from a default config (thinker {config.thinker_config.hidden_size} "
+                             "wide)")
+
+    monkeypatch.setattr(ConceptTalkerForConditionalGeneration, "__init__", no_model)
+    with pytest.raises(OSError, match=r"weights-only has no config.json.*holds: model.safetensors"):
+        ConceptTalkerForConditionalGeneration.from_pretrained(str(folder))
+    with pytest.raises(OSError, match="has no config.json"):
+        ConceptTalkerConfig.from_pretrained(str(folder))
+
+
+def test_the_default_config_builds_a_small_model():
+    """ConceptTalkerConfig() used to carry Qwen2Config's defaults: a 4096-wide, 32-layer thinker (about 7B
+    parameters), which exhausted the machine's memory when built."""
+    with torch.device("meta"):  # counted without allocating
+        model = ConceptTalkerForConditionalGeneration(ConceptTalkerConfig())
+    assert model.parameter_counts()["thinker"] < 50e6
+
+
+def test_a_thinker_that_is_not_qwen2_is_refused_clearly():
+    config = ConceptTalkerConfig().to_dict()
+    config["thinker_config"] = {**config["thinker_config"], "model_type": "llama"}
+    with pytest.raises(ValueError, match=r"model_type='llama'.*thinker is a Qwen2 model"):
+        ConceptTalkerConfig(**{k: v for k, v in config.items() if k in ("thinker_config",)})
+
+
 # ---- 2. synth --overwrite replaces only a dataset of ours -------------------------------------------------------------
 
 def test_synth_overwrite_never_deletes_a_folder_that_is_not_our_dataset(tmp_path, capsys):
