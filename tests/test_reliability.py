@@ -195,3 +195,147 @@ def test_generate_refuses_a_bad_setting_before_any_work(tiny_model, tiny_process
         tiny_model.generate(**batch, thinker_max_new_tokens=0)
     # greedy decoding leaves the temperature unused: any value is accepted there
     SpokenGenerationConfig.from_kwargs({"talker_do_sample": False, "talker_temperature": 0.0})
+
+
+# ---- 6. the command line prints one line, not a traceback --------------------------------------------------------------
+
+def test_chat_prints_one_line_and_exits_non_zero_on_bad_audio(tmp_path, capsys):
+    damaged = tmp_path / "question.wav"
+    damaged.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
+    code = main(["chat", "--audio", str(damaged), "--out", str(tmp_path / "r.wav")])
+    assert code == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("concept-talker chat: error:")]
+    assert len(lines) == 1 and "Could not read" in lines[0] and "question.wav" in lines[0]
+    assert "Traceback" not in err
+    with pytest.raises(ValueError, match="Could not read"):  # --debug: the exception itself, traceback and all
+        main(["chat", "--audio", str(damaged), "--out", str(tmp_path / "r.wav"), "--debug"])
+
+
+def test_chat_names_the_flag_of_a_bad_setting(assets, tmp_path):
+    with pytest.raises(SystemExit, match=r"--max-new-tokens: thinker_max_new_tokens must be a whole number >= 1"):
+        main(["chat", "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"), "--max-new-tokens", "0"])
+    with pytest.raises(SystemExit, match=r"--max-reply-seconds: max_audio_seconds must be > 0"):
+        main(["chat", "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"), "--max-reply-seconds", "0"])
+
+
+# ---- 7. the smaller ones ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "thinker/model.safetensors"])
+def test_a_truncated_weight_file_is_named_and_called_damaged(tmp_path, damaged):
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(EMBEDDED, checkpoint)
+    with open(checkpoint / damaged, "r+b") as f:
+        f.truncate(50_000)
+    with pytest.raises(OSError, match=rf"{checkpoint / damaged} is damaged .*truncated or not a safetensors file"):
+        ConceptTalkerForConditionalGeneration.from_pretrained(str(checkpoint))
+
+
+def test_a_long_question_names_the_setting_that_limits_questions(tiny_processor):
+    audio = np.full(int(16000 * 61), 0.1, np.float32)
+    with pytest.raises(ValueError) as error:
+        tiny_processor(text=build_prompt(), audio=audio, sampling_rate=16000)
+    message = str(error.value)
+    assert "61.0 s long" in message and "max_audio_seconds, in its config and processor" in message
+    assert "ConceptTalkerProcessor.from_pretrained(path, max_audio_seconds=61)" in message
+    assert "chat's --max-reply-seconds) limits the reply, not the question" in message
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("runs/does-not-exist/final", r"--model 'runs/does-not-exist/final': no such folder \(relative to "),
+    ("./my-model", r"--model './my-model': no such folder"),
+    ("tests/nothing-here", r"--model 'tests/nothing-here': no such folder"),  # tests/ exists: a path, not ORG/NAME
+    ("my-model", r"--model 'my-model' is not a folder here, nor a preset, nor a Hub id \(those are ORG/NAME\)"),
+    ("README.md", r"--model 'README.md' is a file, not a checkpoint folder"),
+])
+def test_a_model_path_that_does_not_exist_is_not_looked_up_on_the_hub(spec, message, monkeypatch):
+    from trainers.loading import load_model
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("looked up on the Hub")
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(ConceptTalkerConfig, "from_pretrained", no_hub)
+    with pytest.raises(SystemExit, match=message):
+        load_model(spec)
+
+
+def test_a_hub_id_that_cannot_be_reached_says_so(monkeypatch):
+    from trainers.loading import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match=r"'nobody/no-such-model' is neither a folder here nor a Hub repository that "
+                                         r"could be reached"):
+        load_model("nobody/no-such-model")
+
+
+def test_samples_far_outside_plus_minus_one_are_scaled_with_a_warning(tiny_processor, tiny_model):
+    """Documented in modeling_concept_talker/audio.py: a whole clip peaking above 2 is scaled to peak 1; a streamed
+    piece is refused (its turn's other pieces could not be scaled alike)."""
+    loud = speech_like(1.0) * 32767 / 0.5  # int16 values passed as floats
+    with pytest.warns(UserWarning, match=r"far outside \[-1, 1\].*scaled to peak 1.0"):
+        batch = tiny_processor(text=build_prompt(), audio=loud, sampling_rate=16000)
+    assert 0.9 < float(batch["input_values"].abs().max()) <= 1.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a slight overshoot, as codecs and resamplers make, passes as it is
+        tiny_processor(text=build_prompt(), audio=np.clip(speech_like(1.0) * 12, -1.2, 1.2), sampling_rate=16000)
+    turn = SpokenTurn(tiny_model, tiny_processor, sampling_rate=16000, thinker_max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"far outside \[-1, 1\].*feed float samples in \[-1, 1\]"):
+        turn.feed(loud)
+    turn.close()
+
+
+def test_a_silent_question_says_no_speech_was_heard(tiny_processor, tiny_model, tmp_path):
+    with pytest.warns(UserWarning, match="audio clip 0 is silent.*no speech was heard"):
+        tiny_processor(text=build_prompt(), audio=np.zeros(16000, np.float32), sampling_rate=16000)
+    turn = SpokenTurn(tiny_model, tiny_processor, sampling_rate=16000, thinker_max_new_tokens=2,
+                      max_audio_seconds=0.2)
+    turn.feed(np.zeros(16000, np.float32))
+    with pytest.warns(UserWarning, match="The turn is silent.*no speech was heard"):
+        turn.reply()
+    silent = tmp_path / "silent.wav"
+    soundfile.write(str(silent), np.zeros(32000, np.float32), 16000)
+    with pytest.raises(SystemExit, match="No speech was heard in the question"):
+        main(["chat", "--audio", str(silent), "--out", str(tmp_path / "r.wav")])
+    assert not (tmp_path / "r.wav").exists()
+
+
+def test_an_instruction_the_model_was_never_trained_on_is_warned_of(tiny_model, tiny_processor):
+    from modeling_concept_talker.processing_concept_talker import warn_if_unfamiliar_instruction
+
+    tiny_model.config.trained_instructions = ["Speak slowly.", "Repeat after me. Speak quickly."]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_unfamiliar_instruction(tiny_model.config, "Repeat after me, slowly!") == []
+    with pytest.warns(UserWarning, match=r"'Answer in French\.' has words no instruction in this model's training "
+                                         r"data had \(answer, in, french\).*most likely ignore"):
+        SpokenTurn(tiny_model, tiny_processor, sampling_rate=16000, instruction="Answer in French.").close()
+    tiny_model.config.trained_instructions = None  # not recorded: nothing to check against
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SpokenTurn(tiny_model, tiny_processor, sampling_rate=16000, instruction="Answer in French.").close()
+
+
+def test_the_embedded_checkpoint_records_its_training_instructions():
+    instructions = json.loads((EMBEDDED / "config.json").read_text())["trained_instructions"]
+    assert "Speak slowly." in instructions and "Repeat after me. Speak quickly." in instructions
+
+
+def test_reply_wavs_get_the_users_umask(tmp_path):
+    from modeling_concept_talker.audio import save_audio
+    from modeling_concept_talker.generation import AudioChunk
+    from trainers.chat import WavChunkWriter
+
+    previous = os.umask(0o022)
+    try:
+        save_audio(str(tmp_path / "reply.wav"), np.zeros(1600, np.float32), 16000)
+        writer = WavChunkWriter(str(tmp_path / "streamed.wav"), 16000)
+        writer.put(AudioChunk(np.zeros(1600, np.float32), 16000, 0))
+        writer.close(keep=True)
+        os.umask(0o077)
+        save_audio(str(tmp_path / "private.wav"), np.zeros(1600, np.float32), 16000)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "reply.wav").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "streamed.wav").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "private.wav").st_mode) == 0o600

@@ -290,6 +290,10 @@ class TrainingRun:
             self.save_stage_model(stage, model)
         if model is None:
             model = self.load_stage_model(stages[-1])
+        # The instructions the thinker read in training, so that an unfamiliar one gets a warning at inference.
+        train = dataset["train"]
+        instructions = train.unique("instruction") if "instruction" in train.column_names else []
+        model.config.trained_instructions = sorted(text for text in instructions if text) or None
         results = {}
         if self.state.is_main_process:
             final = self.save_final(model)
