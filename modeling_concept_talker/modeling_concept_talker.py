@@ -418,7 +418,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
 
         Args:
             codec_model_dir: for a Lyra checkpoint, the folder of the Lyra TFLite models on this machine (default:
-                the checkpoint's own `codec/` folder when it has one, else the folder in the saved config).
+                the checkpoint's own `codec/` folder when it has one, else the folder in the saved config where it
+                exists, else `$CONCEPT_TALKER_LYRA_DIR`, else the shared offline copy `../shared/assets/lyra-soundstream`
+                next to a source checkout).
             allow_pickle: accept pickled weights where no safetensors exist. Only for checkpoints you trust.
             thinker_name_or_path, codec_name_or_path: where the base thinker / codec of a trainable-only checkpoint
                 is (Hub id or folder), instead of the references saved in its config.
@@ -460,8 +462,14 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if codec_model_dir is not None and config.codec_type != "lyra_soundstream":
             raise ValueError(f"codec_model_dir is for Lyra checkpoints; this one uses the {config.codec_type} codec.")
         if config.codec_type == "lyra_soundstream":
-            inside = cls._checkpoint_folder(location, subfolder, config.codec_config.model_dir, hub_kwargs)
+            from .lyra import default_lyra_model_dir
+
+            saved = config.codec_config.model_dir
+            inside = cls._checkpoint_folder(location, subfolder, saved, hub_kwargs)
             model_dir = codec_model_dir or inside
+            if model_dir is None and (saved is None or (os.path.isabs(saved) and not os.path.isdir(saved))):
+                # The Lyra models live outside a checkpoint, in a folder that differs between machines.
+                model_dir = default_lyra_model_dir()
             if model_dir is not None:
                 config.codec_config.model_dir = str(model_dir)
         kwargs["config"] = config

@@ -339,3 +339,32 @@ def test_reply_wavs_get_the_users_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "reply.wav").st_mode) == 0o644
     assert stat.S_IMODE(os.stat(tmp_path / "streamed.wav").st_mode) == 0o644
     assert stat.S_IMODE(os.stat(tmp_path / "private.wav").st_mode) == 0o600
+
+
+# ---- 8. the embedded checkpoint loads as the README says, with clear errors where it cannot ------------------------------
+
+def test_the_embedded_checkpoint_finds_the_lyra_models_and_tokenizer_by_itself(assets, monkeypatch):
+    from modeling_concept_talker import ConceptTalkerProcessor
+
+    monkeypatch.setenv("CONCEPT_TALKER_LYRA_DIR", str(assets / "lyra-soundstream"))
+    monkeypatch.setenv("CONCEPT_TALKER_TOKENIZER", str(assets / "qwen2.5-tokenizer"))
+    model = ConceptTalkerForConditionalGeneration.from_pretrained(str(EMBEDDED))
+    assert model.config.codec_config.model_dir == str(assets / "lyra-soundstream")
+    processor = ConceptTalkerProcessor.from_pretrained(str(EMBEDDED))
+    assert processor.audio_token_id == model.config.audio_token_id and processor.sampling_rate == 16000
+
+
+def test_without_the_lyra_models_or_a_tokenizer_the_errors_say_what_to_pass(tmp_path, monkeypatch):
+    import modeling_concept_talker.lyra as lyra
+    import modeling_concept_talker.processing_concept_talker as processing
+    from modeling_concept_talker import ConceptTalkerProcessor
+
+    monkeypatch.delenv("CONCEPT_TALKER_LYRA_DIR", raising=False)
+    monkeypatch.setattr(lyra, "SHARED_LYRA_DIR", str(tmp_path / "no-lyra"))
+    with pytest.raises(ValueError, match=r"pass it to from_pretrained\(path, codec_model_dir='/path/to/lyra-soundstream'\)"
+                                         r" or set CONCEPT_TALKER_LYRA_DIR"):
+        ConceptTalkerForConditionalGeneration.from_pretrained(str(EMBEDDED))
+    monkeypatch.setenv("CONCEPT_TALKER_TOKENIZER", str(tmp_path / "no-tokenizer"))
+    with pytest.raises(OSError, match=r"holds no tokenizer files.*Set CONCEPT_TALKER_TOKENIZER to a folder holding it"):
+        ConceptTalkerProcessor.from_pretrained(str(EMBEDDED))
+    assert processing.TOKENIZER_VARIABLE == "CONCEPT_TALKER_TOKENIZER"
