@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -88,11 +89,16 @@ def test_a_library_is_loaded_only_with_the_digest_recorded_at_its_build(tmp_path
 @pytest.mark.skipif("avx512f" not in fast_thinker._cpu_flags() or shutil.which("g++") is None,
                     reason="the native kernel needs an AVX-512 CPU and g++")
 def test_a_tampered_cached_kernel_is_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONCEPT_TALKER_KERNEL_DIR", str(tmp_path / "kernels"))
     monkeypatch.setattr(fast_thinker, "_native_state", {})
-    lib, why = fast_thinker.load_native_kernel()
+    lib, why = fast_thinker.load_native_kernel()  # the user's cache (built once per machine, as the other tests use)
     assert lib is not None, why
-    (library,) = (tmp_path / "kernels").glob("fast_thinker_*.so")
+    built_path = Path(lib._name)  # the loaded library's file
+    kernels = tmp_path / "kernels"
+    kernels.mkdir(mode=0o700)
+    library = kernels / built_path.name
+    shutil.copy(built_path, library)
+    shutil.copy(f"{built_path}.sha256", f"{library}.sha256")
+    monkeypatch.setenv("CONCEPT_TALKER_KERNEL_DIR", str(kernels))
     built = library.read_bytes()
     changed = built[:-1] + bytes([built[-1] ^ 1])  # one bit changed after the build
     tampered = tmp_path / "tampered.so"  # a new file renamed over it: the loaded library's pages stay as they are
@@ -103,4 +109,4 @@ def test_a_tampered_cached_kernel_is_rebuilt(tmp_path, monkeypatch):
     assert lib is not None, why
     rebuilt = library.read_bytes()  # rebuilt, not loaded as found
     assert rebuilt != changed
-    assert (tmp_path / "kernels" / f"{library.name}.sha256").read_text() == fast_thinker._digest(rebuilt)
+    assert (kernels / f"{library.name}.sha256").read_text() == fast_thinker._digest(rebuilt)
