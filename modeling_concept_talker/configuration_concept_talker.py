@@ -16,6 +16,7 @@ The parts nest as in Qwen2.5-Omni: each role has its own config, stored inside t
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 from transformers import AutoConfig
@@ -91,6 +92,26 @@ AUDIO_END_TOKEN = "<|audio_end|>"
 AUDIO_SPECIAL_TOKENS = (AUDIO_START_TOKEN, AUDIO_TOKEN, AUDIO_END_TOKEN)
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# The thinker built when a config gives none: the `tiny` preset's (2 layers x 64, Qwen2.5's vocabulary, ~10M
+# parameters), so that a config missing its thinker can never build an LLM that exhausts the machine's memory
+# (Qwen2Config's own defaults are a 4096-wide, 32-layer model of about 7B parameters plus its embeddings).
+SMALL_THINKER_DEFAULTS = {
+    "vocab_size": 151936,
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "pad_token_id": 151643,
+}
+# The thinker architectures Concept-Talker runs: its tokenizer (Qwen2.5's, with the audio tokens at 151665-151667),
+# the fast decode runner and LoRA targets are Qwen2's.
+THINKER_MODEL_TYPES = ("qwen2",)
 
 
 class ConceptAdapterConfig(PreTrainedConfig):
@@ -214,7 +235,8 @@ class ConceptTalkerConfig(PreTrainedConfig):
     r"""Configuration of [`ConceptTalkerForConditionalGeneration`].
 
     Args:
-        thinker_config (`dict` or `Qwen2Config`): the thinker LLM (default: Qwen2 architecture).
+        thinker_config (`dict` or `Qwen2Config`): the thinker LLM, a Qwen2 model (default: a small one, the `tiny`
+            preset's 2 layers x 64 with Qwen2.5's vocabulary; real models give theirs, e.g. from Qwen2.5-0.5B).
         ear_config (`dict` or `WhisperConfig`, *optional*): the ear, Whisper's encoder (frozen); None makes the
             codec's quantised latents the ear (how version-2 checkpoints heard).
         ear_context_windows (`int`): 0 encodes the whole question when the user has finished speaking; n > 0 encodes
@@ -242,11 +264,14 @@ class ConceptTalkerConfig(PreTrainedConfig):
             checkpoint); a checkpoint that stores only trainable weights reloads the rest from them.
         saved_weights (`str`): what a saved checkpoint holds: `"full"` (every weight) or `"trainable"` (concept
             adapter, talker and LoRA weights, plus the codec's unless `codec_name_or_path` points to it).
+        trained_instructions (`list[str]`, *optional*): the typed instructions of the training data ("Speak
+            slowly.", "Repeat after me.", ...), recorded by `concept-talker train`; an instruction with other words
+            gets a warning that the model will most likely ignore it. None: not recorded, not checked.
     """
 
     model_type = "concept_talker"
     sub_configs_defaults = {
-        "thinker_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "thinker_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2", init_kwargs=SMALL_THINKER_DEFAULTS),
         "codec_config": SubConfigSpec(config_class=AutoConfig, model_type="encodec"),
         "adapter_config": ConceptAdapterConfig,
         "talker_config": TalkerConfig,
@@ -278,8 +303,27 @@ class ConceptTalkerConfig(PreTrainedConfig):
     codec_name_or_path: str | None = None
     ear_name_or_path: str | None = None
     saved_weights: str = "full"
+    trained_instructions: list[str] | None = None
     config_format_version: int = CONFIG_FORMAT_VERSION
     tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Read `config.json` from a checkpoint folder or Hub repository.
+
+        A local folder without `config.json` is refused at once (transformers would read it as an empty config,
+        i.e. a model of default size, instead of the one whose weights lie there).
+        """
+        folder = os.path.normpath(os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+            present = sorted(os.listdir(folder))
+            raise OSError(
+                f"{folder} has no config.json, so it cannot be loaded as a Concept-Talker checkpoint (it holds: "
+                f"{', '.join(present[:8]) or 'nothing'}{', ...' if len(present) > 8 else ''}). Give the folder that "
+                "save_pretrained wrote (config.json next to model.safetensors), or copy the checkpoint's config.json "
+                "into it."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -356,6 +400,13 @@ class ConceptTalkerConfig(PreTrainedConfig):
 
     def validate_parts(self) -> None:
         """Check that the parts agree with each other; raise a `ValueError` that says what to change."""
+        if self.thinker_config.model_type not in THINKER_MODEL_TYPES:
+            raise ValueError(
+                f"thinker_config has model_type={self.thinker_config.model_type!r}; Concept-Talker's thinker is a "
+                "Qwen2 model (model_type 'qwen2': Qwen2.5's tokenizer, with the audio tokens at ids 151665-151667, the "
+                "fast decode runner and the LoRA targets are Qwen2's). Use a Qwen2 or Qwen2.5 thinker, e.g. "
+                "from_pretrained_parts(thinker='Qwen/Qwen2.5-0.5B')."
+            )
         if self.codec_type not in ("encodec", "mimi", "lyra_soundstream"):
             raise ValueError(
                 f"codec_config has model_type={self.codec_type!r}; Concept-Talker supports 'encodec' (default), "

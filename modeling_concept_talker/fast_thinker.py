@@ -758,10 +758,101 @@ def _cpu_flags() -> set[str]:
 
 
 def kernel_cache_dir() -> str:
-    """Where compiled kernels are kept: `$CONCEPT_TALKER_KERNEL_DIR`, else `~/.cache/concept_talker/kernels`."""
+    """Where compiled kernels are kept: `$CONCEPT_TALKER_KERNEL_DIR`, else `~/.cache/concept_talker/kernels` (used
+    only as a private directory: `trusted_kernel_dir`)."""
     return os.environ.get("CONCEPT_TALKER_KERNEL_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "concept_talker", "kernels"
     )
+
+
+# ---- where compiled kernels may be kept, and loading only what this user built -----------------------------
+class UntrustedKernelCache(RuntimeError):
+    """No folder for compiled kernels that only this user can write: the kernel is not built or loaded."""
+
+
+def private_directory(path: str) -> str | None:
+    """`path` as a directory that only this user can write, or None where it cannot be one.
+
+    Made atomically with mode 0700 (`os.mkdir`, its parents as needed) when absent. An existing one must be a real
+    directory (not a symbolic link) owned by this user; any group or other permission bits are removed (it is ours).
+    Anything else (another user's folder, a link planted at the name) gives None.
+    """
+    import stat
+
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        if info.st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError:
+        return None
+    return path
+
+
+def trusted_kernel_dir() -> str:
+    """Where compiled kernels are built and loaded from: `kernel_cache_dir()` when it is (or can be made) a private
+    directory, else `concept_talker_kernels-<uid>` under the system's temporary folder, made and checked the same way.
+    Raises `UntrustedKernelCache` where neither can be (e.g. another user owns that name)."""
+    preferred = private_directory(kernel_cache_dir())
+    if preferred is not None:
+        return preferred
+    fallback = os.path.join(tempfile.gettempdir(), f"concept_talker_kernels-{os.getuid()}")
+    trusted = private_directory(fallback)
+    if trusted is None:
+        raise UntrustedKernelCache(
+            f"neither {kernel_cache_dir()} nor {fallback} is a folder that only this user can write (absent, or a "
+            "real folder owned by this user): set CONCEPT_TALKER_KERNEL_DIR to one"
+        )
+    return trusted
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def record_library_digest(library: str) -> None:
+    """Write the SHA-256 of the freshly built `library`'s bytes next to it (`<library>.sha256`)."""
+    with open(library, "rb") as f:
+        digest = _digest(f.read())
+    temporary = f"{library}.sha256.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write(digest)
+    os.replace(temporary, f"{library}.sha256")
+
+
+def load_verified_library(library: str) -> ctypes.CDLL | None:
+    """Load `library` with ctypes only if its bytes hash to the digest recorded at its build
+    (`record_library_digest`) and both files are regular files owned by this user; else None (build it again).
+
+    Loading runs the library's constructors, so nothing unverified is ever loaded."""
+    import stat
+
+    try:
+        for path in (library, f"{library}.sha256"):
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+                logger.warning("Not loading the kernel %s: %s is not a file only this user can write.", library, path)
+                return None
+        with open(f"{library}.sha256") as f:
+            recorded = f.read().strip()
+        with open(library, "rb") as f:
+            actual = _digest(f.read())
+    except OSError:
+        return None
+    if actual != recorded:
+        logger.warning("The kernel %s does not match the digest recorded when it was built: building it again.",
+                       library)
+        return None
+    return ctypes.CDLL(library)
 
 
 def _build_native() -> ctypes.CDLL:
@@ -778,16 +869,10 @@ def _build_native() -> ctypes.CDLL:
     key = hashlib.sha256(
         "\n".join([_KERNEL_SOURCE, " ".join(command), version, " ".join(sorted(flags))]).encode()
     ).hexdigest()[:16]
-    cache = kernel_cache_dir()
+    cache = trusted_kernel_dir()
     path = os.path.join(cache, f"fast_thinker_{key}.so")
-    if not os.path.isfile(path):
-        try:
-            os.makedirs(cache, exist_ok=True)
-        except OSError:  # e.g. a read-only home: build in the temporary directory instead
-            cache = os.path.join(tempfile.gettempdir(), "concept_talker_kernels")
-            os.makedirs(cache, exist_ok=True)
-            path = os.path.join(cache, f"fast_thinker_{key}.so")
-    if not os.path.isfile(path):
+    lib = load_verified_library(path)
+    if lib is None:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             source = os.path.join(tmp, "fast_thinker.cpp")
             with open(source, "w") as f:
@@ -797,7 +882,10 @@ def _build_native() -> ctypes.CDLL:
             if result.returncode != 0:
                 raise RuntimeError(f"compiling the kernel failed: {result.stderr.strip()[-2000:]}")
             os.replace(built, path)  # atomic: concurrent builders end with one complete file
-    lib = ctypes.CDLL(path)
+            record_library_digest(path)
+        lib = load_verified_library(path)
+        if lib is None:
+            raise RuntimeError(f"the kernel just built at {path} could not be verified (another build replaced it?)")
     if lib.ct_abi_version() != NATIVE_ABI_VERSION:
         raise RuntimeError(f"{path} has kernel ABI {lib.ct_abi_version()}, expected {NATIVE_ABI_VERSION}")
     lib.ct_read.restype = ctypes.c_double
@@ -830,6 +918,8 @@ def load_native_kernel() -> tuple[ctypes.CDLL | None, str | None]:
                 try:
                     _native_state.update(lib=_build_native(), why=None)
                 except Exception as err:  # any failure means: use the torch path
+                    if isinstance(err, UntrustedKernelCache):
+                        logger.warning("The fast thinker kernel is not used (plain PyTorch instead): %s.", err)
                     _native_state.update(lib=None, why=f"{type(err).__name__}: {err}")
         return _native_state["lib"], _native_state["why"]
 

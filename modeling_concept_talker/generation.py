@@ -16,6 +16,8 @@ place of the true ones), so streaming is not an approximation of the trained mod
 from __future__ import annotations
 
 import bisect
+import math
+import numbers
 import queue
 import threading
 import time
@@ -33,16 +35,20 @@ from .talker import prompt_states, undelay_codes
 class SpokenGenerationConfig:
     """Settings of a spoken reply; pass them to `generate`/`stream` as keywords (prefixed by part).
 
+    Each setting is range-checked when the config is made (`validate`): an error names it and its range.
+
     Args:
-        thinker_max_new_tokens: longest reply text, in tokens.
+        thinker_max_new_tokens: longest reply text, in tokens (a whole number >= 1).
         thinker_do_sample, thinker_temperature, thinker_top_k, thinker_top_p: the thinker's sampling
-            (greedy by default: deterministic).
+            (greedy by default: deterministic). Temperatures > 0 (checked where sampling), top_k >= 0 (0 is off),
+            top_p in (0, 1] (1.0 is off).
         thinker_repetition_penalty: > 1 makes the thinker less likely to write a token the reply already holds
             (CTRL's penalty, transformers' `RepetitionPenaltyLogitsProcessor`, over the reply's tokens only, not
             the prompt's): small thinkers decoding greedily fall into loops ("word word word ..."); 1.0 is off.
         talker_do_sample, talker_temperature, talker_top_k: the talker's sampling of each codebook.
-        max_audio_seconds: longest reply audio; the talker ends the audio there.
-        seed: seed of the sampling generator (None: torch's global generator).
+        max_audio_seconds: longest reply audio, seconds (> 0); the talker ends the audio there. (The longest
+            question is the model's own `config.max_audio_seconds`.)
+        seed: seed of the sampling generator, a whole number >= 0 (None: torch's global generator).
         thinker_runner: "auto" (the fast runner when it supports the thinker, else the reference),
             "fast" or "reference".
         thinker_dtype: compute dtype of the fast runner, "bfloat16" or "float32" (default: the thinker's own).
@@ -83,14 +89,51 @@ class SpokenGenerationConfig:
                 f"Unknown generation setting(s) {unknown}. Thinker and talker settings are prefixed: "
                 f"{', '.join(sorted(names))}."
             )
-        config = cls(**kwargs)
+        return cls(**kwargs)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a `ValueError` naming the first setting outside its range, and the range."""
+
+        def whole(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
+
+        def real(name: str, low: float, high: float = math.inf, low_open: bool = True, hint: str = "") -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value > low if low_open else value >= low) and value <= high
+            if not ok:
+                bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}]" if high != math.inf else f"> {low:g}"
+                raise ValueError(f"{name} must be {bounds}{hint}, got {value!r}.")
+
+        def flag(name: str) -> None:
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+
+        whole("thinker_max_new_tokens", 1)
+        flag("thinker_do_sample")
+        flag("talker_do_sample")
+        if self.thinker_do_sample:
+            real("thinker_temperature", 0, hint=" when thinker_do_sample is on (1.0 leaves the distribution as is)")
+        whole("thinker_top_k", 0)
+        real("thinker_top_p", 0, 1.0, hint=" (1.0 is off)")
+        real("thinker_repetition_penalty", 0, hint=" (1.0 is off, 1.1-1.3 are usual)")
+        if self.talker_do_sample:
+            real("talker_temperature", 0, hint=" when talker_do_sample is on")
+        whole("talker_top_k", 0)
+        real("max_audio_seconds", 0, hint=" (seconds of reply audio)")
+        if self.seed is not None:
+            whole("seed", 0)
         for name in ("thinker_runner", "talker_runner"):
-            if getattr(config, name) not in ("auto", "fast", "reference"):
-                raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(config, name)!r}.")
-        if not config.thinker_repetition_penalty > 0:
-            raise ValueError(f"thinker_repetition_penalty must be > 0 (1.0 is off, 1.1-1.3 are usual), got "
-                             f"{config.thinker_repetition_penalty!r}.")
-        return config
+            if getattr(self, name) not in ("auto", "fast", "reference"):
+                raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(self, name)!r}.")
+        if self.thinker_dtype not in (None, "bfloat16", "float32"):
+            raise ValueError(f"thinker_dtype must be 'bfloat16', 'float32' or None (the thinker's own), got "
+                             f"{self.thinker_dtype!r}.")
 
 
 def checkpoint_defaults(model) -> dict:

@@ -105,6 +105,30 @@ def _is_lora_layer(module: nn.Module) -> bool:
     return hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base_layer")
 
 
+def check_safetensors_files(path) -> None:
+    """Raise an `OSError` naming the file when a safetensors file at `path` (a file, or every `*.safetensors` in a
+    folder) is damaged: truncated, or not safetensors at all. Reads only each file's header."""
+    import os
+
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if name.endswith(".safetensors")]
+    else:
+        files = [path] if os.path.isfile(path) else []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError, naming no file
+            raise OSError(
+                f"{file} is damaged ({err}): it is truncated or not a safetensors file, e.g. from an interrupted "
+                f"download or copy ({os.path.getsize(file):,} bytes). Download or copy the checkpoint again, or re-save "
+                "it with save_pretrained."
+            ) from err
+
+
 class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, GenerationMixin):
     """The whole model: codec, concept adapter, thinker (+ LoRA) and talker.
 
@@ -455,7 +479,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
 
         Args:
             codec_model_dir: for a Lyra checkpoint, the folder of the Lyra TFLite models on this machine (default:
-                the checkpoint's own `codec/` folder when it has one, else the folder in the saved config).
+                the checkpoint's own `codec/` folder when it has one, else the folder in the saved config where it
+                exists, else `$CONCEPT_TALKER_LYRA_DIR`, else the shared offline copy `../shared/assets/lyra-soundstream`
+                next to a source checkout).
             allow_pickle: accept pickled weights where no safetensors exist. Only for checkpoints you trust.
             thinker_name_or_path, codec_name_or_path, ear_name_or_path: where the base thinker / codec / ear
                 (Whisper) of a trainable-only checkpoint is (Hub id or folder), instead of the references saved in
@@ -500,11 +526,18 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if codec_model_dir is not None and config.codec_type != "lyra_soundstream":
             raise ValueError(f"codec_model_dir is for Lyra checkpoints; this one uses the {config.codec_type} codec.")
         if config.codec_type == "lyra_soundstream":
-            inside = cls._checkpoint_folder(location, subfolder, config.codec_config.model_dir, hub_kwargs)
+            from .lyra import default_lyra_model_dir
+
+            saved = config.codec_config.model_dir
+            inside = cls._checkpoint_folder(location, subfolder, saved, hub_kwargs)
             model_dir = codec_model_dir or inside
+            if model_dir is None and (saved is None or (os.path.isabs(saved) and not os.path.isdir(saved))):
+                # The Lyra models live outside a checkpoint, in a folder that differs between machines.
+                model_dir = default_lyra_model_dir()
             if model_dir is not None:
                 config.codec_config.model_dir = str(model_dir)
         kwargs["config"] = config
+        check_safetensors_files(os.path.join(location, subfolder))  # a local checkpoint's weights, before any load
         if getattr(config, "saved_weights", "full") != "trainable":
             pickled = cls._pickled_weight_files(location, subfolder, hub_kwargs)
             if pickled and not allow_pickle:
@@ -553,6 +586,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             if pickled and not allow_pickle:
                 raise cls._pickle_refusal(f"The base {part} of {location}", source, pickled)
             safe = {} if allow_pickle else {"use_safetensors": True}
+            check_safetensors_files(source)  # a local base part's weights
             try:
                 return auto_class.from_pretrained(source, **source_kwargs, **safe, **load_kwargs), inside
             except OSError as err:
@@ -594,7 +628,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         pickled = cls._pickled_weight_files(location, subfolder, hub_kwargs)
         if pickled:
             raise cls._pickle_refusal("This trainable-only checkpoint", location, pickled, can_opt_in=False)
-        weights = load_file(cached_file(location, "model.safetensors", subfolder=subfolder, **hub_kwargs))
+        weights_file = cached_file(location, "model.safetensors", subfolder=subfolder, **hub_kwargs)
+        check_safetensors_files(weights_file)
+        weights = load_file(weights_file)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         expected = model.trainable_state_keys()
         if unexpected or set(weights) != expected:

@@ -16,9 +16,11 @@ reply as feeding the whole recording.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from .audio import StreamingResampler, check_sampling_rate, to_mono_float
+from .audio import MAX_PEAK, SILENCE_PEAK, StreamingResampler, check_sampling_rate, peak, question_too_long_message, to_mono_float
 from .configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_START_TOKEN, AUDIO_TOKEN
 from .ear import EarStream
 from .generation import (
@@ -29,7 +31,7 @@ from .generation import (
     run_spoken_reply,
     spoken_reply_events,
 )
-from .processing_concept_talker import DEFAULT_SYSTEM_PROMPT, build_prompt
+from .processing_concept_talker import DEFAULT_SYSTEM_PROMPT, build_prompt, warn_if_unfamiliar_instruction
 
 
 class SpokenTurn:
@@ -38,7 +40,8 @@ class SpokenTurn:
     Args:
         model: a `ConceptTalkerForConditionalGeneration` (eval mode).
         processor: its `ConceptTalkerProcessor`.
-        sampling_rate: rate of the pieces that will be fed, Hz (resampled to the ear's as they arrive).
+        sampling_rate: rate of the pieces that will be fed, Hz (resampled to the ear's as they arrive). Pieces are
+            float samples in [-1, 1] (or int PCM); one far outside (peak above 2) is refused, a silent turn warned of.
         instruction, history, system_prompt: as in `build_prompt`.
         voice: a 1-5 s reference clip of the voice to answer in (at `voice_sampling_rate`, default `sampling_rate`).
         settings: generation settings (`SpokenGenerationConfig` keywords), e.g. `thinker_max_new_tokens=64`.
@@ -57,6 +60,7 @@ class SpokenTurn:
             with torch.no_grad():
                 self.style_embeds = model.voice_style(wave[None].to(model.device))
         before, after = build_prompt(instruction, history, system_prompt).split(AUDIO_TOKEN)
+        warn_if_unfamiliar_instruction(model.config, instruction)
         tokenizer = processor.tokenizer
         self.head_ids = tokenizer(before + AUDIO_START_TOKEN, add_special_tokens=False, return_tensors="pt").input_ids
         self.tail_ids = tokenizer(AUDIO_END_TOKEN + after, add_special_tokens=False, return_tensors="pt").input_ids
@@ -72,6 +76,7 @@ class SpokenTurn:
         self.encoder = model.codec.streaming_encoder(1) if model.ear is None else None
         self.pending_codes = torch.zeros(1, model.codec.num_codebooks, 0, dtype=torch.long)
         self.samples_fed = 0
+        self.loudest = 0.0  # peak of the samples fed so far
         self.state = "listening"
         with torch.no_grad():
             self._read(self.runner.embed(self.head_ids))
@@ -102,13 +107,18 @@ class SpokenTurn:
         if len(piece) == 0:
             return
         wave = to_mono_float(piece, name="audio piece")
+        if peak(wave) > MAX_PEAK:
+            raise ValueError(
+                f"This audio piece has samples up to {peak(wave):g}, far outside [-1, 1] (int16 values passed as "
+                "floats?): feed float samples in [-1, 1], or the int16 array itself (scaled for you). A streamed turn "
+                "is not rescaled, since its later pieces would be scaled differently."
+            )
+        self.loudest = max(self.loudest, peak(wave))
         self.samples_fed += wave.numel()
         if self.samples_fed > self.max_samples:
             self.close()
-            raise ValueError(
-                f"The turn is longer than {self.model.config.max_audio_seconds:g} s (config.max_audio_seconds): "
-                "end the turn sooner, or raise max_audio_seconds."
-            )
+            raise ValueError(question_too_long_message(
+                "The turn", self.samples_fed / self.sampling_rate, self.model.config.max_audio_seconds))
         wave = self.resampler.push(wave)
         if self.ear_stream is not None:
             self._add_frames(self.ear_stream.push(wave))
@@ -144,6 +154,12 @@ class SpokenTurn:
         if self.samples_fed == 0:
             self.close()
             raise ValueError("The turn has no audio: feed at least one piece before ending it.")
+        if self.loudest < SILENCE_PEAK:
+            warnings.warn(
+                "The turn is silent (its peak is below -60 dBFS): no speech was heard, so the reply cannot answer a "
+                "question. Check the recording (microphone, input device, gain).",
+                stacklevel=3,
+            )
         if self.ear_stream is not None:
             self.ear_stream.push(self.resampler.flush())
             self._add_frames(self.ear_stream.flush())

@@ -21,6 +21,11 @@ import numpy as np
 DEFAULT_MODEL = "the embedded tiny-lyra checkpoint (checkpoints/tiny-lyra), or the tiny preset where Lyra is missing"
 
 
+# The command-line flag of each generation setting, to name it in errors.
+SETTING_FLAGS = {"thinker_max_new_tokens": "--max-new-tokens", "max_audio_seconds": "--max-reply-seconds",
+                 "thinker_repetition_penalty": "--repetition-penalty", "seed": "--seed"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=f"checkpoint folder, Hub id, or preset name (default: {DEFAULT_MODEL})")
     source = parser.add_mutually_exclusive_group()
@@ -33,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer folder or Hub id, for presets (default: offline Qwen2.5 copy)")
     parser.add_argument("--lyra-dir", help="folder of the Lyra SoundStream models, for Lyra presets and checkpoints")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply text, in tokens")
-    parser.add_argument("--max-audio-seconds", type=float, default=20.0, help="longest reply audio")
+    parser.add_argument("--max-reply-seconds", "--max-audio-seconds", dest="max_audio_seconds", type=float,
+                        default=20.0, help="longest reply audio, in seconds (the generation setting max_audio_seconds; "
+                                           "the longest question is the model's own limit)")
     parser.add_argument("--sample", action="store_true", help="sample the reply text (default: greedy)")
     parser.add_argument("--repetition-penalty", type=float,
                         help="> 1 discourages the reply text from repeating its own tokens, e.g. 1.3 "
@@ -80,8 +87,11 @@ class WavChunkWriter:
         pass
 
     def close(self, keep: bool) -> None:
+        from modeling_concept_talker.audio import apply_umask
+
         self.file.close()
         if keep:
+            apply_umask(self.tmp)
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)
@@ -92,7 +102,8 @@ def run(args) -> int:
 
     from modeling_concept_talker import build_prompt
     from modeling_concept_talker.generation import SpokenGenerationConfig
-    from modeling_concept_talker.audio import load_audio, save_audio
+    from modeling_concept_talker.audio import is_silent, load_audio, save_audio, to_mono_float
+    from modeling_concept_talker.processing_concept_talker import warn_if_unfamiliar_instruction
     from modeling_concept_talker.streaming import SpokenTurn
     from configuration import preset_names
     from trainers.loading import default_model, load_model
@@ -116,8 +127,14 @@ def run(args) -> int:
     try:
         SpokenGenerationConfig.for_model(model, settings)  # a bad setting is reported before any work
     except ValueError as err:
-        raise SystemExit(str(err)) from None
+        flag = next((flag for name, flag in SETTING_FLAGS.items() if str(err).startswith(name)), None)
+        raise SystemExit(f"{flag}: {err}" if flag else str(err)) from None
     audio, rate = question_audio(args)
+    if is_silent(to_mono_float(audio, name="the question")):
+        raise SystemExit(
+            f"No speech was heard in the question{f' ({args.audio})' if args.audio else ''}: it is silent (its peak is "
+            "below -60 dBFS). Check the recording (microphone, input device, gain) and ask again."
+        )
     voice, voice_rate = (None, None)
     if args.voice:
         if not os.path.isfile(args.voice):
@@ -139,6 +156,7 @@ def run(args) -> int:
                 writer.close(keep=reply is not None)
             measured_from = "end of speech"
         else:
+            warn_if_unfamiliar_instruction(model.config, args.instruction)  # SpokenTurn does it when streaming
             batch = processor(text=build_prompt(args.instruction), audio=audio, sampling_rate=rate)
             if voice is not None:
                 voice_wave = processor.prepare_voice(voice, voice_rate)

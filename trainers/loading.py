@@ -66,6 +66,34 @@ def default_model() -> tuple[str, str | None]:
     return "tiny", why
 
 
+def looks_like_a_path(spec: str) -> bool:
+    """True when `spec` can only be meant as a folder on this machine, not a Hub id (`ORG/NAME`): it starts with
+    `.`, `~` or a separator, has a backslash or more than one separator, or its first part is a folder here
+    (`runs/final` where `runs/` exists)."""
+    separators = spec.count("/") + (spec.count(os.sep) if os.sep != "/" else 0)
+    return (spec.startswith((".", "~", "/", os.sep)) or "\\" in spec or separators > 1 or spec.endswith("/")
+            or (separators == 1 and os.path.isdir(spec.split("/")[0])))
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse at once a `--model` that is neither a folder here, a preset, nor shaped like a Hub id, so that a
+    mistyped path is not looked up on the Hub (with its network retries)."""
+    from configuration import preset_names
+
+    if os.path.isdir(spec) or spec in preset_names():
+        return
+    choices = (f"a checkpoint folder (saved with save_pretrained), a Hub id (ORG/NAME), or a preset "
+               f"({', '.join(preset_names())})")
+    if os.path.exists(spec):
+        raise SystemExit(f"--model {spec!r} is a file, not a checkpoint folder: give the folder that holds its "
+                         f"config.json, or {choices}.")
+    if looks_like_a_path(spec):
+        raise SystemExit(f"--model {spec!r}: no such folder (relative to {os.getcwd()}). Give {choices}.")
+    if "/" not in spec:
+        raise SystemExit(f"--model {spec!r} is not a folder here, nor a preset, nor a Hub id (those are ORG/NAME). "
+                         f"Give {choices}.")
+
+
 def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: str | None = None,
                **preset_overrides) -> LoadedModel:
     """Load a Concept-Talker for inference.
@@ -100,6 +128,7 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
         )
         return LoadedModel(model, processor, description, trained=False)
 
+    check_model_spec(spec)
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
         config = ConceptTalkerForConditionalGeneration.config_class.from_pretrained(spec)
@@ -120,9 +149,11 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
                 kwargs["ear_name_or_path"] = default_whisper_dir()
         model = ConceptTalkerForConditionalGeneration.from_pretrained(spec, **kwargs).eval()
     except OSError as err:
+        if os.path.isdir(spec):
+            raise SystemExit(f"Could not load the Concept-Talker checkpoint in {spec}: {err}") from err
         raise SystemExit(
-            f"Could not load a Concept-Talker model from {spec!r} ({err}). Give a folder saved with save_pretrained, "
-            f"a Hub id, or one of the presets: {', '.join(preset_names())}."
+            f"--model {spec!r} is neither a folder here nor a Hub repository that could be reached ({err}). Give a "
+            f"folder saved with save_pretrained, a Hub id, or one of the presets: {', '.join(preset_names())}."
         ) from err
     try:
         processor = ConceptTalkerProcessor.from_pretrained(spec)

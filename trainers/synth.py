@@ -648,18 +648,55 @@ def _set_info(dataset, info: dict):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _is_dataset_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(os.path.join(path, "state.json"))
+# What a build of ours writes into its output folder (`save_to_disk` of a DatasetDict, then the info).
+OUR_OUTPUT_NAMES = {"dataset_dict.json", SYNTH_INFO_FILE, "train", "validation", "test"}
+
+
+def is_our_dataset(path: str) -> bool:
+    """True when `path` holds a dataset made by this module (its `synth_info.json` says so), or a part of one: only
+    names that a build writes (`dataset_dict.json`, `synth_info.json`, the split folders)."""
+    names = set(os.listdir(path))
+    info = os.path.join(path, SYNTH_INFO_FILE)
+    if os.path.isfile(info):
+        try:
+            with open(info) as f:
+                return json.load(f).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
+    return bool(names) and names <= OUR_OUTPUT_NAMES
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuse an `output_dir` that exists, unless it is empty or, with `overwrite`, a dataset of ours (see
+    `is_our_dataset`). Anything else is refused whatever `overwrite` says: it would be deleted."""
+    if not os.path.lexists(output_dir):
+        return
+    if os.path.islink(output_dir) or not os.path.isdir(output_dir):
+        raise FileExistsError(f"{output_dir} exists and is not a folder: choose another --out.")
+    names = sorted(os.listdir(output_dir))
+    if not names:
+        return
+    if not is_our_dataset(output_dir):
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise FileExistsError(
+            f"{output_dir} holds files that are not a dataset made by concept-talker synth ({shown}), so it is not "
+            "replaced, even with --overwrite (which replaces only such a dataset). Choose another --out, or empty that "
+            "folder yourself."
+        )
+    if not overwrite:
+        raise FileExistsError(f"{output_dir} already holds a dataset made by concept-talker synth: pass --overwrite to "
+                              "replace it, or choose another --out.")
 
 
 def save_atomically(dataset_dict, output_dir: str, info: dict, overwrite: bool = False) -> None:
     """`save_to_disk` into a temporary sibling folder, add `synth_info.json`, then rename it to `output_dir`.
 
-    `output_dir` never holds a partly written dataset: it is absent, the old dataset, or the new one whole.
+    `output_dir` never holds a partly written dataset: it is absent, the old dataset, or the new one whole. An
+    existing `output_dir` is replaced only with `overwrite` and only when it holds a dataset of ours
+    (`check_output_dir`).
     """
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists: pass --overwrite to replace it, or choose another --out.")
+    check_output_dir(output_dir, overwrite)
     temporary = f"{output_dir}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     dataset_dict.save_to_disk(temporary)
@@ -765,7 +802,7 @@ def build_synthetic_dataset(
         output_dir: where the finished `DatasetDict` is saved (`load_from_disk(output_dir)`).
         work_dir: where finished shards wait (default `<output_dir>.partial`); removed after success unless
             `keep_work_dir`. A re-run with the same settings resumes from it.
-        overwrite: replace an existing dataset at `output_dir`.
+        overwrite: replace an existing dataset at `output_dir` (only a dataset of ours: `check_output_dir`).
         num_proc: worker processes for rendering and encoding (one torch thread each).
         torch_threads: torch threads for encoding when `num_proc == 1` (default 1; None: torch's setting).
             One thread per process and `num_proc` = cores is fastest: on a busy machine, a multi-threaded op
@@ -784,9 +821,7 @@ def build_synthetic_dataset(
     from .tts import load_tts
 
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not overwrite:
-        what = "a dataset" if _is_dataset_dir(output_dir) else "something that is not a finished dataset"
-        raise FileExistsError(f"{output_dir} already holds {what}: pass --overwrite to replace it, or choose another --out.")
+    check_output_dir(output_dir, overwrite)
     if shard_size < 1 or batch_size < 1 or num_proc < 1:
         raise ValueError("shard_size, batch_size and num_proc must be at least 1.")
     audio_columns = _check_audio_columns(config.audio_columns)
@@ -945,7 +980,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="rows per map batch")
     parser.add_argument("--work-dir", help="folder for finished shards (default: OUT.partial)")
     parser.add_argument("--keep-work-dir", action="store_true", help="keep the shards after the dataset is saved")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset at --out (only one made by concept-talker synth)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push the dataset to this Hub repo")
     parser.add_argument("--public", action="store_true", help="make the Hub repo public (default private)")
     parser.add_argument("--from-ljspeech", metavar="FOLDER",

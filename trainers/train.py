@@ -86,11 +86,19 @@ class TrainingRun:
             with open(run_file) as f:
                 previous = json.load(f)["recipe"]
             changed = _changed_keys(previous, self.recipe)
-            if changed:
+            finished = [stage for stage in STAGE_TRAINERS if self.stage_done(stage)]
+            may_change = [stage for stage in STAGE_TRAINERS if stage not in finished]
+            refused = [key for key in changed if not _changes_only_unfinished_work(key, may_change)]
+            if refused:
                 raise SystemExit(
-                    f"--resume with a different recipe ({', '.join(changed[:5])} changed): a resumed run must be the "
-                    "same run. Start a new --output_dir instead."
+                    f"--resume with a recipe that changes what the finished work was made with ({', '.join(refused[:5])} "
+                    f"changed; finished stages: {', '.join(finished) or 'none'}). A resumed run may change only the "
+                    f"settings of its unfinished stages ({', '.join(f'stages.{s}' for s in may_change) or 'none'}), "
+                    "eval and generation. Put the other settings back, or start a new --output_dir."
                 )
+            if changed:
+                logger.info("Resuming with changed settings of unfinished work: %s", ", ".join(changed))
+                _write_json(run_file, {"recipe": self.recipe})
         else:
             _write_json(run_file, {"recipe": self.recipe})
         save_recipe(self.recipe, self.path("training_recipe.yaml"))
@@ -329,6 +337,10 @@ class TrainingRun:
             self.save_stage_model(stage, model)
         if model is None:
             model = self.load_stage_model(stages[-1])
+        # The instructions the thinker read in training, so that an unfamiliar one gets a warning at inference.
+        train = dataset["train"]
+        instructions = train.unique("instruction") if "instruction" in train.column_names else []
+        model.config.trained_instructions = sorted(text for text in instructions if text) or None
         results = {}
         if self.state.is_main_process:
             final = self.save_final(model)
@@ -385,6 +397,13 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _changes_only_unfinished_work(key: str, unfinished_stages: list[str]) -> bool:
+    """Whether a changed recipe key (`stages.reply.max_steps`) steers only work a resumed run has still to do: an
+    unfinished stage's settings, the evaluation or the final checkpoint's reply settings."""
+    return (key.split(".")[0] in ("eval", "generation")
+            or any(key == f"stages.{stage}" or key.startswith(f"stages.{stage}.") for stage in unfinished_stages))
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
