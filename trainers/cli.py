@@ -16,6 +16,7 @@ import warnings
 
 SUBCOMMANDS = {
     "chat": ("trainers.chat", "answer a spoken question with a spoken reply (streaming), printing the timings"),
+    "demo": ("trainers.demo", "the tutor in a browser page (Gradio): speak or upload a question, hear the reply stream"),
     "bench": ("benchmarks.bench", "latency and throughput benchmark against plain transformers generate()"),
     "synth": ("trainers.synth", "build a synthetic spoken-tutoring dataset (TTS + codec codes)"),
     "train": ("trainers.train", "train with a recipe: configuration/<recipe>.yaml [--key value ...]"),
