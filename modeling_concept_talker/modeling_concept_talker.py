@@ -809,16 +809,16 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         return inputs_embeds
 
     def thinker_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, concepts=None,
-                       **audio) -> tuple[torch.Tensor, torch.Tensor]:
+                       vocabulary: torch.Tensor | None = None, **audio) -> tuple[torch.Tensor, torch.Tensor]:
         """What the thinker reads: input embeddings `[batch, length, hidden]` (concepts at the audio placeholders) and
-        the attention mask `[batch, length]` with the blank concepts' positions left out, as padding (`concept_keep`).
-        `audio` as `hear` takes it, or `concepts` from `hear`."""
+        the attention mask `[batch, length]` with the blank concepts' positions left out, as padding (`concept_keep`,
+        over `vocabulary` when given). `audio` as `hear` takes it, or `concepts` from `hear`."""
         if concepts is None:
             concepts = self.hear(**audio)
         inputs_embeds = self.embed_inputs(input_ids, concepts=concepts)
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         if concepts is not None:
-            keep = self.concept_keep(*concepts)[concepts[1]]  # one flag per real concept, in reading order
+            keep = self.concept_keep(*concepts, vocabulary)[concepts[1]]  # one flag per real concept, in reading order
             placeholder = input_ids == self.config.audio_token_id
             dropped = torch.zeros_like(placeholder)
             dropped[placeholder] = ~keep.to(placeholder.device)
@@ -852,12 +852,15 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         table = F.normalize((table if vocabulary is None else table[vocabulary]).float(), dim=-1)
         return self.config.concept_logit_scale * F.normalize(concepts.float(), dim=-1) @ table.T
 
-    def concept_keep(self, concepts: torch.Tensor, concept_mask: torch.Tensor) -> torch.Tensor:
+    def concept_keep(self, concepts: torch.Tensor, concept_mask: torch.Tensor,
+                     vocabulary: torch.Tensor | None = None) -> torch.Tensor:
         """Which concepts the thinker reads: `[clips, slots]`, True for real slots that do not read as the blank
         token. Blank concepts (no token was spoken in their stretch of time) are left out, as padding is, so the thinker
-        reads the spoken tokens one after the other, as it reads text."""
+        reads the spoken tokens one after the other, as it reads text. `vocabulary` (training's `text_vocabulary`):
+        read among those tokens only (the whole vocabulary's table is most of a small model's training step)."""
         with torch.no_grad():
-            blank = self.concept_logits(concepts).argmax(-1) == self.config.concept_blank_token_id
+            read = self.concept_logits(concepts, vocabulary).argmax(-1)
+            blank = (read if vocabulary is None else vocabulary.to(read.device)[read]) == self.config.concept_blank_token_id
         return concept_mask & ~blank
 
     def concept_loss(self, concepts: torch.Tensor, concept_mask: torch.Tensor, concept_labels: torch.Tensor,
@@ -1057,7 +1060,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
                 raise ValueError("Pass input_ids (from ConceptTalkerProcessor) or inputs_embeds.")
             concepts = self.hear(input_values, input_values_mask, input_audio_codes, input_audio_codes_mask,
                                  input_features, input_features_mask)
-            inputs_embeds, attention_mask = self.thinker_inputs(input_ids, attention_mask, concepts=concepts)
+            inputs_embeds, attention_mask = self.thinker_inputs(input_ids, attention_mask, concepts=concepts,
+                                                                vocabulary=text_vocabulary)
             if position_ids is None:  # the positions of what is read: left-out blank concepts take none
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if audio_labels is not None and (labels is None or reply_symbols is None):

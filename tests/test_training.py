@@ -23,8 +23,10 @@ TRAIN = [sys.executable, "-m", "trainers.cli", "train"]
 
 
 def micro_overrides(data: str, steps: int = 6) -> list[str]:
-    """A whole run in seconds: the tiny recipe on a small dataset with a few steps per stage."""
-    overrides = ["--data.path", data, "--eval.max_examples", "3", "--eval.max_new_tokens", "8"]
+    """A whole run in seconds: the tiny recipe on a small dataset (and the random ear that made its frames) with a
+    few steps per stage."""
+    overrides = ["--data.path", data, "--model.ear", str(Path(data).parent / "ear"), "--eval.max_examples", "3",
+                 "--eval.max_new_tokens", "8"]
     for stage in ("text", "align", "reply"):
         overrides += [f"--stages.{stage}.max_steps", str(steps), f"--stages.{stage}.save_steps", "2",
                       f"--stages.{stage}.logging_steps", "1", f"--stages.{stage}.per_device_train_batch_size", "4"]
@@ -33,12 +35,20 @@ def micro_overrides(data: str, steps: int = 6) -> list[str]:
 
 @pytest.fixture(scope="session")
 def micro_dataset(tmp_path_factory):
-    """24 rows made with the tiny preset's codec (shared by the tests of this file)."""
+    """24 rows made with the tiny preset's codec and a random ear of the tiny preset's shape, saved next to them
+    (shared by the tests of this file)."""
+    import torch
+    from transformers import WhisperModel
+
+    from configuration import load_preset
     from trainers.synth import SynthConfig, build_synthetic_dataset
 
-    out = tmp_path_factory.mktemp("data") / "tutor"
-    build_synthetic_dataset(SynthConfig(num_rows=24, validation_size=3, test_size=3, codec="tiny", audio_columns=()),
-                            str(out), num_proc=1)
+    root = tmp_path_factory.mktemp("data")
+    torch.manual_seed(0)
+    WhisperModel(load_preset("tiny").ear_config).save_pretrained(root / "ear")
+    out = root / "tutor"
+    build_synthetic_dataset(SynthConfig(num_rows=24, validation_size=3, test_size=3, codec="tiny", audio_columns=(),
+                                        ear=str(root / "ear")), str(out), num_proc=1)
     return str(out)
 
 
@@ -64,10 +74,10 @@ def test_a_nested_model_override_changes_only_its_field():
     from configuration import load_preset
 
     preset = load_preset("tiny-lyra")
-    config = load_preset("tiny-lyra", talker_config={"read_tokens": 3}, codec_config={"model_dir": "/lyra"})
-    assert config.talker_config.read_tokens == 3
+    config = load_preset("tiny-lyra", talker_config={"progress_cap": 12}, codec_config={"model_dir": "/lyra"})
+    assert config.talker_config.progress_cap == 12
     # the talker's other fields are still the preset's, not ConceptTalkerConfig's (0.5b-sized) defaults
-    for field in ("hidden_size", "num_hidden_layers", "prompt_states", "voice_pitch", "duration_conditioning"):
+    for field in ("hidden_size", "num_hidden_layers", "prompt_states", "voice_pitch", "phoneme_language"):
         assert getattr(config.talker_config, field) == getattr(preset.talker_config, field)
     assert (config.codec_type, config.codec_config.model_dir) == ("lyra_soundstream", "/lyra")
     # another codec type replaces the preset's codec settings instead of mixing two codecs' fields
@@ -117,33 +127,49 @@ def test_recipe_overrides_and_their_errors(tmp_path):
 def rows(micro_dataset):
     from datasets import load_from_disk
 
-    train = load_from_disk(micro_dataset)["train"]
+    from trainers.evaluation import with_features
+
+    train = with_features(load_from_disk(micro_dataset)["train"])
     return [train[i] for i in range(4)]
 
 
-def test_reply_collator_masks_and_pads(rows, tiny_processor):
-    batch = SpokenTurnCollator(tiny_processor, "reply", 4)(rows)
-    assert batch["input_audio_codes"].shape[:2] == (4, 4) and batch["audio_labels"].shape[:2] == (4, 4)
+def test_reply_collator_masks_and_pads(rows, tiny_processor, tiny_config):
+    batch = SpokenTurnCollator(tiny_processor, "reply", tiny_config)(rows)
+    width = tiny_config.ear_config.d_model
+    assert batch["input_features"].shape[0] == 4 and batch["input_features"].shape[2] == width
+    assert batch["audio_labels"].shape[:2] == (4, 4)
     tokenizer = tiny_processor.tokenizer
     for i, row in enumerate(rows):
         labelled = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX]
         assert tokenizer.decode(labelled) == row["reply_text"] + "<|im_end|>"
         frames = len(row["reply_codes"][0])
         assert (batch["audio_labels"][i, :, :frames] >= 0).all() and (batch["audio_labels"][i, :, frames:] == IGNORE_INDEX).all()
+        frames = len(row["question_features"])
         slots = int((batch["input_ids"][i] == tiny_processor.audio_token_id).sum())
-        assert slots == tiny_processor.concept_slots_for_frames(len(row["question_codes"][0]))
-        assert batch["input_audio_codes_mask"][i].sum() == len(row["question_codes"][0])
+        assert slots == -(-frames // tiny_config.window_frames) * tiny_config.adapter_config.concepts_per_window
+        assert batch["input_features_mask"][i].sum() == frames
+        # every slot is labelled: a token spoken in its stretch of time, or blank
+        assert (batch["concept_labels"][i][:slots] != IGNORE_INDEX).all()
+        spoken = [t for t in batch["concept_labels"][i][:slots].tolist() if t != tiny_config.concept_blank_token_id]
+        assert tokenizer.decode(spoken).split() == row["question_text"].split()[: len(tokenizer.decode(spoken).split())]
+        # the talker reads the reply's symbols, whose lengths add up to the reply's frames
+        symbols = batch["reply_symbols"][i][batch["reply_symbols"][i] != IGNORE_INDEX]
+        assert len(symbols) == len(row["reply_phonemes"]) and int(batch["reply_symbol_frames"][i].sum()) == frames_of(row)
 
 
-def test_transcribe_and_text_collators(rows, tiny_processor):
+def frames_of(row) -> int:
+    return len(row["reply_codes"][0])
+
+
+def test_transcribe_and_text_collators(rows, tiny_processor, tiny_config):
     tokenizer = tiny_processor.tokenizer
-    batch = SpokenTurnCollator(tiny_processor, "transcribe", 4)(rows)
+    batch = SpokenTurnCollator(tiny_processor, "transcribe", tiny_config)(rows)
     prompt = tokenizer.decode(batch["input_ids"][0])
     assert TRANSCRIBE_TASK in prompt and "audio_labels" not in batch
     labelled = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]
     assert tokenizer.decode(labelled) == rows[0]["question_text"] + "<|im_end|>"
-    text = SpokenTurnCollator(tiny_processor, "text", 4)(rows)
-    assert "input_audio_codes" not in text and not (text["input_ids"] == tiny_processor.audio_token_id).any()
+    text = SpokenTurnCollator(tiny_processor, "text", tiny_config)(rows)
+    assert "input_features" not in text and not (text["input_ids"] == tiny_processor.audio_token_id).any()
     for i, row in enumerate(rows):
         answer = row["question_text"] if is_transcription_row(row["id"]) else row["reply_text"]
         labelled = text["labels"][i][text["labels"][i] != IGNORE_INDEX]
@@ -151,14 +177,15 @@ def test_transcribe_and_text_collators(rows, tiny_processor):
         assert row["question_text"] in tokenizer.decode(text["input_ids"][i])
 
 
-def test_collator_refuses_codes_of_another_codec(rows, tiny_processor):
+def test_collator_refuses_codes_of_another_codec(rows, tiny_processor, tiny_config):
+    tiny_config.codec_num_codebooks = 8
     with pytest.raises(ValueError, match=r"\[8 codebooks\]\[frames\].*made with this model's codec"):
-        SpokenTurnCollator(tiny_processor, "reply", 8)(rows)
+        SpokenTurnCollator(tiny_processor, "reply", tiny_config)(rows)
 
 
 # ---- trainers ------------------------------------------------------------------------------------------------------
 
-def test_stage_trainers_train_the_right_parts(tiny_model, tiny_processor, rows, tmp_path):
+def test_stage_trainers_train_the_right_parts(tiny_model, tiny_processor, tiny_config, rows, tmp_path):
     from transformers import TrainingArguments
 
     from trainers.trainer import AlignmentTrainer, SpokenReplyTrainer, ThinkerTextTrainer
@@ -170,16 +197,16 @@ def test_stage_trainers_train_the_right_parts(tiny_model, tiny_processor, rows, 
         args = TrainingArguments(output_dir=str(tmp_path / task), max_steps=1, report_to="none",
                                  remove_unused_columns=False, per_device_train_batch_size=4)
         trainer = cls(model=tiny_model, args=args, train_dataset=rows,
-                      data_collator=SpokenTurnCollator(tiny_processor, task, 4))
+                      data_collator=SpokenTurnCollator(tiny_processor, task, tiny_config))
         trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
         assert trainable and all(should_train(n) for n in trainable), cls.__name__
-        assert not any(n.startswith("codec.") for n in trainable)
+        assert not any(n.startswith(("codec.", "ear.")) for n in trainable)
         trainer.train()
         logged = trainer.state.log_history[0]
         assert "text_loss" in logged or "train_loss" in logged
 
 
-def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_processor, rows, tmp_path):
+def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_processor, tiny_config, rows, tmp_path):
     from transformers import TrainingArguments
 
     from trainers.trainer import SpokenReplyTrainer
@@ -187,7 +214,7 @@ def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_proces
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, logging_steps=1, report_to="none",
                              remove_unused_columns=False, per_device_train_batch_size=2, per_device_eval_batch_size=2)
     trainer = SpokenReplyTrainer(model=tiny_model, args=args, train_dataset=rows, eval_dataset=rows,
-                                 data_collator=SpokenTurnCollator(tiny_processor, "reply", 4), adapter_learning_rate=1e-5)
+                                 data_collator=SpokenTurnCollator(tiny_processor, "reply", tiny_config), adapter_learning_rate=1e-5)
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h][0]
     assert {"text_loss", "audio_loss", "audio_loss_0", "audio_loss_3"} <= set(logged)

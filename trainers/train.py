@@ -153,16 +153,31 @@ class TrainingRun:
         return self.model_spec["preset"]
 
     def ear_spec(self, config) -> str | None:
-        """The Whisper model the preset's ear loads (`model.ear`, made absolute), or None for a codec ear."""
+        """The Whisper model the preset's ear loads (`model.ear`, else the preset's `ear_name_or_path`, made absolute),
+        a random one saved in `<output_dir>/ear` for a preset that names none (the tiny preset's), or None for a codec
+        ear."""
         if config.ear_type == "codec":
             return None
-        if not self.model_spec["ear"]:
-            raise SystemExit(
-                "The model hears through Whisper's encoder (its preset has an ear_config) but no Whisper was given: "
-                "set model.ear (or --model.ear) to a Whisper folder or Hub id, e.g. ../shared/assets/whisper-base."
-            )
-        ear = self.model_spec["ear"]
+        ear = self.model_spec["ear"] or config.ear_name_or_path or self.random_ear(config)
         return os.path.abspath(ear) if os.path.isdir(ear) else ear
+
+    def random_ear(self, config) -> str:
+        """The preset's Whisper with random weights (seeded by the recipe), saved once as `<output_dir>/ear`, so that
+        the data's frames and the model come from the same ear. It hears nothing: it is for runs that test the
+        machinery (the tiny recipe); the tiny-lyra recipe names a pretrained Whisper."""
+        folder = self.path("ear")
+        with self.state.main_process_first():
+            if self.state.is_main_process and not os.path.isfile(os.path.join(folder, "config.json")):
+                import torch
+                from transformers import WhisperModel
+
+                logger.warning("The preset's ear names no Whisper model: a random one is saved in %s (it hears "
+                               "nothing; set model.ear to a Whisper folder or Hub id for a model that listens).", folder)
+                torch.manual_seed(self.recipe["seed"])
+                partial = folder + ".partial"
+                WhisperModel(config.ear_config).save_pretrained(partial)
+                os.replace(partial, folder)
+        return folder
 
     def check_columns(self, dataset, stage: str, voice: bool) -> None:
         question = "question_codes" if self.model_config.ear_type == "codec" else "question_features"
