@@ -174,8 +174,10 @@ def test_without_ai_edge_litert_the_module_imports_and_building_says_what_to_ins
         LyraCodec(LyraCodecConfig(model_dir=lyra_dir), 8)
 
 
-def test_a_model_with_the_lyra_codec_saves_and_loads(lyra_dir, tmp_path):
+def test_a_model_with_the_lyra_codec_saves_and_loads(lyra_dir, tmp_path, monkeypatch):
     from transformers import AutoConfig
+
+    from modeling_concept_talker import lyra
 
     from configuration import load_preset
 
@@ -196,10 +198,13 @@ def test_a_model_with_the_lyra_codec_saves_and_loads(lyra_dir, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.get_concepts(codes)[0], model.get_concepts(codes)[0])
 
-    # Loaded where the saved model_dir does not exist: the error says how to point it elsewhere.
+    # Loaded where the saved model_dir does not exist (and no other copy is found): the error says how to point it
+    # elsewhere.
+    monkeypatch.delenv("CONCEPT_TALKER_LYRA_DIR", raising=False)
+    monkeypatch.setattr(lyra, "SHARED_LYRA_DIR", str(tmp_path / "no-lyra"))
     moved = AutoConfig.from_pretrained(tmp_path / "saved")
     moved.codec_config.model_dir = str(tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match="set config.codec_config.model_dir"):
+    with pytest.raises(ValueError, match="codec_model_dir="):
         ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path / "saved", config=moved)
 
 
