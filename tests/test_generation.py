@@ -296,15 +296,31 @@ def test_only_codebook_0_ends_the_audio(lively_model, tiny_processor, monkeypatc
     assert codes.shape[1] == 5 and int(codes.max()) < lively_model.config.codebook_size
 
 
-def test_fast_and_reference_talker_write_the_same_codes(lively_model, tiny_processor):
-    """The talker's decoder on the fast runner's kernel (Qwen2-shaped view of its weights) is the same model."""
-    from modeling_concept_talker.fast_thinker import load_native_kernel
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_fast_and_reference_talker_write_the_same_codes(lively_model, tiny_processor, isa):
+    """The talker's decoder on each native kernel (Qwen2-shaped view of its weights) is the same model."""
+    import concept_talker_kernels
 
-    if load_native_kernel()[0] is None:
-        pytest.skip(f"native kernel unavailable: {load_native_kernel()[1]}")
+    if isa not in concept_talker_kernels.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernel ({concept_talker_kernels.describe_cpu()})")
     batch = ask(tiny_processor)
     settings = dict(GREEDY, thinker_runner="reference")
-    fast = lively_model.generate(**batch, **settings, talker_runner="fast")
+    fast = lively_model.generate(**batch, **settings, talker_runner="fast", kernel=isa)
     reference = lively_model.generate(**batch, **settings, talker_runner="reference")
     assert fast.audio_codes[0].shape[1] > 10
     assert torch.equal(fast.audio_codes[0], reference.audio_codes[0])
+
+
+def test_int8_thinker_and_talker(lively_model, tiny_processor):
+    """int8 weights (per output channel) for the thinker and the talker's fast runner: a whole spoken reply."""
+    from modeling_concept_talker.generation import SpokenGenerationConfig, fast_talker_runner, make_runner
+
+    config = SpokenGenerationConfig(**GREEDY, thinker_dtype="int8", talker_dtype="int8", talker_runner="fast")
+    assert make_runner(lively_model, 1, config, 16).lm_weight.dtype == torch.int8
+    assert fast_talker_runner(lively_model, config, 16).lm_weight.dtype == torch.int8
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY, thinker_dtype="int8", talker_dtype="int8")
+    assert reply.audio_codes[0].shape[1] > 10 and reply.waveforms[0].size > 0
+    with pytest.raises(ValueError, match="thinker_dtype must be one of"):
+        lively_model.generate(**ask(tiny_processor), **GREEDY, thinker_dtype="int4")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        lively_model.generate(**ask(tiny_processor), **GREEDY, kernel="neon")
