@@ -20,7 +20,10 @@ EXTRAS = {
     "tts": ["espeakng-loader==0.2.4"],
     "asr": ["pocketsphinx==5.1.1"],
     "lyra": ["ai-edge-litert==2.3.0"],
-    "dev": ["pytest==9.2.0"],
+    # the browser page (`concept-talker demo`); its test drives Debian's chromium through playwright's client
+    # (never `playwright install`: it points at /usr/bin/chromium)
+    "demo": ["gradio==6.31.0"],
+    "dev": ["pytest==9.2.0", "playwright==1.65.3"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

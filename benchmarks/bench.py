@@ -11,13 +11,15 @@ the thinker in bf16, everything else fp32, torch's default threads (one per core
   pieces as a microphone would deliver them (`SpokenTurn.feed`: codec encoder, concept adapter and thinker prefill
   run per completed window while the user speaks); at end of speech the clock starts and `stream_reply()` yields
   audio chunks. First audio = the first chunk; RTF = seconds from end of speech to the last chunk / seconds of
-  reply audio. The reply is 40 text tokens (`thinker_max_new_tokens=40`; a random thinker practically never ends
-  earlier, and the count is reported). **streaming-int8**: the same with int8 thinker and talker weights.
+  reply audio. The reply is 40 text tokens of a fixed English answer (`REPLY_TEXT`, through `reply_token_ids`:
+  the thinker reads each token as it would its own choice; a random thinker's own choice has no sounds to speak).
+  **streaming-int8**: the same with int8 thinker and talker weights.
 - **baseline**: the same weights driven the plain way: at end of speech the whole question goes through the
   processor, the thinker reads it and `transformers` `generate()` writes the whole reply (40 tokens, with its
-  hidden states), then the talker writes every frame, then the codec decodes them in one call. Its first audio is
-  its total time. **baseline-compiled**: the same with transformers' documented fast path (a static cache,
-  `cache_implementation="static"`, and `torch.compile` of the thinker's forward; compiled once, before timing).
+  hidden states), then the talker writes every frame of the same fixed reply, then the codec decodes them in one
+  call. Its first audio is its total time. **baseline-compiled**: the same with transformers' documented fast
+  path (a static cache, `cache_implementation="static"`, and `torch.compile` of the thinker's forward; compiled
+  once, before timing).
 - **thinker decode** against the memory-bandwidth roofline, per kernel: tokens/s of the runner spoken replies use
   (bf16 and int8 weights) and of `generate()` plain and compiled, each over 40 greedy steps; bytes of bf16 weights
   read per token; read bandwidth measured before and after in this run (`benchmarks.thinker_decode`).
@@ -53,6 +55,11 @@ from benchmarks.thinker_decode import (
 
 QUESTION_SECONDS = 5.0
 REPLY_TOKENS = 40
+# What every engine speaks (a random thinker would pick the same token over and over, e.g. "\n", which has no
+# sounds): the thinker still reads each token as it would its own choice; the talker speaks its phonemes.
+REPLY_TEXT = ("The answer is nine, because four plus five makes nine. Picture four apples on a table, then put five "
+              "more apples next to them, and count every apple together, one by one, until you reach nine. Well "
+              "done, that is exactly how adding works.")
 PIECE_SECONDS = 0.08
 TARGETS = {"first_audio_ms_p50": 300.0, "rtf": 0.5, "thinker_roofline_fraction": 0.70, "speedup_first_audio": 5.0,
            "int8_over_bf16_tok_s": 1.6}
@@ -95,18 +102,22 @@ def question_wave(sampling_rate: int, seconds: float = QUESTION_SECONDS) -> np.n
 def build(preset: str):
     """The preset with random weights (thinker cast to bf16) and its processor.
 
-    A random talker would end its audio at a step chosen by rounding (the two engines' thinkers differ in the last
-    bits of their states): its end-of-audio head row is zeroed, so greedy decoding never picks it and every reply
-    runs to the same `max_audio_seconds` in both engines (equal audio, comparable real-time factors).
+    The talker speaks the reply's phonemes on a timeline whose symbol lengths its (random) duration head predicts,
+    so the reply's audio length follows from its text; the engines report their audio seconds, and the real-time
+    factors divide by each run's own.
     """
     from trainers.loading import load_model
 
     loaded = load_model(preset)
     model = loaded.model
     model.thinker.to(torch.bfloat16)
-    with torch.no_grad():
-        model.talker.heads[:, model.talker.eos_id] = 0
     return model, loaded.processor
+
+
+def reply_ids(processor, reply_tokens: int) -> list[int]:
+    """The first `reply_tokens` tokens of `REPLY_TEXT` (repeated as needed)."""
+    ids = processor.tokenizer(REPLY_TEXT, add_special_tokens=False).input_ids
+    return (ids * (reply_tokens // len(ids) + 1))[:reply_tokens]
 
 
 def settings(reply_tokens: int, kernel: str = "auto", int8: bool = False) -> dict:
@@ -156,7 +167,7 @@ def run_streaming(model, processor, wave: np.ndarray, rate: int, reply_tokens: i
     listen_s = now() - listen_start
     end_of_speech = now()
     first, audio_s, text = None, 0.0, []
-    for chunk in turn.stream_reply():
+    for chunk in turn.stream_reply(reply_ids(processor, reply_tokens)):
         if first is None:
             first = now() - end_of_speech
         audio_s += chunk.duration
@@ -198,7 +209,8 @@ def run_baseline(model, processor, wave: np.ndarray, rate: int, reply_tokens: in
 
     start = now()
     inputs = processor(text=build_prompt(), audio=wave, sampling_rate=rate, return_tensors="pt")
-    embeds = model.embed_inputs(inputs["input_ids"], inputs.get("input_values"), inputs.get("input_values_mask"))
+    embeds = model.embed_inputs(inputs["input_ids"], input_values=inputs.get("input_values"),
+                                input_values_mask=inputs.get("input_values_mask"))
     thinker = model.thinker
     with compiled or nullcontext():
         out = thinker.generate(
@@ -208,20 +220,22 @@ def run_baseline(model, processor, wave: np.ndarray, rate: int, reply_tokens: in
             **(compiled.generate_kwargs if compiled else {}),
         )
     thinker_s = now() - start
-    tokens = out.sequences[0, -reply_tokens:]
+    tokens = torch.tensor(reply_ids(processor, reply_tokens))  # spoken as the streaming engine speaks them
     # the state that chose token i is the last position's final hidden state of generate step i
     states = [step[-1][0, -1] for step in out.hidden_states]
     prompt = PromptTail(model)  # the talker's prompt states, from generate()'s hidden states of the prompt
     prompt.add(embeds, out.hidden_states[0][-1].to(embeds.dtype))
     # the talker as the streaming engine runs it (its decoder on the native kernel where there is one)
-    talker = TalkerStream(model, SpokenGenerationConfig(**settings(reply_tokens)), prompt=prompt.states())
+    talker = TalkerStream(model, SpokenGenerationConfig(**settings(reply_tokens)), processor.tokenizer,
+                          prompt=prompt.states())
     token_embeds = model.get_input_embeddings()(tokens[None])[0]
     for i, state in enumerate(states):
-        talker.add_text(state, token_embeds[i], last=i == len(states) - 1)
+        talker.add_token(int(tokens[i]), state, token_embeds[i], last=i == len(states) - 1)
     talker.end_text()
     talker_start = now()
-    while talker.write_block():
-        pass
+    while not talker.finished:
+        if not talker.write_ready():
+            break
     frames = talker.all_frames()
     talker_s = now() - talker_start
     decode_start = now()

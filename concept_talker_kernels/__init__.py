@@ -26,10 +26,13 @@ from .loader import (
     cpu_flags,
     default_cache_dir,
     describe_cpu,
+    fallback_cache_dir,
     load_kernel,
+    make_model_struct,
     open_verified_library,
     read_bandwidth,
     requested_kernel,
+    resolve_cache_dir,
     supported_isas,
     trusted_cache_dir,
 )
@@ -37,6 +40,7 @@ from .loader import (
 __all__ = [
     "ABI_VERSION", "ENV_CACHE_DIR", "ENV_KERNEL", "ISAS", "LAYER_SLOTS", "MAX_TOKENS", "Kernel",
     "KernelFallbackWarning", "KernelUnavailable", "ModelStruct", "UntrustedCacheDir", "choose_kernel", "cpu_flags",
-    "default_cache_dir", "describe_cpu", "load_kernel", "open_verified_library", "read_bandwidth",
-    "requested_kernel", "supported_isas", "trusted_cache_dir",
+    "default_cache_dir", "describe_cpu", "fallback_cache_dir", "load_kernel", "make_model_struct",
+    "open_verified_library", "read_bandwidth", "requested_kernel", "resolve_cache_dir", "supported_isas",
+    "trusted_cache_dir",
 ]

@@ -12,6 +12,9 @@ Instruction sets, fastest first:
 - `avx2`: AVX2 + FMA + F16C, 8 fp32 lanes (every x86-64 CPU since Intel Haswell and AMD Zen 1; an AVX-512 CPU runs it
   too, so it can be built and tested everywhere).
 
+Where the default cache cannot be made (e.g. a read-only home), `concept_talker_kernels-<uid>` in the system's
+temporary folder is used instead, under the same checks (`resolve_cache_dir`).
+
 `choose_kernel` picks one at run time: what the caller asks for, else `$CONCEPT_TALKER_KERNEL` (`auto`, `avx512`,
 `avx2` or `torch`), else the fastest the CPU supports; when the kernel cannot be had (no compiler, a compile error,
 a cache directory others can write, a CPU without the instructions) it returns None with the reason, and warns once
@@ -86,6 +89,15 @@ class ModelStruct(ctypes.Structure):
             "layer", "norm", "lm_w", "lm_s", "rope_cos", "rope_sin", "valid", "qkv", "attn", "mid", "act", "scores",
         )
     ]
+
+
+def make_model_struct(layer_pointers: list[int | None], **fields) -> tuple[ModelStruct, object, object]:
+    """A `ModelStruct` for `Kernel.step`: `layer_pointers` (`LAYER_SLOTS` per layer, None for absent tensors) and
+    the other fields by name (pointers as ints). Returns `(struct, reference to pass to step, pointer array)`; keep
+    all three alive while the kernel may run (the struct points into the array)."""
+    array = (ctypes.c_void_p * len(layer_pointers))(*layer_pointers)
+    struct = ModelStruct(layer=ctypes.cast(array, ctypes.c_void_p), **fields)
+    return struct, ctypes.byref(struct), array
 
 
 # ---- the CPU ----------------------------------------------------------------------------------------------------
@@ -204,6 +216,39 @@ def trusted_cache_dir(path: str | None = None) -> str:
     if mode != 0o700:
         os.chmod(path, 0o700)  # ours, and nobody else could write in it: only tighten
     return path
+
+
+def fallback_cache_dir() -> str:
+    """Where kernels are cached when `default_cache_dir()` cannot be made (e.g. a read-only home):
+    `concept_talker_kernels-<uid>` in the system's temporary folder, used only through `trusted_cache_dir`."""
+    return os.path.join(tempfile.gettempdir(), f"concept_talker_kernels-{_current_uid()}")
+
+
+def resolve_cache_dir(cache_dir: str | None = None) -> str:
+    """The private folder kernels are built in and loaded from.
+
+    `cache_dir` when given (it must be trusted: `trusted_cache_dir`). Otherwise `default_cache_dir()`; where that
+    cannot be created at all (not: exists but others could write it), `fallback_cache_dir()`, checked the same way,
+    so a name someone else planted in the shared temporary folder (a symlink, a folder of theirs) is refused, never
+    used. Raises `KernelUnavailable` / `UntrustedCacheDir` saying why no folder can be had.
+    """
+    if cache_dir is not None:
+        return trusted_cache_dir(cache_dir)
+    try:
+        return trusted_cache_dir(default_cache_dir())
+    except UntrustedCacheDir:
+        raise
+    except KernelUnavailable as err:
+        fallback = fallback_cache_dir()
+        try:
+            path = trusted_cache_dir(fallback)
+        except UntrustedCacheDir as fallback_err:
+            raise UntrustedCacheDir(
+                f"{err}; and the fallback {fallback} is not a folder only this user can write ({fallback_err}): "
+                f"set {ENV_CACHE_DIR} to a directory of your own"
+            ) from fallback_err
+        logger.info("Caching kernels in %s (%s).", path, err)
+        return path
 
 
 def _check_own_file(fd: int, what: str) -> None:
@@ -418,7 +463,7 @@ def build_spec(isa: str) -> tuple[str, bytes, list[str]]:
 
 def _load_or_build(isa: str, cache_dir: str | None) -> Kernel:
     name, source, cflags = build_spec(isa)
-    cache = trusted_cache_dir(cache_dir)
+    cache = resolve_cache_dir(cache_dir)
     lock_fd = os.open(os.path.join(cache, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one builder at a time, across processes
@@ -467,8 +512,8 @@ def load_kernel(isa: str, cache_dir: str | None = None) -> Kernel:
     if isa not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
     _check_cpu(isa)  # before the memo: what this CPU (as reported now) cannot run is never used
-    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
-    key = (isa, cache_dir, tuple(compile_flags(isa)))
+    cache_dir = os.path.abspath(cache_dir) if cache_dir else None
+    key = (isa, cache_dir or default_cache_dir(), tuple(compile_flags(isa)))
     with _lock:
         if key not in _loaded:
             try:

@@ -2,6 +2,11 @@
 
 Everything here works on mono float32 waveforms in [-1, 1]. Errors say what was wrong and what to pass instead,
 so that bad audio never reaches the codec as an obscure shape or NaN error.
+
+Loudness: a whole clip whose float samples peak above `MAX_PEAK` (2.0, far outside [-1, 1]: typically int16 values
+passed as floats) is scaled down to peak 1.0 with a warning (`prepare_audio`); a streamed piece cannot be scaled the
+same way as the rest of its turn, so `SpokenTurn.feed` refuses one. A clip whose peak is below `SILENCE_PEAK`
+(-60 dBFS) holds no speech (`is_silent`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ import numpy as np
 import torch
 
 MAX_CHANNELS = 8
+# Float samples are meant to lie in [-1, 1]; codecs and resampling overshoot a little. A peak above this is a clip in
+# the wrong units (int16 values as floats: peaks in the thousands), which the codec would clip into noise.
+MAX_PEAK = 2.0
+# A clip whose loudest sample is below -60 dBFS holds no speech.
+SILENCE_PEAK = 1e-3
 
 
 def check_sampling_rate(sampling_rate, name: str = "sampling_rate") -> int:
@@ -120,17 +130,50 @@ def resample(wave: torch.Tensor, orig_sampling_rate: int, new_sampling_rate: int
     return out[:, :length].reshape(*shape[:-1], length).to(wave.dtype)
 
 
+def peak(wave: torch.Tensor) -> float:
+    """The largest absolute sample of `wave` (linear, 1.0 = full scale)."""
+    return float(wave.abs().max()) if wave.numel() else 0.0
+
+
+def is_silent(wave: torch.Tensor) -> bool:
+    """True when `wave` `[samples]` holds no speech: its peak is below `SILENCE_PEAK` (-60 dBFS)."""
+    return peak(wave) < SILENCE_PEAK
+
+
+def question_too_long_message(name: str, seconds: float, max_seconds: float) -> str:
+    """The error for a question longer than the model takes, naming the setting that limits it."""
+    return (
+        f"{name} is {seconds:.1f} s long, longer than {max_seconds:g} s: this model takes spoken questions of at most "
+        f"{max_seconds:g} s (the "
+        "question limit is the checkpoint's max_audio_seconds, in its config and processor): split the recording "
+        f"into shorter turns, or load both with a higher limit: from_pretrained(path, max_audio_seconds={math.ceil(seconds)}) "
+        f"and ConceptTalkerProcessor.from_pretrained(path, max_audio_seconds={math.ceil(seconds)}) (the model was "
+        "trained on shorter questions). The generation setting max_audio_seconds (chat's --max-reply-seconds) "
+        "limits the reply, not the question."
+    )
+
+
 def prepare_audio(
     audio, sampling_rate, target_sampling_rate: int, max_seconds: float | None = None, name: str = "audio"
 ) -> torch.Tensor:
-    """One clip to mono float32 `[samples]` at `target_sampling_rate` Hz, with every check of this module."""
+    """One clip to mono float32 `[samples]` at `target_sampling_rate` Hz, with every check of this module.
+
+    A clip whose peak is above `MAX_PEAK` is scaled to peak 1.0, with a warning (see the module docstring).
+    """
+    import warnings
+
     sampling_rate = check_sampling_rate(sampling_rate)
     wave = to_mono_float(audio, name=name)
     if max_seconds is not None and wave.numel() / sampling_rate > max_seconds + 1e-9:
-        raise ValueError(
-            f"{name} is {wave.numel() / sampling_rate:.1f} s long; this model accepts at most {max_seconds:g} s "
-            "(config.max_audio_seconds): split the recording into shorter turns or raise max_audio_seconds."
+        raise ValueError(question_too_long_message(name, wave.numel() / sampling_rate, max_seconds))
+    loudest = peak(wave)
+    if loudest > MAX_PEAK:
+        warnings.warn(
+            f"{name} has samples up to {loudest:g}, far outside [-1, 1] (int16 values passed as floats?): it was "
+            "scaled to peak 1.0. Pass float samples in [-1, 1], or the int16 array itself.",
+            stacklevel=3,
         )
+        wave = wave / loudest
     return resample(wave, sampling_rate, target_sampling_rate)
 
 
@@ -157,8 +200,19 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
     return data, int(sampling_rate)
 
 
+def apply_umask(path: str) -> None:
+    """Give `path` the permissions a newly created file gets (0666 less the user's umask): temporary files are
+    created 0600, which would leave a renamed reply unreadable to the user's group where the umask allows it."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_audio(path: str, wave, sampling_rate: int) -> None:
-    """Write mono float audio `[samples]` to a 16-bit WAV file, atomically (a temporary file, then a rename)."""
+    """Write mono float audio `[samples]` to a 16-bit WAV file, atomically (a temporary file, then a rename), with
+    the permissions of any new file (the user's umask)."""
     import os
     import tempfile
 
@@ -171,6 +225,7 @@ def save_audio(path: str, wave, sampling_rate: int) -> None:
     os.close(fd)
     try:
         soundfile.write(tmp, np.clip(wave, -1.0, 1.0), sampling_rate, subtype="PCM_16", format="WAV")
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

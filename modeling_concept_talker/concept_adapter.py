@@ -1,9 +1,14 @@
-"""The concept adapter: a Perceiver that compresses codec frames into a few concept vectors per window.
+"""The concept adapter: a Perceiver that compresses the ear's frames into a few concept vectors per window.
 
-    codec latents [clips, frames, latent_dim]             (EnCodec: 75 frames/s)
+    the ear's frames [clips, frames, feature_size]       (Whisper's encoder: 50 frames/s, 512 wide for base)
       -> split into windows of `window_frames`            [clips * windows, window_frames, width]
-      -> `concepts_per_window` learned queries read each window (cross-attention, self-attention, MLP) x layers
-      -> concepts [clips, windows * concepts_per_window, thinker_hidden]   (e.g. 4 concepts/s)
+      -> `concepts_per_window` queries read each window (cross-attention, self-attention, MLP) x layers; query i
+         starts from the frames of the i-th stretch of the window, pooled, plus a learnt vector
+      -> concepts [clips, windows * concepts_per_window, thinker_hidden]   (e.g. 6 concepts/s)
+
+Concept i of a window stands for the tokens spoken in the i-th stretch of it: training gives each concept the thinker's
+embedding of the token spoken there, or of a blank token where none was (`concept_labels`), so the thinker reads the
+concepts as the words of the question, in order, with blanks between them.
 
 Windows never look at each other, so a window's concepts are final as soon as its frames exist: the adapter
 streams, and feeding audio in pieces gives the same concepts as feeding it whole.
@@ -69,25 +74,38 @@ class PerceiverBlock(GradientCheckpointingLayer):
 
 
 class ConceptAdapter(nn.Module):
-    """Codec latents -> concept vectors in the thinker's embedding space.
+    """The ear's frames -> concept vectors in the thinker's embedding space.
 
     Args:
         config: the `ConceptAdapterConfig`.
-        latent_dim: width of the codec's quantised latent (EnCodec 128, Mimi 512, Lyra 64).
+        latent_dim: width of the ear's frames (Whisper base 512; a codec's quantised latent: EnCodec 128, Mimi 512,
+            Lyra 64).
         window_frames: codec frames per window (window_seconds x frame rate).
         output_size: the thinker's hidden size.
         num_style_concepts: learned style queries for a reference voice (`style`); 0 for none.
+        voice_latent_dim, voice_window_frames: where a reference voice comes as other frames than speech (a
+            codec's latents when the ear is a speech encoder), their width and frames per window; None: the same as
+            speech.
     """
 
-    def __init__(self, config, latent_dim: int, window_frames: int, output_size: int, num_style_concepts: int = 0):
+    def __init__(self, config, latent_dim: int, window_frames: int, output_size: int, num_style_concepts: int = 0,
+                 voice_latent_dim: int | None = None, voice_window_frames: int | None = None):
         super().__init__()
         self.window_frames = window_frames
         self.concepts_per_window = config.concepts_per_window
         width = config.hidden_size
-        # Codecs' latents come at very different scales (and a random codec's are tiny): normalise each frame.
+        # Ears' frames come at very different scales (and a random codec's are tiny): normalise each frame.
         self.latent_norm = nn.LayerNorm(latent_dim, eps=config.layer_norm_eps)
         self.frame_proj = nn.Linear(latent_dim, width)
         self.frame_position = nn.Parameter(torch.zeros(window_frames, width))
+        if voice_latent_dim is not None:
+            self.voice_window_frames = voice_window_frames or window_frames
+            self.voice_norm = nn.LayerNorm(voice_latent_dim, eps=config.layer_norm_eps)
+            self.voice_frame_proj = nn.Linear(voice_latent_dim, width)
+            self.voice_frame_position = nn.Parameter(torch.zeros(self.voice_window_frames, width))
+        else:
+            self.voice_window_frames = window_frames
+            self.voice_norm = self.voice_frame_proj = self.voice_frame_position = None
         self.queries = nn.Parameter(torch.zeros(config.concepts_per_window, width))
         # A voice is read by queries of its own: the content queries learn to drop what the thinker does not need
         # (pitch, timbre), which is exactly what the talker needs from a reference clip.
@@ -97,27 +115,36 @@ class ConceptAdapter(nn.Module):
         # Into the thinker's embedding space: concepts are read there as if they were words.
         self.projection = nn.Sequential(nn.Linear(width, output_size), nn.GELU(), nn.Linear(output_size, output_size))
 
-    def read_windows(self, latents: torch.Tensor, frame_mask: torch.Tensor | None, queries: torch.Tensor):
-        """Each window of frames read by `queries` `[q, width]` through the Perceiver blocks.
+    def read_windows(self, latents: torch.Tensor, frame_mask: torch.Tensor | None, queries: torch.Tensor,
+                     voice: bool = False):
+        """Each window of frames read by `queries` `[q, width]` through the Perceiver blocks (`voice`: the frames
+        are a reference voice's, read through the voice's own input projection where it has one).
 
         Returns:
             `[clips, windows, q, width]` (before the output norm and projection) and `window_real` `[clips, windows]`
             (a window holding at least one real frame is real).
         """
         clips, frames, _ = latents.shape
+        own_input = voice and self.voice_frame_proj is not None
+        window_frames = self.voice_window_frames if own_input else self.window_frames
         if frame_mask is None:
             frame_mask = torch.ones(clips, frames, dtype=torch.bool, device=latents.device)
-        windows = -(-frames // self.window_frames)
-        pad = windows * self.window_frames - frames
-        hidden = self.frame_proj(self.latent_norm(latents))
-        hidden = F.pad(hidden, (0, 0, 0, pad)).view(clips * windows, self.window_frames, -1)
-        mask = F.pad(frame_mask, (0, pad)).view(clips * windows, self.window_frames)
-        hidden = hidden + self.frame_position
+        windows = -(-frames // window_frames)
+        pad = windows * window_frames - frames
+        if own_input:
+            hidden = self.voice_frame_proj(self.voice_norm(latents))
+        else:
+            hidden = self.frame_proj(self.latent_norm(latents))
+        hidden = F.pad(hidden, (0, 0, 0, pad)).view(clips * windows, window_frames, -1)
+        mask = F.pad(frame_mask, (0, pad)).view(clips * windows, window_frames)
+        hidden = hidden + (self.voice_frame_position if own_input else self.frame_position)
         window_real = mask.any(dim=-1)
         # A window of padding only has nothing to attend to; let it see frame 0 and drop its output.
         mask = mask.clone()
         mask[:, 0] |= ~window_real
-        read = queries.expand(clips * windows, -1, -1)
+        # Query i starts from the window's i-th stretch of frames (so concept i is about that stretch of time).
+        pooled = F.adaptive_avg_pool1d(hidden.transpose(1, 2), queries.shape[0]).transpose(1, 2)
+        read = queries + pooled
         for block in self.blocks:
             read = block(read, hidden, mask)
         return read.view(clips, windows, queries.shape[0], -1), window_real.view(clips, windows)
@@ -126,7 +153,7 @@ class ConceptAdapter(nn.Module):
         """Concepts for each clip.
 
         Args:
-            latents: `[clips, frames, latent_dim]` quantised codec latents.
+            latents: `[clips, frames, latent_dim]` the ear's frames.
             frame_mask: `[clips, frames]` bool, True for real frames (clips are right-padded).
 
         Returns:
@@ -150,7 +177,7 @@ class ConceptAdapter(nn.Module):
         """
         if self.style_queries is None:
             raise ValueError("This concept adapter has no style queries (built with num_style_concepts=0).")
-        read, window_real = self.read_windows(latents, frame_mask, self.style_queries)
+        read, window_real = self.read_windows(latents, frame_mask, self.style_queries, voice=True)
         weights = window_real.to(read.dtype)[:, :, None, None]
         pooled = (read * weights).sum(1) / weights.sum(1).clamp(min=1)
         return self.projection(self.out_norm(pooled))

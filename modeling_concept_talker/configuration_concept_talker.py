@@ -3,25 +3,31 @@
 The parts nest as in Qwen2.5-Omni: each role has its own config, stored inside the parent config.
 
     ConceptTalkerConfig
+    ├── ear_config       WhisperConfig | None    the ear: a frozen pretrained speech encoder (None: the codec's
+    │                                            own latents are the ear)
     ├── thinker_config   Qwen2Config             the LLM that reads concepts and writes the reply text
     ├── codec_config     EncodecConfig | MimiConfig | LyraCodecConfig
     │                                            frozen codec: audio <-> discrete codes [codebooks, frames]
-    ├── adapter_config   ConceptAdapterConfig    Perceiver: codec frames -> a few concept vectors per window
-    └── talker_config    TalkerConfig            small causal transformer: thinker states -> audio codes
+    ├── adapter_config   ConceptAdapterConfig    Perceiver: the ear's frames -> a few concept vectors per window
+    └── talker_config    TalkerConfig            small causal transformer: the reply's phonemes on a timeline and
+                                                 the thinker's states -> audio codes
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
+from .phonemes import DEFAULT_SYMBOLS
+
 # Bumped whenever a saved config can no longer be read by this code without a change of meaning.
-CONFIG_FORMAT_VERSION = 2
+CONFIG_FORMAT_VERSION = 3
 # The concept-talker release that first wrote each format version (for error messages).
-CONFIG_FORMAT_RELEASES = {1: "0.1.0", 2: "0.2.0"}
+CONFIG_FORMAT_RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.3.0"}
 # When the format changes, CONFIG_MIGRATIONS[v] turns a saved version-v config dict into a version v + 1 dict, so that
 # older checkpoints keep loading; a version with no path up to CONFIG_FORMAT_VERSION fails with a message saying which
 # release reads it.
@@ -34,6 +40,8 @@ def _v1_voice_from_content_concepts(config_dict: dict) -> dict:
     return config_dict
 
 
+# Version 3 talkers read the reply's phonemes on a timeline; a version-2 talker (read R thinker states, write W
+# frames) has other weights and other inputs, so version 2 has no migration: its error names the release that reads it.
 CONFIG_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_voice_from_content_concepts}
 
 
@@ -85,14 +93,35 @@ AUDIO_SPECIAL_TOKENS = (AUDIO_START_TOKEN, AUDIO_TOKEN, AUDIO_END_TOKEN)
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+# The thinker built when a config gives none: the `tiny` preset's (2 layers x 64, Qwen2.5's vocabulary, ~10M
+# parameters), so that a config missing its thinker can never build an LLM that exhausts the machine's memory
+# (Qwen2Config's own defaults are a 4096-wide, 32-layer model of about 7B parameters plus its embeddings).
+SMALL_THINKER_DEFAULTS = {
+    "vocab_size": 151936,
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "pad_token_id": 151643,
+}
+# The thinker architectures Concept-Talker runs: its tokenizer (Qwen2.5's, with the audio tokens at 151665-151667),
+# the fast decode runner and LoRA targets are Qwen2's.
+THINKER_MODEL_TYPES = ("qwen2",)
+
 
 class ConceptAdapterConfig(PreTrainedConfig):
-    r"""The concept adapter: a Perceiver that reads fixed windows of codec frames.
+    r"""The concept adapter: a Perceiver that reads fixed windows of the ear's frames.
 
-    Each window of `window_seconds` of audio (codec frames, quantised latents) is read by
-    `concepts_per_window` learned queries through `num_layers` blocks of cross-attention (queries -> frames),
-    self-attention (queries <-> queries) and an MLP. Windows are independent, so the adapter streams: a window's
-    concepts are final as soon as the window is complete.
+    Each window of `window_seconds` of audio (the ear's frames: Whisper encoder states, or a codec's quantised
+    latents) is read by `concepts_per_window` queries through `num_layers` blocks of cross-attention (queries ->
+    frames), self-attention (queries <-> queries) and an MLP. Each query starts from the window's frames pooled over
+    its own share of the window (so the i-th concept is about the i-th stretch of time) plus a learnt vector. Windows
+    are independent, so the adapter streams: a window's concepts are final as soon as the window is complete.
 
     Args:
         window_seconds (`float`): window length in seconds; `window_seconds * codec frame rate` must be whole.
@@ -118,42 +147,38 @@ class ConceptAdapterConfig(PreTrainedConfig):
 
 
 class TalkerConfig(PreTrainedConfig):
-    r"""The talker: a small causal transformer that writes audio codes from thinker states.
+    r"""The talker: a small causal transformer that writes audio codes from the reply's phonemes and thinker states.
 
-    Its input interleaves thinker states and audio frames by the read-R / write-W schedule: read `read_tokens`
-    thinker states, write `write_frames` audio steps, repeat; when the reply text has ended, write until the end
-    of audio. All codebooks are predicted at each step, with MusicGen's delay pattern (codebook k lags k steps).
+    It reads the reply as symbols (espeak-ng phonemes, word spaces, punctuation; `phonemes.py`) laid out on a
+    timeline by their lengths in frames (`schedule.py`): true lengths in training, its own predictions when
+    generating. Each symbol carries the thinker's state of the reply token it comes from. All codebooks are
+    predicted at each audio step, with MusicGen's delay pattern (codebook k lags k steps).
 
     Args:
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer size.
-        read_tokens (`int`): R, thinker tokens read per block.
-        write_frames (`int`): W, audio steps written per block.
         num_codebooks (`int`, *optional*): codebooks predicted; must equal the codec's `codec_num_codebooks`
             (filled in from it when left unset).
         codebook_size (`int`, *optional*): entries per codebook; must equal the codec's (filled in when unset).
-        num_style_concepts (`int`): concept vectors of a reference voice the talker attends to (0 disables).
+        phoneme_symbols (`str`): the symbols the talker knows, one character each (`phonemes.DEFAULT_SYMBOLS`);
+            the first is the one unknown symbols are read as.
+        phoneme_language (`str`): espeak-ng language of the reply's phonemes (`en-us`).
+        progress_cap (`int`): an audio step is told how many frames of its symbol have passed and remain, up to
+            this many.
+        num_style_concepts (`int`): concept vectors of a reference voice the talker attends to (0 disables); without
+            a clip, the talker speaks in a learnt house voice in their place.
         voice_pitch (`bool`): the reference clip's measured pitch (its median F0, by YIN) joins its style concepts as
             one more position. A voice's pitch is what most sets it apart, and a measured one holds for voices the
-            model never heard; learnt style concepts alone did not carry it to the talker at the tiny size.
-        voice_every_step (`bool`): the mean of the voice's style positions is also added to every audio step, so
-            each step sees the voice directly instead of having to attend back to the prefix for it.
+            model never heard.
+        voice_every_step (`bool`): the mean of the voice's style positions is also added to every audio step.
         prompt_states (`int`): thinker states of the prompt's last positions the talker reads before the reply's
-            (0 reads none). They hold what the user typed with the spoken turn ("Speak slowly.", "Repeat after
-            me."); the reply's own states carry such an instruction only faintly. 16 covers an instruction of about
-            ten tokens and the chat template's end of turn.
-        duration_conditioning (`bool`): the talker predicts the reply's length in frames from the states it reads
-            (a duration per reply token, summed) and, once the reply text has ended, each audio step is told how
-            many frames remain. The end of audio then follows the prediction rather than the talker's reading of
-            its own audio, which drifts when it writes freely; and a speaking-rate instruction (read through
-            `prompt_states`) changes the predicted length.
-        duration_loss_weight (`float`): weight of the duration loss (squared error of the log length) in the
-            audio loss.
-        max_position_embeddings (`int`): longest talker sequence (thinker states + audio steps) it is built for.
+            (0 reads none). They hold what the user typed with the spoken turn ("Speak slowly."), which sets the
+            symbols' predicted lengths.
+        duration_loss_weight (`float`): weight of the symbol-length loss (squared error of `log(1 + frames)`) in
+            the audio loss.
+        max_position_embeddings (`int`): longest talker sequence (prefix + symbols + audio steps) it is built for.
         detach_thinker_states (`bool`): stop the talker's loss from flowing back into the thinker.
         history_dropout (`float`): in training, the fraction of audio steps whose input codes are hidden (replaced by
-            the filler id). With the whole history in view a talker learns to continue the pitch and pace it hears
-            and to ignore the voice and the instruction; hiding part of it makes them worth reading (as word dropout
-            does for a text decoder's latent).
+            the filler id), so the talker leans on the timeline and the voice rather than only on the codes so far.
     """
 
     model_type = "concept_talker_talker"
@@ -162,15 +187,15 @@ class TalkerConfig(PreTrainedConfig):
     num_hidden_layers: int = 4
     num_attention_heads: int = 6
     intermediate_size: int = 1024
-    read_tokens: int = 3
-    write_frames: int = 24
     num_codebooks: int | None = None
     codebook_size: int | None = None
+    phoneme_symbols: str = DEFAULT_SYMBOLS
+    phoneme_language: str = "en-us"
+    progress_cap: int = 15
     num_style_concepts: int = 0
     voice_pitch: bool = False
     voice_every_step: bool = False
     prompt_states: int = 0
-    duration_conditioning: bool = False
     duration_loss_weight: float = 1.0
     max_position_embeddings: int = 4096
     rope_theta: float = 10000.0
@@ -210,7 +235,12 @@ class ConceptTalkerConfig(PreTrainedConfig):
     r"""Configuration of [`ConceptTalkerForConditionalGeneration`].
 
     Args:
-        thinker_config (`dict` or `Qwen2Config`): the thinker LLM (default: Qwen2 architecture).
+        thinker_config (`dict` or `Qwen2Config`): the thinker LLM, a Qwen2 model (default: a small one, the `tiny`
+            preset's 2 layers x 64 with Qwen2.5's vocabulary; real models give theirs, e.g. from Qwen2.5-0.5B).
+        ear_config (`dict` or `WhisperConfig`, *optional*): the ear, Whisper's encoder (frozen); None makes the
+            codec's quantised latents the ear (how version-2 checkpoints heard).
+        ear_context_windows (`int`): 0 encodes the whole question when the user has finished speaking; n > 0 encodes
+            each adapter window as it completes, with n earlier windows of context (see `ear.py`).
         codec_config (`dict` or `EncodecConfig`/`MimiConfig`/`LyraCodecConfig`): the audio codec (default EnCodec 24 kHz).
         adapter_config (`dict` or [`ConceptAdapterConfig`]): the concept adapter.
         talker_config (`dict` or [`TalkerConfig`]): the talker.
@@ -219,25 +249,38 @@ class ConceptTalkerConfig(PreTrainedConfig):
         lora_alpha (`int`), lora_dropout (`float`), lora_target_modules (`list[str]`): LoRA settings.
         audio_start_token_id, audio_token_id, audio_end_token_id (`int`): ids of `<|audio_start|>`,
             `<|audio_pad|>` (one per concept slot) and `<|audio_end|>` in the thinker's vocabulary.
+        concept_blank_token_id (`int`): the token a concept slot stands for when no token was spoken in its stretch
+            of time. Concepts are trained to be the thinker's embeddings of the tokens spoken in their stretch
+            (`concept_labels`), or of this token.
+        concept_loss_weight (`float`): weight of that slot-by-slot loss (cross-entropy through the thinker's
+            embeddings, plus the squared distance to the embedding) in the total loss.
+        concept_logit_scale (`float`): a concept reads as each token by its cosine similarity with the token's
+            embedding, times this. A concept that reads as the blank token is left out of what the thinker reads.
         max_audio_seconds (`float`): longest user audio accepted.
         reply_end_token_ids (`list[int]`): thinker tokens that end a reply (default `<|im_end|>`, `<|endoftext|>`).
         audio_loss_weight (`float`): weight of the talker's loss in the total loss.
-        thinker_name_or_path, codec_name_or_path (`str`, *optional*): where the pretrained thinker and codec came
-            from (Hub id, or a folder; a relative folder is taken relative to the checkpoint); a checkpoint that
-            stores only trainable weights reloads the rest from them.
+        thinker_name_or_path, codec_name_or_path, ear_name_or_path (`str`, *optional*): where the pretrained
+            thinker, codec and ear came from (Hub id, or a folder; a relative folder is taken relative to the
+            checkpoint); a checkpoint that stores only trainable weights reloads the rest from them.
         saved_weights (`str`): what a saved checkpoint holds: `"full"` (every weight) or `"trainable"` (concept
             adapter, talker and LoRA weights, plus the codec's unless `codec_name_or_path` points to it).
+        trained_instructions (`list[str]`, *optional*): the typed instructions of the training data ("Speak
+            slowly.", "Repeat after me.", ...), recorded by `concept-talker train`; an instruction with other words
+            gets a warning that the model will most likely ignore it. None: not recorded, not checked.
     """
 
     model_type = "concept_talker"
     sub_configs_defaults = {
-        "thinker_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "thinker_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2", init_kwargs=SMALL_THINKER_DEFAULTS),
         "codec_config": SubConfigSpec(config_class=AutoConfig, model_type="encodec"),
         "adapter_config": ConceptAdapterConfig,
         "talker_config": TalkerConfig,
+        "ear_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
     }
 
     thinker_config: dict | PreTrainedConfig | None = None
+    ear_config: dict | PreTrainedConfig | None = None
+    ear_context_windows: int = 0
     codec_config: dict | PreTrainedConfig | None = None
     adapter_config: dict | PreTrainedConfig | None = None
     talker_config: dict | PreTrainedConfig | None = None
@@ -249,15 +292,38 @@ class ConceptTalkerConfig(PreTrainedConfig):
     audio_start_token_id: int = 151665
     audio_token_id: int = 151666
     audio_end_token_id: int = 151667
+    concept_blank_token_id: int = 151668
+    concept_loss_weight: float = 1.0
+    concept_logit_scale: float = 16.0
     max_audio_seconds: float = 30.0
     reply_end_token_ids: list[int] | None = None
     audio_loss_weight: float = 1.0
     initializer_range: float = 0.02
     thinker_name_or_path: str | None = None
     codec_name_or_path: str | None = None
+    ear_name_or_path: str | None = None
     saved_weights: str = "full"
+    trained_instructions: list[str] | None = None
     config_format_version: int = CONFIG_FORMAT_VERSION
     tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Read `config.json` from a checkpoint folder or Hub repository.
+
+        A local folder without `config.json` is refused at once (transformers would read it as an empty config,
+        i.e. a model of default size, instead of the one whose weights lie there).
+        """
+        folder = os.path.normpath(os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+            present = sorted(os.listdir(folder))
+            raise OSError(
+                f"{folder} has no config.json, so it cannot be loaded as a Concept-Talker checkpoint (it holds: "
+                f"{', '.join(present[:8]) or 'nothing'}{', ...' if len(present) > 8 else ''}). Give the folder that "
+                "save_pretrained wrote (config.json next to model.safetensors), or copy the checkpoint's config.json "
+                "into it."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -279,7 +345,7 @@ class ConceptTalkerConfig(PreTrainedConfig):
 
     @property
     def sampling_rate(self) -> int:
-        """Sampling rate of the codec, Hz: user audio is resampled to it, reply audio comes out at it."""
+        """Sampling rate of the codec, Hz: reply audio comes out at it, reference voices are read at it."""
         return int(self.codec_config.sampling_rate)
 
     @property
@@ -302,10 +368,31 @@ class ConceptTalkerConfig(PreTrainedConfig):
             return int(self.codec_config.max_num_quantizers)
         return int(self.codec_config.num_quantizers)
 
+    # ---- the ear's facts: what the user's audio becomes before the concept adapter ---------------------------
+    @property
+    def ear_type(self) -> str:
+        """`"whisper"` (a pretrained speech encoder) or `"codec"` (the codec's quantised latents)."""
+        return "codec" if self.ear_config is None else self.ear_config.model_type
+
+    @property
+    def input_sampling_rate(self) -> int:
+        """Sampling rate of the user's audio as the model takes it, Hz (Whisper: 16 kHz; else the codec's)."""
+        return 16000 if self.ear_type == "whisper" else self.sampling_rate
+
+    @property
+    def input_frame_rate(self) -> float:
+        """The ear's frames per second (Whisper: 50; else the codec's frame rate)."""
+        return 50.0 if self.ear_type == "whisper" else self.frame_rate
+
+    @property
+    def input_hop_length(self) -> int:
+        """Audio samples per ear frame, at `input_sampling_rate`."""
+        return int(round(self.input_sampling_rate / self.input_frame_rate))
+
     @property
     def window_frames(self) -> int:
-        """Codec frames in one concept-adapter window."""
-        return int(round(self.adapter_config.window_seconds * self.frame_rate))
+        """Ear frames in one concept-adapter window."""
+        return int(round(self.adapter_config.window_seconds * self.input_frame_rate))
 
     @property
     def concepts_per_second(self) -> float:
@@ -313,6 +400,13 @@ class ConceptTalkerConfig(PreTrainedConfig):
 
     def validate_parts(self) -> None:
         """Check that the parts agree with each other; raise a `ValueError` that says what to change."""
+        if self.thinker_config.model_type not in THINKER_MODEL_TYPES:
+            raise ValueError(
+                f"thinker_config has model_type={self.thinker_config.model_type!r}; Concept-Talker's thinker is a "
+                "Qwen2 model (model_type 'qwen2': Qwen2.5's tokenizer, with the audio tokens at ids 151665-151667, the "
+                "fast decode runner and the LoRA targets are Qwen2's). Use a Qwen2 or Qwen2.5 thinker, e.g. "
+                "from_pretrained_parts(thinker='Qwen/Qwen2.5-0.5B')."
+            )
         if self.codec_type not in ("encodec", "mimi", "lyra_soundstream"):
             raise ValueError(
                 f"codec_config has model_type={self.codec_type!r}; Concept-Talker supports 'encodec' (default), "
@@ -323,12 +417,20 @@ class ConceptTalkerConfig(PreTrainedConfig):
                 f"codec_num_codebooks={self.codec_num_codebooks}, but the {self.codec_type} codec has "
                 f"{self.codec_max_codebooks} codebooks: choose a number from 1 to {self.codec_max_codebooks}."
             )
-        frames = self.adapter_config.window_seconds * self.frame_rate
+        if self.ear_type not in ("codec", "whisper"):
+            raise ValueError(
+                f"ear_config has model_type={self.ear_type!r}; the ear is Whisper's encoder (model_type 'whisper') or, "
+                "with ear_config=None, the codec."
+            )
+        if self.ear_context_windows < 0 or self.ear_context_windows != int(self.ear_context_windows):
+            raise ValueError(f"ear_context_windows must be 0 (the whole question at once) or a positive whole number "
+                             f"of windows, got {self.ear_context_windows!r}.")
+        frames = self.adapter_config.window_seconds * self.input_frame_rate
         if frames < 1 or abs(frames - round(frames)) > 1e-6:
             raise ValueError(
                 f"adapter_config.window_seconds={self.adapter_config.window_seconds} is {frames:g} frames of the "
-                f"{self.frame_rate:g} Hz codec; it must be a whole number of frames (e.g. window_seconds="
-                f"{max(1, math.ceil(frames)) / self.frame_rate:g})."
+                f"{self.input_frame_rate:g} Hz ear; it must be a whole number of frames (e.g. window_seconds="
+                f"{max(1, math.ceil(frames)) / self.input_frame_rate:g})."
             )
         talker = self.talker_config
         if talker.num_codebooks is None:
@@ -346,11 +448,13 @@ class ConceptTalkerConfig(PreTrainedConfig):
                 f"The talker's codebooks have {talker.codebook_size} entries but the {self.codec_type} codec's have "
                 f"{self.codebook_size}: set talker_config.codebook_size={self.codebook_size}, or leave it unset."
             )
-        if talker.write_frames < 1 or talker.read_tokens < 1:
+        if len(set(talker.phoneme_symbols)) != len(talker.phoneme_symbols) or len(talker.phoneme_symbols) < 8:
             raise ValueError(
-                f"The talker's schedule must read and write at least one step per block, got "
-                f"read_tokens={talker.read_tokens}, write_frames={talker.write_frames}."
+                "talker_config.phoneme_symbols must be a string of distinct symbols (at least the separators and "
+                "some phonemes); leave it unset for espeak-ng's English phonemes."
             )
+        if talker.progress_cap < 1:
+            raise ValueError(f"talker_config.progress_cap must be at least 1, got {talker.progress_cap}.")
         if talker.prompt_states < 0 or talker.num_style_concepts < 0:
             raise ValueError(
                 f"talker_config.prompt_states={talker.prompt_states} and num_style_concepts="
@@ -373,7 +477,7 @@ class ConceptTalkerConfig(PreTrainedConfig):
                 f"num_attention_heads={adapter.num_attention_heads}."
             )
         vocab = self.thinker_config.vocab_size
-        for name in ("audio_start_token_id", "audio_token_id", "audio_end_token_id"):
+        for name in ("audio_start_token_id", "audio_token_id", "audio_end_token_id", "concept_blank_token_id"):
             if not 0 <= getattr(self, name) < vocab:
                 raise ValueError(
                     f"{name}={getattr(self, name)} is outside the thinker's vocabulary of {vocab} ids: give the "

@@ -25,7 +25,6 @@ Both paths share the cache layout, so they mix freely within one conversation.
 from __future__ import annotations
 
 import copy
-import ctypes
 import logging
 import mmap
 
@@ -549,23 +548,21 @@ class FastThinkerRunner:
             pointers += [k.data_ptr(), v.data_ptr()]
             pointers += [pointer(layer[name]) for name in ("qkv_s", "o_s", "gate_s", "up_s", "down_s")]
         assert len(pointers) == len(self.layers) * _kernels.LAYER_SLOTS
-        self._layer_pointers = (ctypes.c_void_p * len(pointers))(*pointers)
         s = self._scratch
         wdtype = _W_I8 if self.weight_format == "int8" else (_W_BF16 if self.dtype == torch.bfloat16 else _W_F32)
-        self._struct = _kernels.ModelStruct(
-            hidden=H, heads=NH, kv_heads=G, head_dim=D, inter=I, layers=len(self.layers), vocab=self.vocab_size,
+        self._struct, self._struct_ref, self._layer_pointers = _kernels.make_model_struct(
+            pointers, hidden=H, heads=NH, kv_heads=G, head_dim=D, inter=I, layers=len(self.layers), vocab=self.vocab_size,
             max_len=self.max_length, batch=self.batch_size, wdtype=wdtype,
             cdtype=0 if self.dtype == torch.bfloat16 else 1,
             lo_split=int(self.lo_split), nthreads=threads, act_stride=act_stride, score_stride=score_stride,
             dynamic=int(self.schedule == "dynamic"), yield_barrier=1,
             eps=self.eps, scale=self.scale,
-            layer=ctypes.cast(self._layer_pointers, ctypes.c_void_p), norm=self.norm.data_ptr(),
+            norm=self.norm.data_ptr(),
             lm_w=self.lm_weight.data_ptr(), lm_s=pointer(self.lm_scale),
             rope_cos=self.rope_cos.data_ptr(), rope_sin=self.rope_sin.data_ptr(),
             valid=self.valid.data_ptr(), qkv=s["qkv"].data_ptr(), attn=s["attn"].data_ptr(),
             mid=s["mid"].data_ptr(), act=s["act"].data_ptr(), scores=s["scores"].data_ptr(),
         )
-        self._struct_ref = ctypes.byref(self._struct)
         self._scratch_threads = threads
 
     def _step_native(self, x: torch.Tensor, start: int, n: int, rope_positions: torch.Tensor):

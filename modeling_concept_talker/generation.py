@@ -3,17 +3,21 @@
 One loop serves `generate()` and streaming alike:
 
     thinker step -> token t_i and its state        (greedy or sampled; KV cache in a ThinkerRunner)
-    talker: while the schedule's next block has the states it needs (read R, write W; schedule.py):
-            read the new states, write W audio steps (all codebooks, delay pattern), decode the frames that
-            became complete with the codec's streaming decoder -> an audio chunk
-    ... until the thinker ends the reply and the talker ends the audio (EOS in codebook 0, then K - 1 steps)
+    talker: the words the reply text has finished become symbols (espeak-ng phonemes), each with its token's state
+            and, once the symbol after it is known, its predicted length; every audio step whose symbol is timed is
+            written (all codebooks, delay pattern), and the frames that became complete are decoded with the
+            codec's streaming decoder -> an audio chunk
+    ... until the thinker ends the reply and the talker has spoken its last symbol (then K - 1 steps)
 
-The talker reads exactly the layout it was trained on (`ReadWriteSchedule.positions`), so streaming is not an
-approximation of the trained model: it is the trained model.
+The talker reads exactly the layout it was trained on (`schedule.layout`, with its own predicted symbol lengths in
+place of the true ones), so streaming is not an approximation of the trained model: it is the trained model.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+import numbers
 import queue
 import threading
 import time
@@ -24,7 +28,6 @@ import numpy as np
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from .schedule import ReadWriteSchedule
 from .talker import prompt_states, undelay_codes
 
 
@@ -32,16 +35,20 @@ from .talker import prompt_states, undelay_codes
 class SpokenGenerationConfig:
     """Settings of a spoken reply; pass them to `generate`/`stream` as keywords (prefixed by part).
 
+    Each setting is range-checked when the config is made (`validate`): an error names it and its range.
+
     Args:
-        thinker_max_new_tokens: longest reply text, in tokens.
+        thinker_max_new_tokens: longest reply text, in tokens (a whole number >= 1).
         thinker_do_sample, thinker_temperature, thinker_top_k, thinker_top_p: the thinker's sampling
-            (greedy by default: deterministic).
+            (greedy by default: deterministic). Temperatures > 0 (checked where sampling), top_k >= 0 (0 is off),
+            top_p in (0, 1] (1.0 is off).
         thinker_repetition_penalty: > 1 makes the thinker less likely to write a token the reply already holds
             (CTRL's penalty, transformers' `RepetitionPenaltyLogitsProcessor`, over the reply's tokens only, not
             the prompt's): small thinkers decoding greedily fall into loops ("word word word ..."); 1.0 is off.
         talker_do_sample, talker_temperature, talker_top_k: the talker's sampling of each codebook.
-        max_audio_seconds: longest reply audio; the talker ends the audio there.
-        seed: seed of the sampling generator (None: torch's global generator).
+        max_audio_seconds: longest reply audio, seconds (> 0); the talker ends the audio there. (The longest
+            question is the model's own `config.max_audio_seconds`.)
+        seed: seed of the sampling generator, a whole number >= 0 (None: torch's global generator).
         thinker_runner: "auto" (the fast runner when it supports the thinker, else the reference),
             "fast" or "reference".
         thinker_dtype: weights of the fast runner, "bfloat16", "float32" or "int8" (int8 with one scale per output
@@ -90,20 +97,54 @@ class SpokenGenerationConfig:
                 f"Unknown generation setting(s) {unknown}. Thinker and talker settings are prefixed: "
                 f"{', '.join(sorted(names))}."
             )
-        config = cls(**kwargs)
+        return cls(**kwargs)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a `ValueError` naming the first setting outside its range, and the range."""
+
+        def whole(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
+
+        def real(name: str, low: float, high: float = math.inf, low_open: bool = True, hint: str = "") -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value > low if low_open else value >= low) and value <= high
+            if not ok:
+                bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}]" if high != math.inf else f"> {low:g}"
+                raise ValueError(f"{name} must be {bounds}{hint}, got {value!r}.")
+
+        def flag(name: str) -> None:
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+
+        whole("thinker_max_new_tokens", 1)
+        flag("thinker_do_sample")
+        flag("talker_do_sample")
+        if self.thinker_do_sample:
+            real("thinker_temperature", 0, hint=" when thinker_do_sample is on (1.0 leaves the distribution as is)")
+        whole("thinker_top_k", 0)
+        real("thinker_top_p", 0, 1.0, hint=" (1.0 is off)")
+        real("thinker_repetition_penalty", 0, hint=" (1.0 is off, 1.1-1.3 are usual)")
+        if self.talker_do_sample:
+            real("talker_temperature", 0, hint=" when talker_do_sample is on")
+        whole("talker_top_k", 0)
+        real("max_audio_seconds", 0, hint=" (seconds of reply audio)")
+        if self.seed is not None:
+            whole("seed", 0)
         for name in ("thinker_runner", "talker_runner"):
-            if getattr(config, name) not in ("auto", "fast", "reference"):
-                raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(config, name)!r}.")
-        if config.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {config.kernel!r}.")
+            if getattr(self, name) not in ("auto", "fast", "reference"):
+                raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(self, name)!r}.")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}.")
         for name in ("thinker_dtype", "talker_dtype"):
-            if getattr(config, name) not in (None,) + RUNNER_DTYPES:
+            if getattr(self, name) not in (None,) + RUNNER_DTYPES:
                 raise ValueError(f"{name} must be one of {', '.join(RUNNER_DTYPES)} (or None: the model's own), got "
-                                 f"{getattr(config, name)!r}.")
-        if not config.thinker_repetition_penalty > 0:
-            raise ValueError(f"thinker_repetition_penalty must be > 0 (1.0 is off, 1.1-1.3 are usual), got "
-                             f"{config.thinker_repetition_penalty!r}.")
-        return config
+                                 f"{getattr(self, name)!r}.")
 
 
 def checkpoint_defaults(model) -> dict:
@@ -192,130 +233,192 @@ def penalize_repeats(logits: torch.Tensor, tokens: list[list[int]], penalty: flo
 
 
 class TalkerStream:
-    """One row's talker, run block by block as the thinker's states arrive.
+    """One row's talker, run step by step as the thinker's reply grows.
 
-    It first reads its prefix: the style concepts of a reference voice (`style_embeds`, `[1, p, hidden]`) and the
-    prompt states (`prompt`, see `PromptTail`). Feed thinker states with `add_text`; call `write_block` to write
-    the next block of audio steps when the schedule allows; read the newly complete frames from `take_frames`.
-    With `duration_conditioning`, each state adds its predicted frames to `predicted_frames`, counted down to the
-    steps written after the last state; with `voice_every_step`, the voice is added to each step as in training.
-    Audio ends when codebook 0 writes EOS (the other codebooks finish their delayed steps after it) or at
-    `max_frames`.
+    It first reads its prefix: the voice (a reference clip's style concepts, `style_embeds` `[1, p, hidden]`, or the
+    house voice) and the prompt states (`prompt`, see `PromptTail`). Feed the reply's tokens with `add_token`: the
+    text they spell is turned into symbols (`phonemes.IncrementalPhonemes`; a word once the text has gone past it),
+    each symbol gets its token's thinker state and, once the symbol after it is known, its predicted length. Call
+    `write_ready` to write every audio step the timeline allows (`schedule.py`: the symbol a step speaks and the one
+    after it must be known); read the newly complete frames from `take_frames`. The audio ends after the last
+    symbol's frames (and the delayed codebooks' last steps), or at `max_frames`.
     """
 
-    def __init__(self, model, settings: SpokenGenerationConfig, style_embeds: torch.Tensor | None = None,
+    def __init__(self, model, settings: SpokenGenerationConfig, tokenizer, style_embeds: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, prompt: tuple[torch.Tensor, torch.Tensor] | None = None):
+        from .phonemes import IncrementalPhonemes, symbol_ids
+
         talker = model.talker
         self.talker = talker
         self.settings = settings
         self.generator = generator
-        self.schedule: ReadWriteSchedule = talker.schedule
+        self.tokenizer = tokenizer
         self.num_codebooks = talker.num_codebooks
         self.max_frames = max(1, int(settings.max_audio_seconds * model.codec.frame_rate))
+        config = model.config.talker_config
+        self.phonemes = IncrementalPhonemes(config.phoneme_language)
+        self.symbol_ids = lambda symbols: symbol_ids(symbols, config.phoneme_symbols)
         dtype = talker.heads.dtype
         device = talker.heads.device
-        max_text = settings.thinker_max_new_tokens + 1
-        style = None if style_embeds is None else style_embeds.to(dtype)
+        self.device = device
+        style = talker.voice_or_house(None if style_embeds is None else style_embeds.to(dtype))
         prefix = talker.embed_prefix(style, None if prompt is None else tuple(t.to(dtype) for t in prompt))
-        length = (0 if prefix is None else prefix.shape[1]) + max_text + self.max_frames + self.num_codebooks + 1
+        # Symbols: about 15 per second of speech, with room for pauses.
+        length = (0 if prefix is None else prefix.shape[1]) + 2 * (self.max_frames + self.num_codebooks) + 64
         self.runner = fast_talker_runner(model, settings, length)
         self.cache = None if self.runner is not None else talker.new_cache(1, length, dtype, device)
         if prefix is not None:
             self._read(prefix)
         self.prefix_summary = talker.prefix_summary(prefix)
         self.voice_step = talker.embed_voice_step(style)  # added to each audio step (voice_every_step), or None
-        self.predicted_frames = 0.0  # the reply's length as predicted from the states read so far (frames)
-        self.pending_text: list[torch.Tensor] = []  # embedded states not yet read
-        self.text_read = 0
+        self.token_ids: list[int] = []  # the reply's text tokens so far
+        self.token_ends: list[int] = []  # where each token's text ends in the decoded reply
+        self.token_states: list[torch.Tensor] = []  # each token's embedded thinker state, [width]
+        self.symbols: list[int] = []  # symbol ids known so far
+        self.symbol_text: list[torch.Tensor] = []  # each symbol's embedded thinker state, [width]
+        self.frames: list[int] = []  # lengths of the symbols whose next symbol is known
+        self.starts: list[int] = [0]  # where each of those starts (and, last, where the next one starts)
+        self.exact_end = 0.0  # unrounded end of the timed symbols, so rounding does not drift
+        self.symbols_read = 0
         self.text_done = False
-        self.num_text = 0
+        self.total_frames: int | None = None  # known once the text is done and every symbol is timed
         self.columns: list[torch.Tensor] = []  # delayed columns written, each [codebooks]
         self.previous = torch.full((1, self.num_codebooks, 1), talker.bos_id, dtype=torch.long, device=device)
-        self.eos_step: int | None = None  # step at which codebook 0 wrote EOS (= number of frames)
         self.frames_taken = 0
         self.finished = False
 
-    def add_text(self, state: torch.Tensor, token_embed: torch.Tensor, last: bool) -> None:
-        """One reply token's thinker state and token embedding, `[hidden]` each; `last` marks the end of the reply."""
+    # ---- the reply's text -> symbols -> lengths -------------------------------------------------------------------
+    def add_token(self, token_id: int | None, state: torch.Tensor, token_embed: torch.Tensor, last: bool) -> None:
+        """One reply token (None for an end-of-reply token, which adds no text) with its thinker state and token
+        embedding, `[hidden]` each; `last` marks the end of the reply."""
+        if self.text_done:
+            return
         dtype = self.talker.heads.dtype
-        embedded = self.talker.embed_text(state[None, None].to(dtype), token_embed[None, None].to(dtype))
-        self.pending_text.append(embedded)
-        if self.talker.duration_head is not None:
-            self.predicted_frames += float(self.talker.token_frames(embedded, self.prefix_summary).sum())
-        self.num_text += 1
-        self.text_done = self.text_done or last
+        self.token_states.append(self.talker.embed_text(state[None, None].to(dtype),
+                                                        token_embed[None, None].to(dtype))[0, 0])
+        if token_id is not None:
+            self.token_ids.append(int(token_id))
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        self.token_ends.append(len(text))
+        new = self.phonemes.finish(text) if last else self.phonemes.add(text)
+        for char in new.chars:  # the token whose text holds the symbol's character
+            self.symbol_text.append(self.token_states[min(bisect.bisect_right(self.token_ends, char),
+                                                          len(self.token_states) - 1)])
+        self.symbols += self.symbol_ids(new.symbols)
+        self.text_done = last
+        self._time_symbols()
 
     def end_text(self) -> None:
-        """The thinker has stopped (end of reply or length limit)."""
-        self.text_done = True
+        """The thinker has stopped (end of reply or length limit): the symbols of the text so far are all there is."""
+        if not self.text_done:
+            text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            new = self.phonemes.finish(text)
+            for char in new.chars:
+                self.symbol_text.append(self.token_states[min(bisect.bisect_right(self.token_ends, char),
+                                                              max(len(self.token_states) - 1, 0))]
+                                        if self.token_states else torch.zeros(self.talker.config.hidden_size,
+                                                                              device=self.device))
+            self.symbols += self.symbol_ids(new.symbols)
+            self.text_done = True
+            self._time_symbols()
+
+    def _time_symbols(self) -> None:
+        """Predict the lengths of the symbols whose next symbol is now known (all of them once the text is done)."""
+        ready = len(self.symbols) if self.text_done else len(self.symbols) - 1
+        if ready <= len(self.frames) or self.total_frames is not None:
+            return
+        ids = torch.tensor([self.symbols], device=self.device)
+        text = torch.stack(self.symbol_text)[None]
+        log_frames = self.talker.symbol_log_frames(ids, text, self.prefix_summary)[0].float()
+        for index in range(len(self.frames), ready):
+            self.exact_end += float(torch.expm1(log_frames[index]).clamp(min=0))
+            end = min(int(round(self.exact_end)), self.max_frames)
+            self.frames.append(end - self.starts[-1])
+            self.starts.append(end)
+            if end >= self.max_frames:  # the length limit: this symbol is the last one spoken
+                self.symbols, self.symbol_text = self.symbols[: index + 1], self.symbol_text[: index + 1]
+                self.text_done = True
+                break
+        if self.text_done and len(self.frames) == len(self.symbols):
+            self.total_frames = max(1, self.starts[-1])
+            if self.starts[-1] == 0:  # nothing to say would last no time: speak the last symbol for one frame
+                self.frames[-1], self.starts[-1] = 1, 1
+
+    # ---- audio steps ---------------------------------------------------------------------------------------------
+    def _step_symbol(self, step: int) -> int | None:
+        """The symbol audio step `step` speaks, or None if the timeline does not reach it yet."""
+        frame = step
+        if self.total_frames is not None:
+            if step >= self.total_frames + self.num_codebooks - 1:
+                return None
+            frame = min(step, self.total_frames - 1)
+        elif step >= self.starts[-1]:
+            return None
+        return bisect.bisect_right(self.starts, frame) - 1
 
     @torch.no_grad()
-    def write_block(self) -> bool:
-        """Write the rest of the current block of W audio steps, reading the thinker states it needs first.
+    def write_ready(self) -> bool:
+        """Write every audio step whose symbol (and the symbol after it) is known. Returns whether it wrote any."""
+        wrote = False
+        while not self.finished:
+            step = len(self.columns)
+            symbol = self._step_symbol(step)
+            if symbol is None:
+                break
+            self._read_symbols(step, symbol)
+            self._write_step(step, symbol)
+            wrote = True
+        return wrote
 
-        Returns False, writing nothing, if those states do not exist yet or the audio has ended.
-        """
-        if self.finished:
-            return False
-        step = len(self.columns)
-        needed = self.schedule.text_needed(step, self.num_text if self.text_done else None)
-        if self.text_read < needed:
-            available = self.text_read + len(self.pending_text)
-            if available < needed and not self.text_done:
-                return False
-            take = min(needed, available) - self.text_read
-            if take:
-                self._read(torch.cat(self.pending_text[:take], dim=1))
-                del self.pending_text[:take]
-                self.text_read += take
-        block_end = (step // self.schedule.write_frames + 1) * self.schedule.write_frames
-        while step < block_end and not self.finished:
-            self._write_step(step)
-            step += 1
-        return True
+    def _read_symbols(self, step: int, symbol: int) -> None:
+        """Read every symbol due before `step` (symbol i is read where symbol i - 1 starts), up to the one after
+        `symbol`."""
+        start = self.symbols_read
+        while (self.symbols_read < len(self.symbols) and self.symbols_read <= symbol + 1
+               and (self.symbols_read == 0 or self.starts[self.symbols_read - 1] <= step)):
+            self.symbols_read += 1
+        if self.symbols_read > start:
+            ids = torch.tensor([self.symbols[start : self.symbols_read]], device=self.device)
+            text = torch.stack(self.symbol_text[start : self.symbols_read])[None]
+            self._read(self.talker.embed_symbols(ids, text))
 
     def _read(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
         """Run the talker over `embeds` `[1, n, width]` after what it has read; with `logits`, return those of the
-        last position, `[codebooks, codebook_size + 1]` (float32 on the fast runner)."""
+        last position, `[codebooks, codebook_size]` (float32 on the fast runner)."""
         if self.runner is not None:
             last, _ = self.runner.append(embeds)
             return last.view(self.num_codebooks, -1) if logits else None
         hidden = self.talker.run(embeds, self.cache)
         return self.talker.logits(hidden)[0, -1] if logits else None
 
-    def _write_step(self, step: int) -> None:
+    def _write_step(self, step: int, symbol: int) -> None:
         talker = self.talker
-        embeds = talker.embed_audio(self.previous)
-        if talker.countdown_embedding is not None:
-            # As in training: the length is known once every reply state is read, then counted down.
-            known = self.text_done and bool(self.schedule.text_complete(step, self.num_text))
-            remaining = torch.tensor([[round(self.predicted_frames) - step]], device=embeds.device)
-            embeds = embeds + talker.embed_countdown(remaining, torch.tensor([[known]], device=embeds.device))
+        cap = talker.progress_cap
+        start, length = self.starts[symbol], self.frames[symbol]
+        frame = min(step, (self.total_frames or step + 1) - 1)
+        where = torch.tensor([[[self.symbols[symbol]], [min(frame - start, cap)],
+                               [min(max(start + length - 1 - step, 0), cap)]]], device=self.device)
+        embeds = talker.embed_steps(self.previous, where[:, 0], where[:, 1], where[:, 2])
         if self.voice_step is not None:
             embeds = embeds + self.voice_step
-        logits = self._read(embeds, logits=True)  # [codebooks, codebook_size + 1]
-        k = torch.arange(self.num_codebooks, device=logits.device)
-        logits[1:, talker.eos_id] = float("-inf")  # only codebook 0 ends the audio; the others follow, forced
-        if self.eos_step is None and step >= self.max_frames:
-            logits[0, : talker.eos_id] = float("-inf")  # length limit: end now
+        logits = self._read(embeds, logits=True)  # [codebooks, codebook_size]
         column = choose_tokens(logits, self.settings.talker_do_sample, self.settings.talker_temperature,
                                self.settings.talker_top_k, generator=self.generator)
-        if self.eos_step is None and int(column[0]) == talker.eos_id:
-            self.eos_step = step
-        column = torch.where(step < k, talker.bos_id, column)  # delayed codebooks have not started
-        if self.eos_step is not None:
-            column = torch.where(step - k >= self.eos_step, talker.eos_id, column)
+        k = torch.arange(self.num_codebooks, device=column.device)
+        frame_of = step - k  # the frame each codebook writes at this step
+        real = (frame_of >= 0) & (frame_of < (self.total_frames if self.total_frames is not None else step + 1))
+        column = torch.where(real, column, talker.bos_id)
         self.columns.append(column)
         self.previous = column.view(1, -1, 1)
-        if self.eos_step is not None and step >= self.eos_step + self.num_codebooks - 1:
+        if self.total_frames is not None and len(self.columns) >= self.total_frames + self.num_codebooks - 1:
             self.finished = True
 
     @property
     def complete_frames(self) -> int:
         """Frames whose every codebook has been written."""
         written = len(self.columns) - self.num_codebooks + 1
-        if self.eos_step is not None:
-            written = min(written, self.eos_step)
+        if self.total_frames is not None:
+            written = min(written, self.total_frames)
         return max(0, written)
 
     def take_frames(self) -> torch.Tensor:
@@ -416,11 +519,25 @@ def reply_end_ids(model) -> set[int]:
     return {int(i) for i in ids}
 
 
+def reply_tokenizer(model, tokenizer=None):
+    """The tokenizer that spells the reply's tokens for the talker: `tokenizer`, else the model's own
+    (`model.tokenizer`, attached by `from_pretrained` when the checkpoint has one, or by the processor)."""
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(
+            "The talker speaks the reply's phonemes, so it needs the thinker's tokenizer to spell the reply: pass "
+            "tokenizer=processor.tokenizer to generate/stream, or attach it once with model.tokenizer = "
+            "processor.tokenizer (ConceptTalkerProcessor.from_pretrained(folder) does it for a model of that folder "
+            "when given model=...)."
+        )
+    return tokenizer
+
+
 @torch.no_grad()
 def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tensor, settings: SpokenGenerationConfig,
                         style_embeds: torch.Tensor | None = None, decode_stream: bool = True,
                         reply_tokens: list[list[int]] | None = None,
-                        prompt: tuple[torch.Tensor, torch.Tensor] | None = None):
+                        prompt: tuple[torch.Tensor, torch.Tensor] | None = None, tokenizer=None):
     """The generation loop, as a generator of events, after the prompt has been read by `runner`.
 
     Args:
@@ -431,6 +548,8 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
         reply_tokens: per row, reply text to speak instead of what the thinker would choose (the thinker still
             reads it, so the talker gets the states it was trained on); an end-of-reply token is added if missing.
         prompt: the talker's prompt states (`PromptTail.states`), `[batch, n, hidden]` states and embeddings, or None.
+        tokenizer: the thinker's tokenizer, which spells the reply's tokens for the talker's phonemes (default: the
+            one attached to the model, `model.tokenizer`).
 
     Yields:
         `("audio", AudioChunk)` as frames complete (when `decode_stream`), and finally `("done", rows)` where rows
@@ -441,9 +560,10 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
     if settings.seed is not None:
         generator = torch.Generator(device=logits.device).manual_seed(settings.seed)
     end_ids = reply_end_ids(model)
+    tokenizer = reply_tokenizer(model, tokenizer)
     talkers = [
-        TalkerStream(model, settings, None if style_embeds is None else style_embeds[row : row + 1], generator,
-                     None if prompt is None else tuple(t[row : row + 1] for t in prompt))
+        TalkerStream(model, settings, tokenizer, None if style_embeds is None else style_embeds[row : row + 1],
+                     generator, None if prompt is None else tuple(t[row : row + 1] for t in prompt))
         for row in range(batch)
     ]
     decoders = [model.codec.streaming_decoder(1) for _ in range(batch)] if decode_stream else None
@@ -463,7 +583,7 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
     def audio_events():
         """Every block the talkers can write now, each decoded into a chunk as soon as it is written."""
         for row, talker in enumerate(talkers):
-            while talker.write_block():
+            if talker.write_ready():
                 if decoders is None:
                     continue
                 frames = talker.take_frames()
@@ -494,7 +614,7 @@ def spoken_reply_events(model, runner, logits: torch.Tensor, hidden: torch.Tenso
             token = int(chosen[row])
             tokens[row].append(token)
             last = token in end_ids or len(tokens[row]) >= settings.thinker_max_new_tokens
-            talkers[row].add_text(last_hidden[row], token_embeds[row], last)
+            talkers[row].add_token(None if token in end_ids else token, last_hidden[row], token_embeds[row], last)
             text_done[row] = last
         yield from audio_events()
         if all(text_done):
@@ -575,20 +695,32 @@ def prefill(model, inputs: dict, settings: SpokenGenerationConfig):
     Returns the runner, the last logits `[batch, vocab]` and hidden state `[batch, hidden]`, and the talker's prompt
     states (`PromptTail.states`) or None."""
     input_ids = inputs["input_ids"]
-    attention_mask = inputs.get("attention_mask")
-    embeds = model.embed_inputs(
-        input_ids,
-        inputs.get("input_values"),
-        inputs.get("input_values_mask"),
-        inputs.get("input_audio_codes"),
-        inputs.get("input_audio_codes_mask"),
-    )
-    runner = make_runner(model, input_ids.shape[0], settings, input_ids.shape[1] + settings.thinker_max_new_tokens + 1)
+    audio = {k: inputs.get(k) for k in ("input_values", "input_values_mask", "input_audio_codes",
+                                         "input_audio_codes_mask", "input_features", "input_features_mask")}
+    embeds, attention_mask = model.thinker_inputs(input_ids, inputs.get("attention_mask"), **audio)
+    embeds, attention_mask = left_aligned(embeds, attention_mask)  # blank concepts left out, as padding on the left
+    runner = make_runner(model, input_ids.shape[0], settings, embeds.shape[1] + settings.thinker_max_new_tokens + 1)
     logits, hidden = runner.append(embeds, attention_mask)
     tail = PromptTail(model)
     tail.add(embeds, hidden)
-    starts = None if attention_mask is None else (attention_mask == 0).sum(-1)
+    starts = (attention_mask == 0).sum(-1)
     return runner, logits, hidden[:, -1], tail.states(starts)
+
+
+def left_aligned(embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's read positions (`attention_mask` 1) moved together at the end, the rest as left padding:
+    `[batch, length, hidden]` -> `[batch, longest read, hidden]` and its mask. What the thinker computes is the
+    same (left-out positions are never attended to and take no position); the runners need left padding only."""
+    keep = attention_mask.bool()
+    lengths = keep.sum(-1)
+    longest = int(lengths.max())
+    out = embeds.new_zeros(embeds.shape[0], longest, embeds.shape[-1])
+    mask = torch.zeros(embeds.shape[0], longest, dtype=attention_mask.dtype, device=attention_mask.device)
+    for row in range(embeds.shape[0]):
+        n = int(lengths[row])
+        out[row, longest - n :] = embeds[row, keep[row]]
+        mask[row, longest - n :] = 1
+    return out, mask
 
 
 class AudioIteratorStreamer(BaseStreamer):
@@ -680,7 +812,8 @@ class ReplyTimer:
 
 
 def run_spoken_reply(model, runner, logits, hidden, settings, style_embeds=None, streamer=None,
-                     timer: ReplyTimer | None = None, reply_tokens=None, prompt=None) -> SpokenReply | None:
+                     timer: ReplyTimer | None = None, reply_tokens=None, prompt=None,
+                     tokenizer=None) -> SpokenReply | None:
     """Drive `spoken_reply_events` to the end and return the `SpokenReply`.
 
     With a `streamer`, audio is decoded chunk by chunk and handed to it as it is made, and the returned waveforms
@@ -693,7 +826,7 @@ def run_spoken_reply(model, runner, logits, hidden, settings, style_embeds=None,
     rows = None
     try:
         for kind, payload in spoken_reply_events(model, runner, logits, hidden, settings, style_embeds, streaming,
-                                                 reply_tokens, prompt):
+                                                 reply_tokens, prompt, tokenizer):
             if kind == "audio":
                 timer.audio(payload.duration)
                 chunks.setdefault(payload.row, []).append(payload.samples)

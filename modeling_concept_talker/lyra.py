@@ -36,9 +36,24 @@ LYRA_INSTALL_HINT = 'pip install "concept-talker[lyra]" (which pins ai-edge-lite
 LYRA_SAMPLING_RATE = 16000  # Hz: the models do not record it, so it is checked against the config here
 
 
+# Where this project keeps its offline copy of the Lyra models, next to a source checkout (../shared/assets).
+SHARED_LYRA_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "assets", "lyra-soundstream"
+)
+LYRA_DIR_VARIABLE = "CONCEPT_TALKER_LYRA_DIR"
+
+
 def is_lyra_model_dir(path) -> bool:
     """True if `path` is a folder holding the three Lyra SoundStream TFLite models."""
     return os.path.isdir(str(path)) and all(os.path.isfile(os.path.join(str(path), f)) for f in LYRA_FILES)
+
+
+def default_lyra_model_dir() -> str | None:
+    """The Lyra models on this machine when a checkpoint does not say where: `$CONCEPT_TALKER_LYRA_DIR`, else the
+    shared offline copy next to a source checkout (`../shared/assets/lyra-soundstream`) where it exists; else None."""
+    if os.environ.get(LYRA_DIR_VARIABLE):
+        return os.environ[LYRA_DIR_VARIABLE]
+    return SHARED_LYRA_DIR if is_lyra_model_dir(SHARED_LYRA_DIR) else None
 
 
 def _interpreter_class():
@@ -59,11 +74,11 @@ def _interpreter_class():
 
 def _missing_model_dir_error(model_dir, problem: str) -> ValueError:
     return ValueError(
-        f"{problem}. The Lyra codec needs a folder holding {', '.join(LYRA_FILES)} (Lyra v2's lyra/model_coeffs): "
-        "set codec_config.model_dir to it, e.g. load_preset('tiny-lyra', codec_config={'model_type': "
-        "'lyra_soundstream', 'model_dir': '/path/to/lyra-soundstream'}). To load a checkpoint saved on another "
-        "machine, load its config with AutoConfig.from_pretrained, set config.codec_config.model_dir, and pass "
-        "config=... to from_pretrained."
+        f"{problem}. The Lyra codec needs a folder holding {', '.join(LYRA_FILES)} (Lyra v2's lyra/model_coeffs). "
+        "For a checkpoint, pass it to from_pretrained(path, codec_model_dir='/path/to/lyra-soundstream') or set "
+        f"{LYRA_DIR_VARIABLE}=/path/to/lyra-soundstream; for a preset, set codec_config.model_dir, e.g. "
+        "load_preset('tiny-lyra', codec_config={'model_type': 'lyra_soundstream', 'model_dir': "
+        "'/path/to/lyra-soundstream'})."
     )
 
 

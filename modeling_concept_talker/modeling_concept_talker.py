@@ -1,12 +1,13 @@
-"""Concept-Talker: speech in, speech out, through a concept adapter, a LoRA thinker and a talker.
+"""Concept-Talker: speech in, speech out, through an ear, a concept adapter, a LoRA thinker and a talker.
 
-    user audio [clips, samples] (codec rate)    or precomputed codes [clips, codebooks, frames]
-      -> codec encoder (frozen)                 codes, 75 frames/s (EnCodec)
-      -> codec quantiser latents                [clips, frames, latent_dim]
-      -> ConceptAdapter (Perceiver, windows)    concepts [clips, slots, thinker_hidden], e.g. 4 per second
+    user audio [clips, samples] (16 kHz)        or precomputed ear frames [clips, frames, ear width]
+      -> the ear: Whisper's encoder (frozen)    frames, 50/s (or, without an ear_config, the codec's latents)
+      -> ConceptAdapter (Perceiver, windows)    concepts [clips, slots, thinker_hidden], e.g. 6 per second, each the
+                                                thinker's embedding of the token spoken in its stretch (or a blank)
       -> written into the thinker's input embeddings at the <|audio_pad|> placeholders
       -> thinker (Qwen2 + LoRA)                 reply text logits; hidden states of the reply tokens
-      -> Talker (read R states, write W steps)  audio code logits [batch, steps, codebooks, codebook_size + 1]
+      -> the reply's phonemes (espeak-ng), each symbol with its token's thinker state and its length in frames
+      -> Talker (symbols on a timeline)         audio code logits [batch, steps, codebooks, codebook_size]
       -> codec decoder                          reply audio
 """
 
@@ -24,6 +25,7 @@ from transformers.utils import ModelOutput
 from .codec import AudioCodec, build_codec
 from .concept_adapter import ConceptAdapter
 from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerConfig
+from .ear import WhisperEar
 from .pitch import clips_median_f0
 from .talker import IGNORE_INDEX, RotaryEmbedding, Talker, build_delay_pattern, prompt_states
 
@@ -33,12 +35,15 @@ class ConceptTalkerOutput(ModelOutput):
     """Output of [`ConceptTalkerForConditionalGeneration.forward`].
 
     Args:
-        loss: `text_loss + audio_loss_weight * audio_loss` (whichever parts have labels; plus the duration loss).
+        loss: `text_loss + audio_loss_weight * (audio_loss + duration_loss_weight * duration_loss)
+            + concept_loss_weight * concept_loss` (whichever parts have labels).
         text_loss: mean cross-entropy over reply-text tokens.
+        concept_loss: the concepts against the tokens spoken in their stretch (`concept_labels`): cross-entropy of
+            each concept read through the thinker's embeddings, plus its squared distance to the labelled embedding.
+        concept_accuracy: share of labelled concepts whose nearest thinker embedding (by that reading) is the label.
         audio_loss: mean of `audio_codebook_losses`.
-        audio_codebook_losses: `[codebooks]` cross-entropy of each codebook's head (EOS steps included).
-        duration_loss: squared error of the predicted log reply length (with `duration_conditioning`); it enters
-            `loss` with weight `audio_loss_weight * talker_config.duration_loss_weight`.
+        audio_codebook_losses: `[codebooks]` cross-entropy of each codebook's head.
+        duration_loss: squared error of the symbols' predicted `log(1 + frames)`.
         logits: `[batch, length, vocab]` thinker logits (only when no text labels are given, to save memory).
         audio_logits: `[batch, steps, codebooks, codebook_size + 1]` talker logits (when audio labels are given).
         audio_targets: `[batch, codebooks, steps]` the delayed targets the audio logits were scored against.
@@ -47,6 +52,8 @@ class ConceptTalkerOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     text_loss: torch.FloatTensor | None = None
+    concept_loss: torch.FloatTensor | None = None
+    concept_accuracy: torch.FloatTensor | None = None
     audio_loss: torch.FloatTensor | None = None
     audio_codebook_losses: torch.FloatTensor | None = None
     duration_loss: torch.FloatTensor | None = None
@@ -72,8 +79,16 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
             if module.style_queries is not None:
                 init.normal_(module.style_queries, std=std)
             init.normal_(module.frame_position, std=std)
+            if module.voice_frame_position is not None:
+                init.normal_(module.voice_frame_position, std=std)
         elif isinstance(module, Talker):
             init.normal_(module.heads, std=std)
+            if module.house_voice is not None:
+                init.normal_(module.house_voice, std=std)
+        elif isinstance(module, WhisperEar):
+            mel_filters, stft_window = module.compute_buffers()  # not saved: rebuilt on load
+            init.copy_(module.mel_filters, mel_filters)
+            init.copy_(module.stft_window, stft_window)
         elif isinstance(module, RotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())  # not saved: rebuilt on load
         elif _is_lora_layer(module):
@@ -88,6 +103,30 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
 
 def _is_lora_layer(module: nn.Module) -> bool:
     return hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base_layer")
+
+
+def check_safetensors_files(path) -> None:
+    """Raise an `OSError` naming the file when a safetensors file at `path` (a file, or every `*.safetensors` in a
+    folder) is damaged: truncated, or not safetensors at all. Reads only each file's header."""
+    import os
+
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if name.endswith(".safetensors")]
+    else:
+        files = [path] if os.path.isfile(path) else []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError, naming no file
+            raise OSError(
+                f"{file} is damaged ({err}): it is truncated or not a safetensors file, e.g. from an interrupted "
+                f"download or copy ({os.path.getsize(file):,} bytes). Download or copy the checkpoint again, or re-save "
+                "it with save_pretrained."
+            ) from err
 
 
 class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, GenerationMixin):
@@ -108,10 +147,17 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             )
         config.validate_parts()
         self.codec: AudioCodec = build_codec(config)
+        self.ear = (WhisperEar(config.ear_config, config.adapter_config.window_seconds, config.ear_context_windows)
+                    if config.ear_type == "whisper" else None)
         thinker_hidden = config.thinker_config.hidden_size
         style_queries = config.talker_config.num_style_concepts if config.adapter_config.style_queries else 0
+        # Speech is heard through the ear; a reference voice is read from its codec latents whatever the ear (they
+        # keep the pitch and timbre that a speech encoder trained to transcribe learns to drop).
         self.concept_adapter = ConceptAdapter(
-            config.adapter_config, self.codec.latent_dim, config.window_frames, thinker_hidden, style_queries
+            config.adapter_config, self.ear.feature_size if self.ear is not None else self.codec.latent_dim,
+            config.window_frames, thinker_hidden, style_queries,
+            voice_latent_dim=self.codec.latent_dim if self.ear is not None and style_queries else None,
+            voice_window_frames=int(round(config.adapter_config.window_seconds * config.frame_rate)),
         )
         self.thinker = AutoModelForCausalLM.from_config(config.thinker_config)
         self.talker = Talker(config.talker_config, thinker_hidden)
@@ -224,12 +270,13 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         cls,
         thinker: str = "Qwen/Qwen2.5-0.5B",
         codec: str = "facebook/encodec_24khz",
+        speech_encoder: str | None = "openai/whisper-small",
         lora_r: int = 16,
         lora_alpha: int | None = None,
         dtype: torch.dtype | None = None,
         **config_kwargs,
     ) -> ConceptTalkerForConditionalGeneration:
-        """Build a Concept-Talker around a pretrained thinker and codec (Hub ids or local folders).
+        """Build a Concept-Talker around a pretrained thinker, codec and ear (Hub ids or local folders).
 
         The concept adapter and the talker start from random weights; LoRA adapters are added to the thinker.
 
@@ -237,10 +284,12 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             thinker: a Qwen2-architecture causal LM (`Qwen/Qwen2.5-0.5B`, or a folder from `save_pretrained`).
             codec: an EnCodec or Mimi model (`facebook/encodec_24khz`, `kyutai/mimi`), or a folder holding the Lyra
                 SoundStream TFLite models.
+            speech_encoder: the ear, a Whisper model whose encoder is used (`openai/whisper-small`,
+                `openai/whisper-base`, or a folder); None hears through the codec's latents instead.
             lora_r, lora_alpha: LoRA rank and scale (alpha defaults to 2 r); `lora_r=0` adds no adapters.
             dtype: dtype of the thinker's weights (e.g. `torch.bfloat16`).
             config_kwargs: any other `ConceptTalkerConfig` field (`adapter_config`, `talker_config`,
-                `codec_num_codebooks`, ...).
+                `codec_num_codebooks`, `ear_context_windows`, ...).
         """
         from transformers import AutoConfig
 
@@ -252,31 +301,65 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             codec_config = LyraCodecConfig(model_dir=str(codec))
         else:
             codec_config = AutoConfig.from_pretrained(codec)
+        ear_config = None
+        if speech_encoder is not None:
+            ear_config = AutoConfig.from_pretrained(speech_encoder)
+            if ear_config.model_type != "whisper":
+                raise ValueError(f"speech_encoder={speech_encoder!r} is a {ear_config.model_type!r} model; the ear is a "
+                                 "Whisper model (openai/whisper-base, openai/whisper-small, ...), or None.")
         config = ConceptTalkerConfig(
             thinker_config=thinker_model.config.to_dict(),
             codec_config=codec_config.to_dict(),
+            ear_config=None if ear_config is None else ear_config.to_dict(),
             lora_r=lora_r,
             lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
             thinker_name_or_path=str(thinker),
             codec_name_or_path=str(codec),
+            ear_name_or_path=None if speech_encoder is None else str(speech_encoder),
             **config_kwargs,
         )
-        return cls._assemble(config, thinker_model, str(codec))
+        return cls._assemble(config, thinker_model, str(codec), speech_encoder)
 
     @classmethod
-    def _assemble(cls, config: ConceptTalkerConfig, thinker_model, codec_name_or_path: str | None):
-        """A model of `config` whose thinker is `thinker_model` and whose codec is loaded from its reference;
-        LoRA adapters (per `config.lora_r`) are added after the pretrained weights are in place."""
+    def _assemble(cls, config: ConceptTalkerConfig, thinker_model, codec_name_or_path: str | None,
+                  ear_name_or_path: str | None = None, ear_kwargs: dict | None = None):
+        """A model of `config` whose thinker is `thinker_model` and whose codec and ear are loaded from their
+        references; LoRA adapters (per `config.lora_r`) are added after the pretrained weights are in place."""
         lora_r = config.lora_r
         config.lora_r = 0
         model = cls(config)
         model.thinker = thinker_model
         if codec_name_or_path and config.codec_type != "lyra_soundstream":
             model.codec.model = _load_codec_model(codec_name_or_path, config.codec_type).requires_grad_(False).eval()
+        if ear_name_or_path and model.ear is not None:
+            model.load_ear(ear_name_or_path, **(ear_kwargs or {}))
         if lora_r > 0:
             model.add_lora(lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
         model.set_trainable()
         return model
+
+    def load_ear(self, name_or_path: str, **kwargs) -> None:
+        """Put the encoder weights of the Whisper model at `name_or_path` (Hub id or folder) into the ear."""
+        from transformers import WhisperModel
+
+        if self.ear is None:
+            raise ValueError("This model hears through its codec (no ear_config): it has no speech encoder to load.")
+        try:
+            whisper = WhisperModel.from_pretrained(name_or_path, dtype=torch.float32, **kwargs)
+        except OSError as err:
+            raise OSError(
+                f"Could not load the ear (Whisper) from {name_or_path!r}: {err}\nPass ear_name_or_path=... with a Hub "
+                "id (openai/whisper-base) or a folder that holds it (offline here: ../shared/assets/whisper-base)."
+            ) from err
+        encoder = whisper.get_encoder()
+        if encoder.config.d_model != self.ear.feature_size or len(encoder.layers) != len(self.ear.encoder.layers):
+            raise ValueError(
+                f"The Whisper model at {name_or_path!r} (d_model {encoder.config.d_model}, {len(encoder.layers)} layers) "
+                f"is not the ear this checkpoint was trained with (d_model {self.ear.feature_size}, "
+                f"{len(self.ear.encoder.layers)} layers): give the same Whisper size."
+            )
+        self.ear.encoder.load_state_dict(encoder.state_dict())
+        self.ear.requires_grad_(False)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     # `from_pretrained` arguments that also apply to the base thinker and codec a trainable-only checkpoint refers to.
@@ -285,13 +368,15 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
     _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
     def trainable_state_keys(self) -> set[str]:
-        """Weights a trainable-only checkpoint holds: concept adapter, talker, LoRA, and the codec's own weights
-        unless `config.codec_name_or_path` can reload them."""
+        """Weights a trainable-only checkpoint holds: concept adapter, talker, LoRA, and the codec's and the ear's
+        own weights unless `config.codec_name_or_path` / `config.ear_name_or_path` can reload them."""
         keys = set()
         for name in self.state_dict():
             if name.startswith(("concept_adapter.", "talker.")) or "lora_" in name:
                 keys.add(name)
             elif name.startswith("codec.") and not self.config.codec_name_or_path:
+                keys.add(name)
+            elif name.startswith("ear.") and not self.config.ear_name_or_path:
                 keys.add(name)
         return keys
 
@@ -381,7 +466,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, codec_model_dir: str | None = None,
                         allow_pickle: bool = False, thinker_name_or_path: str | None = None,
-                        codec_name_or_path: str | None = None, **kwargs):
+                        codec_name_or_path: str | None = None, ear_name_or_path: str | None = None, **kwargs):
         """Load a checkpoint saved with `save_pretrained`, from a folder or a Hub repo.
 
         A full checkpoint loads as usual; a trainable-only one loads the base thinker (and codec) from the references
@@ -394,10 +479,13 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
 
         Args:
             codec_model_dir: for a Lyra checkpoint, the folder of the Lyra TFLite models on this machine (default:
-                the checkpoint's own `codec/` folder when it has one, else the folder in the saved config).
+                the checkpoint's own `codec/` folder when it has one, else the folder in the saved config where it
+                exists, else `$CONCEPT_TALKER_LYRA_DIR`, else the shared offline copy `../shared/assets/lyra-soundstream`
+                next to a source checkout).
             allow_pickle: accept pickled weights where no safetensors exist. Only for checkpoints you trust.
-            thinker_name_or_path, codec_name_or_path: where the base thinker / codec of a trainable-only checkpoint
-                is (Hub id or folder), instead of the references saved in its config.
+            thinker_name_or_path, codec_name_or_path, ear_name_or_path: where the base thinker / codec / ear
+                (Whisper) of a trainable-only checkpoint is (Hub id or folder), instead of the references saved in
+                its config.
             kwargs: `from_pretrained` arguments (`revision`, `token`, `subfolder`, `dtype`, ...; the Hub ones apply
                 to the base thinker too), and config fields to override (`max_audio_seconds=10.0`).
         """
@@ -433,24 +521,36 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             config.thinker_name_or_path = str(thinker_name_or_path)
         if codec_name_or_path is not None:
             config.codec_name_or_path = str(codec_name_or_path)
+        if ear_name_or_path is not None:
+            config.ear_name_or_path = str(ear_name_or_path)
         if codec_model_dir is not None and config.codec_type != "lyra_soundstream":
             raise ValueError(f"codec_model_dir is for Lyra checkpoints; this one uses the {config.codec_type} codec.")
         if config.codec_type == "lyra_soundstream":
-            inside = cls._checkpoint_folder(location, subfolder, config.codec_config.model_dir, hub_kwargs)
+            from .lyra import default_lyra_model_dir
+
+            saved = config.codec_config.model_dir
+            inside = cls._checkpoint_folder(location, subfolder, saved, hub_kwargs)
             model_dir = codec_model_dir or inside
+            if model_dir is None and (saved is None or (os.path.isabs(saved) and not os.path.isdir(saved))):
+                # The Lyra models live outside a checkpoint, in a folder that differs between machines.
+                model_dir = default_lyra_model_dir()
             if model_dir is not None:
                 config.codec_config.model_dir = str(model_dir)
         kwargs["config"] = config
+        check_safetensors_files(os.path.join(location, subfolder))  # a local checkpoint's weights, before any load
         if getattr(config, "saved_weights", "full") != "trainable":
             pickled = cls._pickled_weight_files(location, subfolder, hub_kwargs)
             if pickled and not allow_pickle:
                 raise cls._pickle_refusal("This checkpoint", location, pickled)
             if not allow_pickle:
                 kwargs["use_safetensors"] = True
-            return super().from_pretrained(location, *args, **kwargs)
-        return cls._from_trainable_checkpoint(
-            location, config, kwargs.get("dtype"), hub_kwargs, subfolder, allow_pickle
-        )
+            model = super().from_pretrained(location, *args, **kwargs)
+        else:
+            model = cls._from_trainable_checkpoint(
+                location, config, kwargs.get("dtype"), hub_kwargs, subfolder, allow_pickle
+            )
+        model.tokenizer = _checkpoint_tokenizer(location, subfolder, hub_kwargs)
+        return model
 
     @classmethod
     def _from_trainable_checkpoint(cls, location: str, config: ConceptTalkerConfig, dtype=None,
@@ -486,6 +586,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             if pickled and not allow_pickle:
                 raise cls._pickle_refusal(f"The base {part} of {location}", source, pickled)
             safe = {} if allow_pickle else {"use_safetensors": True}
+            check_safetensors_files(source)  # a local base part's weights
             try:
                 return auto_class.from_pretrained(source, **source_kwargs, **safe, **load_kwargs), inside
             except OSError as err:
@@ -510,11 +611,26 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         model = cls._assemble(config, thinker_model, None)
         if codec_model is not None:
             model.codec.model = codec_model.requires_grad_(False).eval()
+        ear_inside = None
+        if model.ear is not None and config.ear_name_or_path:
+            ear_inside = cls._checkpoint_folder(location, subfolder, config.ear_name_or_path, hub_kwargs)
+            reference = config.ear_name_or_path
+            if ear_inside is None and (os.path.isabs(reference) or reference.startswith(".")) \
+                    and not os.path.isdir(reference):
+                raise OSError(
+                    f"{location} is a trainable-only checkpoint whose ear (Whisper) is {reference!r}, a folder that "
+                    "is not here. Pass ear_name_or_path=... to from_pretrained (a Hub id such as openai/whisper-base, "
+                    "or a folder holding it)."
+                )
+            external = {k: v for k, v in hub_kwargs.items() if k != "revision"}
+            model.load_ear(ear_inside or reference, **({} if ear_inside else external))
 
         pickled = cls._pickled_weight_files(location, subfolder, hub_kwargs)
         if pickled:
             raise cls._pickle_refusal("This trainable-only checkpoint", location, pickled, can_opt_in=False)
-        weights = load_file(cached_file(location, "model.safetensors", subfolder=subfolder, **hub_kwargs))
+        weights_file = cached_file(location, "model.safetensors", subfolder=subfolder, **hub_kwargs)
+        check_safetensors_files(weights_file)
+        weights = load_file(weights_file)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         expected = model.trainable_state_keys()
         if unexpected or set(weights) != expected:
@@ -528,6 +644,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             model.config.thinker_name_or_path = thinker_inside
         if codec_inside:
             model.config.codec_name_or_path = codec_inside
+        if ear_inside:
+            model.config.ear_name_or_path = ear_inside
         model.config.saved_weights = "full"
         model.config.name_or_path = location
         try:  # the checkpoint's reply defaults (set_reply_defaults), as transformers' own loading reads them
@@ -621,8 +739,57 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         return self.codec.embed_codes(codes).to(self.concept_adapter.frame_proj.weight.dtype)
 
     def get_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None):
-        """Codes `[clips, codebooks, frames]` -> concepts `[clips, slots, thinker_hidden]` and mask `[clips, slots]`."""
+        """Codes `[clips, codebooks, frames]` -> concepts `[clips, slots, thinker_hidden]` and mask `[clips, slots]`
+        (a model that hears through its codec)."""
         return self.concept_adapter(self.adapter_latents(codes), frame_mask)
+
+    def hear(
+        self,
+        input_values: torch.Tensor | None = None,
+        input_values_mask: torch.Tensor | None = None,
+        input_audio_codes: torch.Tensor | None = None,
+        input_audio_codes_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+    ):
+        """The user's clips -> concepts `[clips, slots, thinker_hidden]` and their mask `[clips, slots]`, or None
+        when no audio is given.
+
+        Audio comes as waveforms (`input_values` `[clips, samples]` at `config.input_sampling_rate`), as the ear's
+        frames computed beforehand (`input_features` `[clips, frames, ear width]`, e.g. stored with a dataset), or,
+        for a model that hears through its codec, as codec codes (`input_audio_codes` `[clips, codebooks, frames]`).
+        Masks mark real samples / frames.
+        """
+        given = [name for name, value in (("input_values", input_values), ("input_audio_codes", input_audio_codes),
+                                          ("input_features", input_features)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Pass the user's audio one way only, got {' and '.join(given)}.")
+        if not given:
+            return None
+        if self.ear is None:
+            if input_features is not None:
+                raise ValueError("This model hears through its codec (no ear_config): pass input_values or "
+                                 "input_audio_codes, not input_features.")
+            if input_values is not None:
+                input_audio_codes, input_audio_codes_mask = self.encode_audio(input_values, input_values_mask)
+            return self.get_concepts(input_audio_codes, input_audio_codes_mask)
+        if input_audio_codes is not None:
+            raise ValueError(
+                "This model hears through its ear (Whisper's encoder), not codec codes: pass the audio as "
+                f"input_values ({self.config.input_sampling_rate} Hz, from ConceptTalkerProcessor) or the ear's frames "
+                "as input_features (a dataset made for a codec ear has question_codes only: rebuild it with "
+                "concept-talker synth for this model)."
+            )
+        if input_values is not None:
+            input_features, input_features_mask = self.ear(input_values, input_values_mask)
+        elif input_features.shape[-1] != self.ear.feature_size:
+            raise ValueError(
+                f"input_features are {input_features.shape[-1]} wide but this model's ear gives "
+                f"{self.ear.feature_size}-wide frames: they were made by another speech encoder; rebuild them with "
+                "this model's (concept-talker synth)."
+            )
+        features = input_features.to(self.concept_adapter.frame_proj.weight.dtype)
+        return self.concept_adapter(features, input_features_mask)
 
     def merge_concepts(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, concepts: torch.Tensor, concept_mask: torch.Tensor
@@ -641,30 +808,87 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         inputs_embeds[placeholder] = real.to(inputs_embeds.dtype)
         return inputs_embeds
 
-    def embed_inputs(
-        self,
-        input_ids: torch.Tensor,
-        input_values: torch.Tensor | None = None,
-        input_values_mask: torch.Tensor | None = None,
-        input_audio_codes: torch.Tensor | None = None,
-        input_audio_codes_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Thinker input embeddings `[batch, length, hidden]`, with concepts at the audio placeholders."""
+    def thinker_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, concepts=None,
+                       **audio) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the thinker reads: input embeddings `[batch, length, hidden]` (concepts at the audio placeholders) and
+        the attention mask `[batch, length]` with the blank concepts' positions left out, as padding (`concept_keep`).
+        `audio` as `hear` takes it, or `concepts` from `hear`."""
+        if concepts is None:
+            concepts = self.hear(**audio)
+        inputs_embeds = self.embed_inputs(input_ids, concepts=concepts)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if concepts is not None:
+            keep = self.concept_keep(*concepts)[concepts[1]]  # one flag per real concept, in reading order
+            placeholder = input_ids == self.config.audio_token_id
+            dropped = torch.zeros_like(placeholder)
+            dropped[placeholder] = ~keep.to(placeholder.device)
+            attention_mask = attention_mask * (~dropped).to(attention_mask.dtype)
+        return inputs_embeds, attention_mask
+
+    def embed_inputs(self, input_ids: torch.Tensor, concepts=None, **audio) -> torch.Tensor:
+        """Thinker input embeddings `[batch, length, hidden]`, with concepts at the audio placeholders.
+
+        `audio`: the user's clips, any way `hear` takes them; or `concepts` (what `hear` returned) already.
+        """
         inputs_embeds = self.get_input_embeddings()(input_ids)
         has_placeholders = bool((input_ids == self.config.audio_token_id).any())
-        if input_values is not None and input_audio_codes is not None:
-            raise ValueError("Pass the user's audio either as input_values or as input_audio_codes, not both.")
-        if input_values is not None:
-            input_audio_codes, input_audio_codes_mask = self.encode_audio(input_values, input_values_mask)
-        if input_audio_codes is None:
+        if concepts is None:
+            concepts = self.hear(**audio)
+        if concepts is None:
             if has_placeholders:
                 raise ValueError(
                     "The text has <|audio_pad|> placeholders but no audio was given: pass input_values (or "
-                    "input_audio_codes) with the clips they stand for."
+                    "input_features / input_audio_codes) with the clips they stand for."
                 )
             return inputs_embeds
-        concepts, concept_mask = self.get_concepts(input_audio_codes, input_audio_codes_mask)
-        return self.merge_concepts(input_ids, inputs_embeds, concepts, concept_mask)
+        return self.merge_concepts(input_ids, inputs_embeds, *concepts)
+
+    def concept_logits(self, concepts: torch.Tensor, vocabulary: torch.Tensor | None = None) -> torch.Tensor:
+        """How much each concept reads as each token: `[..., thinker_hidden]` -> `[..., vocab]` (or `[..., len(vocabulary)]`
+        for those tokens only), the cosine similarity with each row of the thinker's input embeddings times
+        `config.concept_logit_scale` (cosine, so that a token whose embedding is short, such as the blank's, can be
+        read as well as any)."""
+        table = self.get_input_embeddings().weight
+        table = F.normalize((table if vocabulary is None else table[vocabulary]).float(), dim=-1)
+        return self.config.concept_logit_scale * F.normalize(concepts.float(), dim=-1) @ table.T
+
+    def concept_keep(self, concepts: torch.Tensor, concept_mask: torch.Tensor) -> torch.Tensor:
+        """Which concepts the thinker reads: `[clips, slots]`, True for real slots that do not read as the blank
+        token. Blank concepts (no token was spoken in their stretch of time) are left out, as padding is, so the thinker
+        reads the spoken tokens one after the other, as it reads text."""
+        with torch.no_grad():
+            blank = self.concept_logits(concepts).argmax(-1) == self.config.concept_blank_token_id
+        return concept_mask & ~blank
+
+    def concept_loss(self, concepts: torch.Tensor, concept_mask: torch.Tensor, concept_labels: torch.Tensor,
+                     vocabulary: torch.Tensor | None = None):
+        """How far the concepts are from the tokens spoken in their stretch of time.
+
+        Args:
+            concepts: `[clips, slots, thinker_hidden]`; concept_mask: `[clips, slots]` real slots.
+            concept_labels: `[clips, slots]` the token each slot stands for (`config.concept_blank_token_id` where
+                none was spoken), -100 where no loss applies.
+
+        Returns:
+            the loss (cross-entropy of each concept read through the thinker's embeddings, `concept_logits`, plus the
+            squared distance to the label's embedding, averaged over its width) and the accuracy of that reading.
+        """
+        if concept_labels.shape != concept_mask.shape:
+            raise ValueError(f"concept_labels has shape {tuple(concept_labels.shape)} but the audio makes concepts of "
+                             f"shape {tuple(concept_mask.shape)}: give one label per concept slot of each clip.")
+        scored = concept_mask & (concept_labels != IGNORE_INDEX)
+        if not bool(scored.any()):
+            raise ValueError("concept_labels has no slot to learn (all -100).")
+        table = self.get_input_embeddings().weight
+        chosen = concepts[scored].float()
+        labels = concept_labels[scored]
+        distance = F.mse_loss(chosen, table[labels].float())
+        logits = self.concept_logits(chosen, vocabulary)
+        if vocabulary is not None:
+            labels = vocabulary_index(vocabulary, labels)
+        cross_entropy = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        return cross_entropy + distance, accuracy
 
     def get_voice_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None,
                            voice_f0: torch.Tensor | None = None) -> torch.Tensor:
@@ -746,14 +970,24 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         tokens = torch.gather(input_ids[:, 1:], 1, order)
         return states, self.get_input_embeddings()(tokens), lengths
 
-    def prompt_states(self, hidden: torch.Tensor, inputs_embeds: torch.Tensor, labels: torch.Tensor):
+    def prompt_states(self, hidden: torch.Tensor, inputs_embeds: torch.Tensor, labels: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None):
         """Thinker states of the last `talker_config.prompt_states` positions before each row's reply (the first
-        labelled token), `[batch, n, hidden]` states and embeddings; None when the talker reads no prompt."""
+        labelled token), `[batch, n, hidden]` states and embeddings; None when the talker reads no prompt. Positions
+        the thinker did not read (`attention_mask` 0: padding, blank concepts) are skipped, as in generation, where
+        they are never there."""
         count = self.config.talker_config.prompt_states
         if not count:
             return None
         ends = (labels != IGNORE_INDEX).int().argmax(-1)
-        return prompt_states(hidden, inputs_embeds, ends, count)
+        if attention_mask is None:
+            return prompt_states(hidden, inputs_embeds, ends, count)
+        rows = []
+        for row in range(hidden.shape[0]):
+            read = attention_mask[row, : int(ends[row])].bool().nonzero()[:, 0]
+            rows.append(prompt_states(hidden[row : row + 1, read], inputs_embeds[row : row + 1, read],
+                                      torch.tensor([len(read)], device=hidden.device), count))
+        return tuple(torch.cat(parts) for parts in zip(*rows))
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(
@@ -762,15 +996,23 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         attention_mask: torch.Tensor | None = None,
         input_values: torch.FloatTensor | None = None,
         input_values_mask: torch.Tensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
         input_audio_codes: torch.LongTensor | None = None,
         input_audio_codes_mask: torch.Tensor | None = None,
+        concept_labels: torch.LongTensor | None = None,
+        text_vocabulary: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         audio_labels: torch.LongTensor | None = None,
+        reply_symbols: torch.LongTensor | None = None,
+        reply_symbol_tokens: torch.LongTensor | None = None,
+        reply_symbol_frames: torch.LongTensor | None = None,
         voice_values: torch.FloatTensor | None = None,
         voice_values_mask: torch.Tensor | None = None,
         voice_audio_codes: torch.LongTensor | None = None,
         voice_audio_codes_mask: torch.Tensor | None = None,
         voice_f0: torch.FloatTensor | None = None,
+        voice_given: torch.Tensor | None = None,
         style_embeds: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -782,32 +1024,60 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         Args:
             input_ids: `[batch, length]` chat text with `<|audio_pad|>` slots (from `ConceptTalkerProcessor`).
             attention_mask: `[batch, length]`.
-            input_values: `[clips, samples]` user audio at the codec's rate, one row per clip, in reading order.
-            input_values_mask: `[clips, samples]`, 1 for real samples.
-            input_audio_codes: `[clips, codebooks, frames]` the same audio as precomputed codec codes.
-            input_audio_codes_mask: `[clips, frames]`, True for real frames.
+            input_values: `[clips, samples]` user audio at `config.input_sampling_rate`, one row per clip, in
+                reading order; `input_values_mask` `[clips, samples]`, 1 for real samples.
+            input_features: `[clips, frames, ear width]` the same audio as the ear's frames, computed beforehand;
+                `input_features_mask` `[clips, frames]`. (Models that hear through the codec take
+                `input_audio_codes` `[clips, codebooks, frames]` with `input_audio_codes_mask` instead.)
+            concept_labels: `[clips, slots]` the token spoken in each concept's stretch of time (or the blank token),
+                -100 where no loss applies (`concept_loss`).
+            text_vocabulary: `[tokens]` ids: score the text and concept losses over these tokens only instead of the
+                whole vocabulary (a small thinker trained from scratch on one domain needs no other; the softmax over
+                Qwen2.5's 151,936 rows is most of its training step). Every label must be in it.
             labels: `[batch, length]` reply-text labels, `-100` where no loss applies (unshifted, as in HF causal LMs).
             audio_labels: `[batch, codebooks, frames]` codec codes of the spoken reply, `-100` after each reply ends.
-                Needs `labels` (the talker reads the thinker's states of the labelled reply tokens).
+                Needs `labels` (the talker reads the thinker's states of the labelled reply tokens) and the reply's
+                symbols.
+            reply_symbols: `[batch, symbols]` the reply's symbols (`phonemes.symbol_ids`), padded with -100.
+            reply_symbol_tokens: `[batch, symbols]` for each symbol, the index of its reply token among the labelled
+                tokens (0 = the first).
+            reply_symbol_frames: `[batch, symbols]` each symbol's length in codec frames (they add up to the reply's
+                frames).
             voice_values: `[batch, samples]` a reference clip of the voice to speak in, one per row, at the codec's
                 rate (`voice_values_mask` marks real samples); or as codes, `voice_audio_codes` `[batch, codebooks,
                 frames]` with `voice_audio_codes_mask` `[batch, frames]`.
             voice_f0: `[batch]` the reference clips' median F0 (Hz, 0 where unvoiced), if already measured (the
                 collator passes the dataset's `reference_f0`); measured from the clips otherwise.
+            voice_given: `[batch]` bool, which rows' reference clips count; the others speak in the house voice.
             style_embeds: `[batch, style positions, hidden]` reference-voice concepts, if already computed.
         """
+        concepts = None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("Pass input_ids (from ConceptTalkerProcessor) or inputs_embeds.")
-            inputs_embeds = self.embed_inputs(
-                input_ids, input_values, input_values_mask, input_audio_codes, input_audio_codes_mask
-            )
-        if audio_labels is not None and labels is None:
-            raise ValueError("audio_labels need text labels too: the talker speaks the labelled reply tokens.")
+            concepts = self.hear(input_values, input_values_mask, input_audio_codes, input_audio_codes_mask,
+                                 input_features, input_features_mask)
+            inputs_embeds, attention_mask = self.thinker_inputs(input_ids, attention_mask, concepts=concepts)
+            if position_ids is None:  # the positions of what is read: left-out blank concepts take none
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if audio_labels is not None and (labels is None or reply_symbols is None):
+            raise ValueError("audio_labels need text labels and the reply's symbols (reply_symbols, "
+                             "reply_symbol_tokens, reply_symbol_frames): the talker speaks the reply's phonemes.")
         voice = self.voice_style(voice_values, voice_values_mask, voice_audio_codes, voice_audio_codes_mask, voice_f0)
         style_embeds = voice if voice is not None else style_embeds
 
         kwargs.pop("num_items_in_batch", None)
+        output = ConceptTalkerOutput()
+        losses = []
+        if concept_labels is not None:
+            if concepts is None:
+                raise ValueError("concept_labels need the user's audio (input_values or input_features).")
+            output.concept_loss, output.concept_accuracy = self.concept_loss(*concepts, concept_labels, text_vocabulary)
+            losses.append(self.config.concept_loss_weight * output.concept_loss)
+            if labels is None:  # the concepts alone are being taught: no need to run the thinker
+                output.loss = sum(losses)
+                return output
+
         thinker_out = self.thinker.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -816,8 +1086,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             **kwargs,
         )
         hidden = thinker_out.last_hidden_state
-        output = ConceptTalkerOutput(cache=getattr(thinker_out, "cache", None))
-        losses = []
+        output.cache = getattr(thinker_out, "cache", None)
 
         if labels is None:
             output.logits = self.thinker.lm_head(hidden)
@@ -826,51 +1095,73 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
             scored = targets != IGNORE_INDEX
             if not bool(scored.any()):
                 raise ValueError("labels has no token to learn (all -100): mark the reply tokens with their ids.")
-            logits = self.thinker.lm_head(hidden[:, :-1][scored])  # only where there is a label
-            output.text_loss = F.cross_entropy(logits.float(), targets[scored])
+            chosen = hidden[:, :-1][scored]  # only where there is a label
+            if text_vocabulary is None:
+                output.text_loss = F.cross_entropy(self.thinker.lm_head(chosen).float(), targets[scored])
+            else:
+                logits = F.linear(chosen, self.thinker.lm_head.weight[text_vocabulary])
+                output.text_loss = F.cross_entropy(logits.float(), vocabulary_index(text_vocabulary, targets[scored]))
             losses.append(output.text_loss)
 
         if audio_labels is not None:
+            symbols = (reply_symbols, reply_symbol_tokens, reply_symbol_frames)
             audio_loss, per_codebook, duration_loss, audio_logits, audio_targets = self._audio_loss(
-                hidden, inputs_embeds, input_ids, labels, audio_labels, style_embeds
+                hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given,
+                attention_mask
             )
             output.audio_loss, output.audio_codebook_losses = audio_loss, per_codebook
             output.audio_logits, output.audio_targets = audio_logits, audio_targets
-            losses.append(self.config.audio_loss_weight * audio_loss)
-            if duration_loss is not None:
-                output.duration_loss = duration_loss
-                weight = self.config.audio_loss_weight * self.config.talker_config.duration_loss_weight
-                losses.append(weight * duration_loss)
+            output.duration_loss = duration_loss
+            weight = self.config.audio_loss_weight
+            losses.append(weight * (audio_loss + self.config.talker_config.duration_loss_weight * duration_loss))
 
         if losses:
             output.loss = sum(losses)
         return output
 
-    def _audio_loss(self, hidden, inputs_embeds, input_ids, labels, audio_labels, style_embeds):
+    def talker_symbols(self, states: torch.Tensor, token_embeds: torch.Tensor, symbol_tokens: torch.Tensor):
+        """Each symbol's embedded thinker state: reply states and token embeddings `[batch, reply tokens, hidden]`,
+        symbol -> token indices `[batch, symbols]` -> `[batch, symbols, talker width]`."""
+        talker_dtype = self.talker.heads.dtype
+        detach = self.config.talker_config.detach_thinker_states
+        index = symbol_tokens.clamp(0, max(states.shape[1] - 1, 0))[..., None].expand(-1, -1, states.shape[-1])
+        picked = [torch.gather(t, 1, index) for t in (states, token_embeds)]
+        picked = [(t.detach() if detach else t).to(talker_dtype) for t in picked]
+        return self.talker.embed_text(*picked)
+
+    def _audio_loss(self, hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given,
+                    attention_mask=None):
         if input_ids is None:
             raise ValueError("audio_labels need input_ids to find the reply tokens the talker reads.")
+        reply_symbols, symbol_tokens, symbol_frames = symbols
+        symbol_real = reply_symbols != IGNORE_INDEX
+        symbol_lengths = symbol_real.sum(-1)
+        symbol_ids = torch.where(symbol_real, reply_symbols, 0)
+        symbol_frames = torch.where(symbol_real, symbol_frames, 0)
         valid = audio_labels[:, 0] != IGNORE_INDEX
         frame_lengths = valid.sum(-1)
+        if not torch.equal(symbol_frames.sum(-1), frame_lengths):
+            raise ValueError(
+                f"The reply symbols last {symbol_frames.sum(-1).tolist()} frames but the replies have "
+                f"{frame_lengths.tolist()}: reply_symbol_frames must add up to each reply's frames (rebuild the "
+                "dataset with concept-talker synth)."
+            )
         codes = self.codec.check_codes(torch.where(audio_labels == IGNORE_INDEX, 0, audio_labels), "audio_labels")
-        states, token_embeds, text_lengths = self.reply_states(hidden, input_ids, labels)
-        prompt = self.prompt_states(hidden, inputs_embeds, labels)
+        states, token_embeds, _ = self.reply_states(hidden, input_ids, labels)
+        symbol_text = self.talker_symbols(states, token_embeds, torch.where(symbol_real, symbol_tokens, 0))
+        prompt = self.prompt_states(hidden, inputs_embeds, labels, attention_mask)
         talker_dtype = self.talker.heads.dtype
-
-        def talker_input(tensors):
+        if prompt is not None:
             detach = self.config.talker_config.detach_thinker_states
-            return tuple((t.detach() if detach else t).to(talker_dtype) for t in tensors)
-
-        text_embeds = self.talker.embed_text(*talker_input((states, token_embeds)))
+            prompt = tuple((t.detach() if detach else t).to(talker_dtype) for t in prompt)
         audio_inputs, audio_targets = build_delay_pattern(codes, frame_lengths, self.talker.codebook_size)
-        audio_lengths = frame_lengths + self.talker.num_codebooks
         style = None if style_embeds is None else style_embeds.to(talker_dtype)
-        prefix = self.talker.embed_prefix(style, None if prompt is None else talker_input(prompt))
+        style = self.talker.voice_or_house(style, voice_given, batch=audio_labels.shape[0])
+        prefix = self.talker.embed_prefix(style, prompt)
         voice_step = self.talker.embed_voice_step(style)
-        logits = self.talker(text_embeds, text_lengths, audio_inputs, audio_lengths, prefix, frame_lengths, voice_step)
-        duration_loss = None
-        if self.talker.duration_head is not None:
-            predicted = self.talker.predict_frames(text_embeds, text_lengths, prefix).float()
-            duration_loss = F.mse_loss(predicted.clamp(min=1e-3).log(), frame_lengths.float().clamp(min=1).log())
+        logits = self.talker(symbol_ids, symbol_text, symbol_frames, symbol_lengths, audio_inputs, prefix, voice_step)
+        predicted = self.talker.symbol_log_frames(symbol_ids, symbol_text, self.talker.prefix_summary(prefix)).float()
+        duration_loss = F.mse_loss(predicted[symbol_real], torch.log1p(symbol_frames[symbol_real].float()))
         flat_logits = logits.float().permute(2, 0, 1, 3)  # [codebooks, batch, steps, vocab]
         flat_targets = audio_targets.permute(1, 0, 2)  # [codebooks, batch, steps]
         per_codebook = torch.stack(
@@ -893,9 +1184,12 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         input_audio_codes_mask: torch.Tensor | None = None,
         voice_values: torch.FloatTensor | None = None,
         voice_values_mask: torch.Tensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
         style_embeds: torch.FloatTensor | None = None,
         streamer=None,
         reply_token_ids=None,
+        tokenizer=None,
         **settings,
     ):
         """Answer a batch of spoken turns with reply text, reply audio codes and reply waveforms.
@@ -909,7 +1203,9 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
 
         With `streamer` (an [`AudioIteratorStreamer`]), audio chunks are handed over as soon as they exist.
         With `reply_token_ids` (per row, token ids), the model speaks that text instead of choosing its own.
-        With `voice_values` (the processor's `voice=` clip), it speaks in that voice.
+        With `voice_values` (the processor's `voice=` clip), it speaks in that voice; without, in its house voice.
+        `tokenizer` spells the reply for the talker's phonemes (default: `model.tokenizer`, attached when the
+        checkpoint holds one).
 
         Returns:
             [`SpokenReply`]: `sequences` (reply text ids; decode with the processor), `audio_codes`, `waveforms`
@@ -923,7 +1219,8 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         inputs = {
             "input_ids": input_ids, "attention_mask": attention_mask, "input_values": input_values,
             "input_values_mask": input_values_mask, "input_audio_codes": input_audio_codes,
-            "input_audio_codes_mask": input_audio_codes_mask,
+            "input_audio_codes_mask": input_audio_codes_mask, "input_features": input_features,
+            "input_features_mask": input_features_mask,
         }
         if input_ids is None:
             raise ValueError("generate needs input_ids: build the inputs with ConceptTalkerProcessor.")
@@ -933,7 +1230,7 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         if reply_token_ids is not None and isinstance(reply_token_ids, torch.Tensor):
             reply_token_ids = reply_token_ids.tolist()
         return run_spoken_reply(self, runner, logits, hidden, config, style_embeds, streamer, timer, reply_token_ids,
-                                prompt)
+                                prompt, tokenizer)
 
     def set_reply_defaults(self, **settings) -> None:
         """Make `settings` ([`SpokenGenerationConfig`] keywords, e.g. `talker_temperature=0.5`) this model's defaults
@@ -947,24 +1244,29 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         self.generation_config._from_model_config = False
 
     def stream(self, style_embeds: torch.FloatTensor | None = None, **inputs_and_settings):
-        """Like `generate`, but yields [`AudioChunk`]s (float32 numpy + sampling rate) as soon as each exists.
+        """Like `generate` (same inputs, `reply_token_ids`, `tokenizer` and settings), but yields [`AudioChunk`]s
+        (float32 numpy + sampling rate) as soon as each exists.
 
         The chunks joined are the reply audio; stopping the iteration early stops generation.
         """
         from .generation import SpokenGenerationConfig, prefill, spoken_reply_events
 
         names = ("input_ids", "attention_mask", "input_values", "input_values_mask", "input_audio_codes",
-                 "input_audio_codes_mask")
+                 "input_audio_codes_mask", "input_features", "input_features_mask")
         inputs = {k: inputs_and_settings.pop(k) for k in names if k in inputs_and_settings}
         voice_values = inputs_and_settings.pop("voice_values", None)
         voice_values_mask = inputs_and_settings.pop("voice_values_mask", None)
+        tokenizer = inputs_and_settings.pop("tokenizer", None)
+        reply_token_ids = inputs_and_settings.pop("reply_token_ids", None)
+        if isinstance(reply_token_ids, torch.Tensor):
+            reply_token_ids = reply_token_ids.tolist()
         config = SpokenGenerationConfig.for_model(self, inputs_and_settings)
         with torch.no_grad():
             runner, logits, hidden, prompt = prefill(self, inputs, config)
             voice = self.voice_style(voice_values, voice_values_mask)
         style_embeds = voice if voice is not None else style_embeds
         events = spoken_reply_events(self, runner, logits, hidden, config, style_embeds, decode_stream=True,
-                                     prompt=prompt)
+                                     reply_tokens=reply_token_ids, prompt=prompt, tokenizer=tokenizer)
         for kind, payload in events:
             if kind == "audio":
                 yield payload
@@ -982,13 +1284,43 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         )
         first_step = kwargs.get("cache_position") is None or int(kwargs["cache_position"][0]) == 0
         if first_step:
-            for key in ("input_values", "input_values_mask", "input_audio_codes", "input_audio_codes_mask"):
+            for key in ("input_values", "input_values_mask", "input_audio_codes", "input_audio_codes_mask",
+                        "input_features", "input_features_mask"):
                 if kwargs.get(key) is not None:
                     model_inputs[key] = kwargs[key]
             if model_inputs.get("inputs_embeds") is None:
                 model_inputs["input_ids"] = input_ids
         model_inputs.pop("logits_to_keep", None)
         return model_inputs
+
+
+def vocabulary_index(vocabulary: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids -> their places in `vocabulary` (`[tokens]`, distinct ids); a ValueError names ids outside it."""
+    places = torch.full((int(vocabulary.max()) + 1,), -1, dtype=torch.long, device=vocabulary.device)
+    places[vocabulary] = torch.arange(len(vocabulary), device=vocabulary.device)
+    inside = ids <= int(vocabulary.max())
+    mapped = torch.where(inside, places[ids.clamp(max=int(vocabulary.max()))], -1)
+    if bool((mapped < 0).any()):
+        missing = sorted(set(ids[mapped < 0].tolist()))[:5]
+        raise ValueError(f"Label token(s) {missing} are not in text_vocabulary: build the vocabulary from every text "
+                         "the model is taught (trainers.collators.data_vocabulary).")
+    return mapped
+
+
+def _checkpoint_tokenizer(location: str, subfolder: str, hub_kwargs: dict):
+    """The tokenizer saved with a checkpoint (the processor's), which spells replies for the talker; None if the
+    checkpoint has none (pass `tokenizer=` to `generate` then)."""
+    import os
+
+    from transformers import PreTrainedTokenizerFast
+
+    folder = os.path.join(location, subfolder)
+    if os.path.isdir(location) and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return None
+    try:  # the fast tokenizer's own file: no class lookup, so nothing asks to run remote code
+        return PreTrainedTokenizerFast.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
+    except (OSError, ValueError):
+        return None
 
 
 def _load_codec_model(name_or_path: str, model_type: str):

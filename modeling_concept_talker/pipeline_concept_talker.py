@@ -23,7 +23,7 @@ import torch
 from transformers import Pipeline
 
 from .generation import SpokenGenerationConfig
-from .processing_concept_talker import DEFAULT_SYSTEM_PROMPT, build_prompt
+from .processing_concept_talker import DEFAULT_SYSTEM_PROMPT, build_prompt, warn_if_unfamiliar_instruction
 
 PIPELINE_TASK = "speech-to-speech"
 GENERATION_SETTINGS = frozenset(f.name for f in fields(SpokenGenerationConfig))
@@ -159,10 +159,11 @@ class ConceptTalkerPipeline(Pipeline):
     def preprocess(self, inputs, sampling_rate=None, instruction=None, system_prompt=None, history=None):
         audio, rate = read_audio_input(inputs, sampling_rate)
         prompt = build_prompt(instruction, history=history, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT)
+        warn_if_unfamiliar_instruction(self.model.config, instruction)
         return self.processor(text=prompt, audio=audio, sampling_rate=rate)
 
     def _forward(self, model_inputs, generate_kwargs=None):
-        reply = self.model.generate(**model_inputs, **(generate_kwargs or {}))
+        reply = self.model.generate(**model_inputs, tokenizer=self.processor.tokenizer, **(generate_kwargs or {}))
         return {
             "sequences": reply.sequences,
             "audio": np.asarray(reply.waveforms[0], dtype=np.float32),

@@ -12,13 +12,33 @@ A spoken turn is written with `build_prompt` (or `apply_chat_template` on messag
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-from .audio import count_concept_slots, count_frames, prepare_audio
+from .audio import count_concept_slots, count_frames, is_silent, prepare_audio
 from .configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_SPECIAL_TOKENS, AUDIO_START_TOKEN, AUDIO_TOKEN
 
 DEFAULT_SYSTEM_PROMPT = "You are a patient spoken English tutor. Answer in one or two short sentences."
+
+# A checkpoint may ship without tokenizer files (the embedded one does: Qwen2.5's are 7 MB); its tokenizer is then
+# Qwen2.5's, found in `$CONCEPT_TALKER_TOKENIZER`, in the shared offline copy next to a source checkout, or on the Hub.
+TOKENIZER_VARIABLE = "CONCEPT_TALKER_TOKENIZER"
+SHARED_TOKENIZER_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "assets", "qwen2.5-tokenizer"
+)
+HUB_TOKENIZER = "Qwen/Qwen2.5-0.5B"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def default_tokenizer_source() -> str:
+    """Where the Qwen2.5 tokenizer is read from when a checkpoint has none: `$CONCEPT_TALKER_TOKENIZER`, else the
+    shared offline copy (`../shared/assets/qwen2.5-tokenizer`) where it exists, else the Hub's `Qwen/Qwen2.5-0.5B`."""
+    if os.environ.get(TOKENIZER_VARIABLE):
+        return os.environ[TOKENIZER_VARIABLE]
+    return SHARED_TOKENIZER_DIR if os.path.isdir(SHARED_TOKENIZER_DIR) else HUB_TOKENIZER
 
 # ChatML as Qwen2.5 writes it. An audio item is one <|audio_pad|> that the processor expands; the items of a message
 # are joined with newlines, so [{"type": "audio"}, {"type": "text", "text": "Speak slowly."}] renders as build_prompt.
@@ -45,17 +65,52 @@ FAST_CUES = ("fast", "faster", "quick", "quickly", "quicker", "hurry")
 VOICE_MIN_SECONDS, VOICE_MAX_SECONDS = 1.0, 5.0
 
 
+def instruction_words(instruction: str | None) -> list[str]:
+    """The words of a typed instruction, lower-cased, without punctuation, in order."""
+    if not instruction:
+        return []
+    return instruction.lower().replace(",", " ").replace(".", " ").replace("!", " ").replace("?", " ").split()
+
+
 def check_instruction(instruction: str | None) -> None:
     """Refuse an instruction that asks for slow and fast speech at once (the tutor cannot do both)."""
     if not instruction:
         return
-    words = set(instruction.lower().replace(",", " ").replace(".", " ").replace("!", " ").replace("?", " ").split())
+    words = set(instruction_words(instruction))
     slow, fast = words & set(SLOW_CUES), words & set(FAST_CUES)
     if slow and fast:
         raise ValueError(
             f"Conflicting instructions in {instruction!r}: it asks for slow ({', '.join(sorted(slow))}) and fast "
             f"({', '.join(sorted(fast))}) speech at once. Give one speaking rate."
         )
+
+
+def warn_if_unfamiliar_instruction(config, instruction: str | None) -> list[str]:
+    """Warn when `instruction` holds words that no instruction in the model's training data had.
+
+    The instructions a model was trained with are recorded in its config (`trained_instructions`, written by
+    `concept-talker train`); a model whose config does not record them is not checked. A small thinker trained on a
+    few phrasings ("Speak slowly.", "Repeat after me.") ignores anything else without a sign, hence the warning.
+
+    Returns:
+        The unfamiliar words (empty when the instruction is familiar or cannot be checked).
+    """
+    import warnings
+
+    trained = getattr(config, "trained_instructions", None)
+    if not instruction or not trained:
+        return []
+    known = {word for text in trained for word in instruction_words(text)}
+    unfamiliar = [word for word in instruction_words(instruction) if word not in known]
+    if unfamiliar:
+        examples = ", ".join(repr(text) for text in sorted(trained, key=len)[:4])
+        warnings.warn(
+            f"The instruction {instruction!r} has words no instruction in this model's training data had "
+            f"({', '.join(unfamiliar)}): it was trained on {len(trained)} instructions such as {examples}, and will "
+            "most likely ignore this one. Use the phrasings it knows (its config's trained_instructions).",
+            stacklevel=2,
+        )
+    return unfamiliar
 
 
 def build_prompt(
@@ -91,9 +146,11 @@ class ConceptTalkerProcessor(ProcessorMixin):
 
     Args:
         tokenizer: a Qwen2.5 tokenizer; the audio special tokens are added to it if missing.
-        sampling_rate: the codec's sampling rate in Hz (audio is resampled to it).
-        hop_length: audio samples per codec frame.
-        window_frames: codec frames per concept-adapter window.
+        sampling_rate: the ear's sampling rate in Hz (the user's audio is resampled to it: 16 kHz for Whisper).
+        hop_length: audio samples per ear frame.
+        window_frames: ear frames per concept-adapter window.
+        voice_sampling_rate: the codec's sampling rate in Hz (reference-voice clips are resampled to it; default
+            `sampling_rate`).
         concepts_per_window: concept slots per window.
         max_audio_seconds: longest clip accepted.
         padding_side: `"left"` (for batched generation, default) or `"right"`.
@@ -109,6 +166,7 @@ class ConceptTalkerProcessor(ProcessorMixin):
         concepts_per_window: int = 4,
         max_audio_seconds: float = 30.0,
         padding_side: str = "left",
+        voice_sampling_rate: int | None = None,
     ):
         missing = [t for t in AUDIO_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
         if missing:
@@ -116,6 +174,7 @@ class ConceptTalkerProcessor(ProcessorMixin):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = "<|endoftext|>"
         self.sampling_rate = int(sampling_rate)
+        self.voice_sampling_rate = int(voice_sampling_rate or sampling_rate)
         self.hop_length = int(hop_length)
         self.window_frames = int(window_frames)
         self.concepts_per_window = int(concepts_per_window)
@@ -132,9 +191,10 @@ class ConceptTalkerProcessor(ProcessorMixin):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         processor = cls(
             tokenizer,
-            sampling_rate=config.sampling_rate,
-            hop_length=config.hop_length,
+            sampling_rate=config.input_sampling_rate,
+            hop_length=config.input_hop_length,
             window_frames=config.window_frames,
+            voice_sampling_rate=config.sampling_rate,
             concepts_per_window=config.adapter_config.concepts_per_window,
             max_audio_seconds=config.max_audio_seconds,
         )
@@ -147,20 +207,40 @@ class ConceptTalkerProcessor(ProcessorMixin):
             )
         return processor
 
+    @classmethod
+    def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, subfolder="",
+                                        **kwargs):
+        """The tokenizer of a saved processor; for a local checkpoint saved without tokenizer files, Qwen2.5's
+        (`default_tokenizer_source`), which every Concept-Talker thinker reads (the audio tokens are added to it)."""
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
+        if os.path.isdir(folder) and not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+            source = default_tokenizer_source()
+            try:
+                return super()._load_tokenizer_from_pretrained(sub_processor_type, source, **kwargs)
+            except (OSError, ValueError) as err:
+                raise OSError(
+                    f"{folder} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), and Qwen2.5's tokenizer, "
+                    f"which its model reads, could not be loaded from {source!r} instead ({err}). Set "
+                    f"{TOKENIZER_VARIABLE} to a folder holding it (vocab.json, merges.txt, tokenizer_config.json), "
+                    f"or build the processor with ConceptTalkerProcessor.from_config(model.config, TOKENIZER_DIR)."
+                ) from err
+        return super()._load_tokenizer_from_pretrained(sub_processor_type, pretrained_model_name_or_path, subfolder,
+                                                       **kwargs)
+
     @property
     def audio_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
 
     def concept_slots(self, num_samples: int) -> int:
-        """Concept slots for a clip of `num_samples` at the codec's rate."""
+        """Concept slots for a clip of `num_samples` at the ear's rate."""
         return self.concept_slots_for_frames(count_frames(num_samples, self.hop_length))
 
     def concept_slots_for_frames(self, num_frames: int) -> int:
-        """Concept slots for a clip of `num_frames` codec frames (for precomputed codes)."""
+        """Concept slots for a clip of `num_frames` ear frames (for precomputed features or codes)."""
         return count_concept_slots(num_frames, self.window_frames, self.concepts_per_window)
 
     def prepare_audio(self, audio, sampling_rate, name: str = "audio") -> torch.Tensor:
-        """One clip -> mono float32 `[samples]` at the codec's rate (checked, downmixed, resampled)."""
+        """One clip -> mono float32 `[samples]` at the ear's rate (checked, downmixed, resampled)."""
         return prepare_audio(audio, sampling_rate, self.sampling_rate, self.max_audio_seconds, name=name)
 
     def prepare_voice(self, clip, sampling_rate, name: str = "voice clip") -> torch.Tensor:
@@ -169,19 +249,19 @@ class ConceptTalkerProcessor(ProcessorMixin):
         A clip must hold 1 s to 5 s of speech: a silent clip or one shorter than 1 s is refused; a longer one is cut
         to its first 5 s (the talker was trained on 1-5 s clips). Other sampling rates are resampled.
         """
-        wave = prepare_audio(clip, sampling_rate, self.sampling_rate, None, name=name)
-        seconds = wave.numel() / self.sampling_rate
+        wave = prepare_audio(clip, sampling_rate, self.voice_sampling_rate, None, name=name)
+        seconds = wave.numel() / self.voice_sampling_rate
         if seconds < VOICE_MIN_SECONDS:
             raise ValueError(
                 f"The {name} is {seconds:.2f} s long; give at least {VOICE_MIN_SECONDS:g} s of the voice speaking."
             )
-        if float(wave.abs().max()) < 1e-3:
+        if is_silent(wave):
             raise ValueError(f"The {name} is silent (peak below -60 dBFS): give a recording of the voice speaking.")
-        return wave[: int(VOICE_MAX_SECONDS * self.sampling_rate)]
+        return wave[: int(VOICE_MAX_SECONDS * self.voice_sampling_rate)]
 
     def expand_audio_placeholders(self, texts: list[str], clip_frames: list[int]) -> list[str]:
         """Replace the i-th `<|audio_pad|>` (in reading order across `texts`) by the slots of the i-th clip,
-        whose length is given in codec frames."""
+        whose length is given in ear frames."""
         count = sum(text.count(AUDIO_TOKEN) for text in texts)
         if any(AUDIO_START_TOKEN in text for text in texts):
             raise ValueError(
@@ -228,7 +308,8 @@ class ConceptTalkerProcessor(ProcessorMixin):
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, with audio, `input_values` `[clips, samples]`
-            (float32 at the codec's rate, zero-padded) and `input_values_mask` `[clips, samples]`.
+            (float32 at the ear's rate, zero-padded) and `input_values_mask` `[clips, samples]`; with a voice,
+            `voice_values` / `voice_values_mask` at the codec's rate.
         """
         if text is None:
             raise ValueError(
@@ -242,6 +323,13 @@ class ConceptTalkerProcessor(ProcessorMixin):
         else:
             clips = [audio]
         waves = [self.prepare_audio(clip, sampling_rate, name=f"audio clip {i}") for i, clip in enumerate(clips)]
+        for i, wave in enumerate(waves):
+            if is_silent(wave):
+                warnings.warn(
+                    f"audio clip {i} is silent (its peak is below -60 dBFS): no speech was heard, so the reply "
+                    "cannot answer a question. Check the recording (microphone, input device, gain).",
+                    stacklevel=2,
+                )
         texts = self.expand_audio_placeholders(texts, [count_frames(w.numel(), self.hop_length) for w in waves])
         encoded = self.tokenizer(
             texts,
@@ -284,6 +372,7 @@ def _pad_waves(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return values, mask
 
 
-__all__ = ["ConceptTalkerProcessor", "build_prompt", "check_instruction", "DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["ConceptTalkerProcessor", "build_prompt", "check_instruction", "warn_if_unfamiliar_instruction",
+           "DEFAULT_SYSTEM_PROMPT"]
 
 ConceptTalkerProcessor.register_for_auto_class("AutoProcessor")

@@ -1,11 +1,18 @@
-"""The talker: a small causal transformer that writes audio codes from the thinker's states.
+"""The talker: a small causal transformer that writes audio codes, reading the reply's phonemes on a timeline.
 
-Its sequence interleaves thinker states and audio steps by the read-R / write-W schedule (`schedule.py`). At each
-audio step it predicts every codebook at once, one head per codebook, with MusicGen's delay pattern: codebook k
-lags k steps, so a frame is complete K - 1 steps after its first codebook.
+Its sequence is a prefix (the reference voice's style concepts and pitch, the thinker's states of the prompt's end)
+and then the reply's symbols (phonemes, spaces, punctuation; `phonemes.py`) and audio steps interleaved by the
+phoneme timeline (`schedule.py`): each symbol is read just before the step where the symbol before it begins, and
+each audio step is told which symbol it speaks and how far into it it is. Each symbol also carries the thinker's
+state of the reply token it comes from. The alignment of text and audio therefore comes from outside the talker's
+attention: from the symbols' lengths, true ones (from the voice that rendered the data) in training and predicted
+ones (`Talker.symbol_frames`, from the symbols, their thinker states and the prefix) when generating.
 
-Ids in each codebook: `0 .. codebook_size - 1` are codes, `codebook_size` is end-of-audio (EOS) and
-`codebook_size + 1` is begin/filler (BOS). Heads predict codes and EOS; BOS is only ever an input.
+At each audio step it predicts every codebook at once, one head per codebook, with MusicGen's delay pattern:
+codebook k lags k steps, so a frame is complete K - 1 steps after its first codebook. The reply's length is the sum
+of its symbols' lengths, so there is no end-of-audio token.
+
+Ids in each codebook: `0 .. codebook_size - 1` are codes, `codebook_size` is begin/filler (BOS), only ever an input.
 """
 
 from __future__ import annotations
@@ -18,55 +25,45 @@ from torch.nn import functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .pitch import VOICE_PITCH_FEATURES, voice_pitch_features
-from .schedule import ReadWriteSchedule
+from .schedule import SymbolLayout, layout
 
 IGNORE_INDEX = -100
-
-# Frames left until the end of audio, as an audio step is told them (`duration_conditioning`): exact from 1 to 15,
-# then in bins about 25% wide. Id 0: not known yet (the reply text has not all been read); id 1: none left.
-COUNTDOWN_EDGES = torch.tensor(
-    list(range(1, 17)) + sorted({round(16 * 1.25**i) for i in range(1, 25)} - set(range(1, 17)))
-)
-# Each reply token's predicted duration starts near 10 frames (200 ms at 50 Hz, about speech's pace).
-DURATION_OFFSET = math.log(math.expm1(10.0))
-
-
-def countdown_ids(remaining: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Frames remaining (any integer shape) and whether they are known yet -> countdown embedding ids."""
-    edges = COUNTDOWN_EDGES.to(remaining.device)
-    return torch.where(known, 1 + torch.bucketize(remaining, edges, right=True), 0)
+# A symbol's predicted length starts near 4 frames (80 ms at 50 Hz, about a phoneme's), so an untrained talker
+# already speaks at about the pace of speech.
+SYMBOL_FRAMES_OFFSET = math.log1p(4.0)
 
 
 def build_delay_pattern(codes: torch.Tensor, lengths: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Talker inputs and targets for a batch of frames, with the delay pattern and an end-of-audio step.
+    """Talker inputs and targets for a batch of frames, with the delay pattern.
 
-    For frames of length M = 3 and K = 3 codebooks (c = code, E = EOS, B = BOS, - = ignored target):
+    For frames of length M = 3 and K = 3 codebooks (c = code, B = BOS, - = ignored target):
 
-        targets (delayed codes)          inputs (targets shifted right by one step, fillers made explicit)
-        step:  0  1  2  3  4  5           step:  0  1  2  3  4  5
-        k=0:   c0 c1 c2 E  -  -           k=0:   B  c0 c1 c2 E  E
-        k=1:   -  c0 c1 c2 E  -           k=1:   B  B  c0 c1 c2 E
-        k=2:   -  -  c0 c1 c2 E           k=2:   B  B  B  c0 c1 c2
+        targets (delayed codes)       inputs (targets shifted right by one step, fillers made explicit)
+        step:  0  1  2  3  4          step:  0  1  2  3  4
+        k=0:   c0 c1 c2 -  -          k=0:   B  c0 c1 c2 B
+        k=1:   -  c0 c1 c2 -          k=1:   B  B  c0 c1 c2
+        k=2:   -  -  c0 c1 c2         k=2:   B  B  B  c0 c1
 
     Args:
         codes: `[batch, codebooks, frames]` codec codes (right padding arbitrary).
         lengths: `[batch]` number of real frames in each row.
-        codebook_size: entries per codebook (EOS = codebook_size, BOS = codebook_size + 1).
+        codebook_size: entries per codebook (BOS = codebook_size).
 
     Returns:
-        `inputs` `[batch, codebooks, frames + codebooks]` and `targets` of the same shape (IGNORE_INDEX where no
-        loss applies). Row b has `lengths[b] + codebooks` audio steps.
+        `inputs` `[batch, codebooks, frames + codebooks - 1]` and `targets` of the same shape (IGNORE_INDEX where no
+        loss applies). Row b has `lengths[b] + codebooks - 1` audio steps.
     """
     batch, num_codebooks, frames = codes.shape
-    eos, bos = codebook_size, codebook_size + 1
-    steps = frames + num_codebooks
+    bos = codebook_size
+    steps = frames + num_codebooks - 1
     column = torch.arange(steps, device=codes.device)[None, None, :]
     k = torch.arange(num_codebooks, device=codes.device)[None, :, None]
     frame = column - k  # which frame each (codebook, step) cell holds
     length = lengths.to(codes.device)[:, None, None]
     gathered = torch.gather(codes, 2, frame.clamp(0, max(frames - 1, 0)).expand(batch, -1, -1))
-    filled = torch.where(frame < 0, bos, torch.where(frame < length, gathered, eos))
-    targets = torch.where((frame >= 0) & (frame <= length), filled, IGNORE_INDEX)
+    real = (frame >= 0) & (frame < length)
+    targets = torch.where(real, gathered, IGNORE_INDEX)
+    filled = torch.where(real, gathered, bos)
     inputs = torch.cat([torch.full_like(filled[..., :1], bos), filled[..., :-1]], dim=-1)
     return inputs, targets
 
@@ -100,6 +97,14 @@ def prompt_states(hidden: torch.Tensor, embeds: torch.Tensor, ends: torch.Tensor
     width = hidden.shape[-1]
     states = torch.gather(hidden, 1, (positions - 1)[..., None].expand(-1, -1, width))
     return states, torch.gather(embeds, 1, positions[..., None].expand(-1, -1, width))
+
+
+def frames_from_log(log_frames: torch.Tensor) -> torch.Tensor:
+    """Predicted `log(1 + frames)` -> whole frames (>= 0), rounded so that running totals stay close to the sum
+    of the unrounded lengths (a reply does not drift by each symbol's rounding). `[..., symbols]` -> same shape."""
+    exact = torch.expm1(log_frames.float()).clamp(min=0).cumsum(-1)
+    ends = exact.round()
+    return torch.diff(ends, dim=-1, prepend=torch.zeros_like(ends[..., :1])).long()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -187,12 +192,12 @@ class TalkerBlock(GradientCheckpointingLayer):
 
 
 class Talker(nn.Module):
-    """Thinker states (+ optional style concepts and prompt states) -> audio codes.
+    """Reply symbols on a timeline (+ optional style concepts and prompt states) -> audio codes.
 
-    Its sequence is a prefix, read once before the reply (the style concepts of a reference voice and, with
-    `voice_pitch`, its measured pitch; then the thinker's states of the prompt's last `prompt_states` positions),
-    followed by the reply's thinker states and audio steps interleaved by the schedule. With `voice_every_step`,
-    each audio step also gets the voice added to its input, as it gets the countdown.
+    Its sequence is a prefix, read once before the reply (the style concepts of a reference voice, or the learnt
+    house voice, and with `voice_pitch` the voice's measured pitch; then the thinker's states of the prompt's last
+    `prompt_states` positions), followed by the reply's symbols and audio steps interleaved by the timeline
+    (`schedule.layout`). With `voice_every_step`, each audio step also gets the voice added to its input.
 
     Args:
         config: the `TalkerConfig` (`num_codebooks` and `codebook_size` filled in from the codec).
@@ -204,56 +209,80 @@ class Talker(nn.Module):
         self.config = config
         self.num_codebooks = config.num_codebooks
         self.codebook_size = config.codebook_size
-        self.eos_id = config.codebook_size
-        self.bos_id = config.codebook_size + 1
-        self.schedule = ReadWriteSchedule(config.read_tokens, config.write_frames)
+        self.bos_id = config.codebook_size
+        self.num_symbols = len(config.phoneme_symbols)
+        self.progress_cap = config.progress_cap
         width = config.hidden_size
         # A thinker state is what the thinker knew when it chose a token plus the token it chose.
         self.state_proj = nn.Linear(thinker_hidden_size, width)
         self.token_proj = nn.Linear(thinker_hidden_size, width, bias=False)
+        self.symbol_embedding = nn.Embedding(self.num_symbols, width)  # a symbol as it is read
+        self.step_symbol_embedding = nn.Embedding(self.num_symbols, width)  # the symbol an audio step speaks
+        self.since_embedding = nn.Embedding(config.progress_cap + 1, width)
+        self.left_embedding = nn.Embedding(config.progress_cap + 1, width)
+        style_positions = config.num_style_concepts + (1 if config.voice_pitch else 0)
         self.style_proj = nn.Linear(thinker_hidden_size, width) if config.num_style_concepts else None
+        # The voice the talker speaks in when it is given none: learnt, in the place of a clip's style positions.
+        self.house_voice = (nn.Parameter(torch.zeros(style_positions, thinker_hidden_size))
+                            if config.num_style_concepts else None)
         # The voice's pitch features -> one more style position (in the thinker's width, as style concepts are).
         self.pitch_proj = nn.Linear(VOICE_PITCH_FEATURES, thinker_hidden_size) if config.voice_pitch else None
         self.voice_proj = nn.Linear(thinker_hidden_size, width) if config.voice_every_step else None
         self.code_embeddings = nn.ModuleList(
-            nn.Embedding(config.codebook_size + 2, width) for _ in range(config.num_codebooks)
+            nn.Embedding(config.codebook_size + 1, width) for _ in range(config.num_codebooks)
         )
-        self.kind_embedding = nn.Embedding(3, width)  # 0 style, 1 thinker state, 2 audio step
+        self.kind_embedding = nn.Embedding(3, width)  # 0 prefix, 1 symbol, 2 audio step
         self.rotary = RotaryEmbedding(width // config.num_attention_heads, config.rope_theta)
         self.blocks = nn.ModuleList(TalkerBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
         # One head per codebook, stored as one weight so a step is a single batched matmul.
-        self.heads = nn.Parameter(torch.empty(config.num_codebooks, config.codebook_size + 1, width))
-        if config.duration_conditioning:
-            self.countdown_embedding = nn.Embedding(len(COUNTDOWN_EDGES) + 2, width)
-            self.duration_head = nn.Linear(2 * width, 1)  # [reply state; prefix summary] -> the token's frames
-        else:
-            self.countdown_embedding = self.duration_head = None
+        self.heads = nn.Parameter(torch.empty(config.num_codebooks, config.codebook_size, width))
+        # Each symbol's length from its neighbours, its thinker state and the prefix (voice, instruction).
+        self.duration_embedding = nn.Embedding(self.num_symbols, width)
+        self.duration_head = nn.Sequential(nn.Linear(5 * width, width), nn.GELU(), nn.Linear(width, 1))
 
     # ---- embeddings ------------------------------------------------------------------------------------
     def embed_text(self, states: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
         """Thinker states `[batch, n, thinker_hidden]` and the chosen tokens' embeddings (same shape) -> `[batch, n, width]`."""
-        return self.state_proj(states) + self.token_proj(token_embeds) + self.kind_embedding.weight[1]
+        return self.state_proj(states) + self.token_proj(token_embeds)
 
-    def embed_audio(self, codes: torch.Tensor) -> torch.Tensor:
-        """Delayed input codes `[batch, codebooks, steps]` -> `[batch, steps, width]` (sum over codebooks)."""
+    def embed_symbols(self, symbol_ids: torch.Tensor, symbol_text: torch.Tensor) -> torch.Tensor:
+        """Symbols as read: ids `[batch, n]` and the embedded thinker states of their tokens `[batch, n, width]`
+        (`embed_text`) -> `[batch, n, width]`."""
+        return self.symbol_embedding(symbol_ids) + symbol_text + self.kind_embedding.weight[1]
+
+    def embed_steps(self, codes: torch.Tensor, step_symbols: torch.Tensor, since: torch.Tensor,
+                    left: torch.Tensor) -> torch.Tensor:
+        """Audio steps: delayed input codes `[batch, codebooks, steps]` (summed over codebooks) and where each step
+        is on the timeline (`[batch, steps]` each: its symbol's id, frames since and left) -> `[batch, steps, width]`."""
         embedded = sum(embedding(codes[:, k]) for k, embedding in enumerate(self.code_embeddings))
-        return embedded + self.kind_embedding.weight[2]
-
-    def embed_style(self, style: torch.Tensor) -> torch.Tensor:
-        """Style concepts of a reference voice `[batch, p, thinker_hidden]` -> `[batch, p, width]`."""
-        if self.style_proj is None:
-            raise ValueError(
-                "This talker was built without style concepts (talker_config.num_style_concepts=0): it cannot take a "
-                "reference voice."
-            )
-        return self.style_proj(style) + self.kind_embedding.weight[0]
+        timeline = self.step_symbol_embedding(step_symbols) + self.since_embedding(since) + self.left_embedding(left)
+        return embedded + timeline + self.kind_embedding.weight[2]
 
     def pitch_concept(self, f0_hz: torch.Tensor) -> torch.Tensor:
         """Median F0 of each reference clip `[batch]` (Hz; 0 where unvoiced) -> the style position that carries it,
         `[batch, 1, thinker_hidden]`, appended to the clip's style concepts."""
         features = voice_pitch_features(f0_hz).to(self.pitch_proj.weight)
         return self.pitch_proj(features)[:, None]
+
+    def voice_or_house(self, style: torch.Tensor | None, given: torch.Tensor | None = None,
+                       batch: int = 1) -> torch.Tensor | None:
+        """The voice each row speaks in, `[batch, style positions, thinker_hidden]`: the row's reference voice where
+        one is `given` (`[batch]` bool; all rows when None), else the house voice. None for a talker without a voice
+        input."""
+        if self.house_voice is None:
+            if style is not None:
+                raise ValueError(
+                    "This talker was built without style concepts (talker_config.num_style_concepts=0): it cannot "
+                    "take a reference voice."
+                )
+            return None
+        if style is None:
+            return self.house_voice[None].expand(batch, -1, -1)
+        house = self.house_voice[None].to(style.dtype)
+        if given is None:
+            return style
+        return torch.where(given.to(style.device)[:, None, None], style, house)
 
     def embed_voice_step(self, style: torch.Tensor | None) -> torch.Tensor | None:
         """What every audio step is told of the voice (`voice_every_step`): style positions
@@ -263,40 +292,38 @@ class Talker(nn.Module):
         return self.voice_proj(style.mean(1))[:, None]
 
     def embed_prefix(self, style: torch.Tensor | None = None, prompt: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """The part of the sequence read before the reply: style concepts `[batch, p, thinker_hidden]` and prompt
+        """The part of the sequence read before the reply: style positions `[batch, p, thinker_hidden]` and prompt
         states (states, token embeddings), `[batch, n, thinker_hidden]` each -> `[batch, p + n, width]`, or None."""
         parts = []
         if style is not None:
-            parts.append(self.embed_style(style))
+            parts.append(self.style_proj(style) + self.kind_embedding.weight[0])
         if prompt is not None:
-            parts.append(self.embed_text(*prompt))
+            parts.append(self.embed_text(*prompt) + self.kind_embedding.weight[0])
         return torch.cat(parts, dim=1) if parts else None
 
-    def embed_countdown(self, remaining: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """Frames left until the end of audio `[batch, steps]` (meaningful where `known`) -> `[batch, steps, width]`."""
-        return self.countdown_embedding(countdown_ids(remaining, known))
-
-    # ---- the reply's length -------------------------------------------------------------------------------------
+    # ---- the symbols' lengths -----------------------------------------------------------------------------------
     @staticmethod
     def prefix_summary(prefix_embeds: torch.Tensor | None) -> torch.Tensor | None:
         """Mean of the prefix `[batch, p, width]` -> `[batch, width]` (None without one): what the duration
         predictor knows of the voice and the instruction."""
         return None if prefix_embeds is None else prefix_embeds.mean(1)
 
-    def token_frames(self, text_embeds: torch.Tensor, summary: torch.Tensor | None) -> torch.Tensor:
-        """Predicted frames of each reply token: embedded states `[batch, n, width]`, prefix summary
-        `[batch, width]` (`prefix_summary`; None counts as zeros) -> `[batch, n]` (positive)."""
-        if summary is None:
-            summary = text_embeds.new_zeros(text_embeds.shape[0], text_embeds.shape[-1])
-        features = torch.cat([text_embeds, summary[:, None].expand_as(text_embeds)], dim=-1)
-        return F.softplus(self.duration_head(features).squeeze(-1) + DURATION_OFFSET)
+    def symbol_log_frames(self, symbol_ids: torch.Tensor, symbol_text: torch.Tensor,
+                          summary: torch.Tensor | None) -> torch.Tensor:
+        """Predicted `log(1 + frames)` of each symbol: ids `[batch, n]`, embedded thinker states `[batch, n, width]`,
+        prefix summary `[batch, width]` (None counts as zeros) -> `[batch, n]`.
 
-    def predict_frames(self, text_embeds: torch.Tensor, text_lengths: torch.Tensor,
-                       prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """The reply's predicted length in frames, `[batch]` (float): the sum of its tokens' durations."""
-        summary = self.prefix_summary(prefix_embeds)
-        real = torch.arange(text_embeds.shape[1], device=text_embeds.device)[None] < text_lengths[:, None]
-        return (self.token_frames(text_embeds, summary) * real).sum(-1)
+        A symbol's length depends on it, the symbols on either side of it (zeros past the ends) and its token's
+        state: it can be predicted once the next symbol is known, which is when the talker reads that symbol anyway.
+        """
+        embedded = self.duration_embedding(symbol_ids)
+        edge = torch.zeros_like(embedded[:, :1])
+        before = torch.cat([edge, embedded[:, :-1]], dim=1)
+        after = torch.cat([embedded[:, 1:], edge], dim=1)
+        if summary is None:
+            summary = embedded.new_zeros(embedded.shape[0], embedded.shape[-1])
+        features = torch.cat([before, embedded, after, symbol_text, summary[:, None].expand_as(embedded)], dim=-1)
+        return self.duration_head(features).squeeze(-1) + SYMBOL_FRAMES_OFFSET
 
     # ---- the network -----------------------------------------------------------------------------------
     def run(self, embeds: torch.Tensor, cache: TalkerCache | None = None) -> torch.Tensor:
@@ -312,68 +339,73 @@ class Talker(nn.Module):
         return self.norm(hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`[batch, steps, width]` -> `[batch, steps, codebooks, codebook_size + 1]`."""
+        """`[batch, steps, width]` -> `[batch, steps, codebooks, codebook_size]`."""
         return torch.einsum("bsd,kvd->bskv", hidden, self.heads)
 
     def new_cache(self, batch: int, max_length: int, dtype, device) -> TalkerCache:
         heads = self.config.num_attention_heads
         return TalkerCache(len(self.blocks), batch, heads, max_length, self.config.hidden_size // heads, dtype, device)
 
+    def timeline(self, frames: torch.Tensor) -> SymbolLayout:
+        """The layout of one reply whose symbols last `frames` `[symbols]` (`schedule.layout`)."""
+        return layout(frames, self.num_codebooks, self.progress_cap)
+
     # ---- training ------------------------------------------------------------------------------------------
     def forward(
         self,
-        text_embeds: torch.Tensor,
-        text_lengths: torch.Tensor,
+        symbol_ids: torch.Tensor,
+        symbol_text: torch.Tensor,
+        symbol_frames: torch.Tensor,
+        symbol_lengths: torch.Tensor,
         audio_inputs: torch.Tensor,
-        audio_lengths: torch.Tensor,
         prefix_embeds: torch.Tensor | None = None,
-        frame_lengths: torch.Tensor | None = None,
         voice_step_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits for every audio step.
 
         Args:
-            text_embeds: `[batch, max_text, width]` embedded thinker states (`embed_text`), right-padded.
-            text_lengths: `[batch]` thinker states per row.
-            audio_inputs: `[batch, codebooks, max_steps]` delayed input codes (`build_delay_pattern`).
-            audio_lengths: `[batch]` audio steps per row.
+            symbol_ids: `[batch, max_symbols]` the reply's symbols (`phonemes.symbol_ids`), right-padded.
+            symbol_text: `[batch, max_symbols, width]` the embedded thinker state of each symbol's token.
+            symbol_frames: `[batch, max_symbols]` each symbol's length in frames (0 on padding).
+            symbol_lengths: `[batch]` symbols per row.
+            audio_inputs: `[batch, codebooks, max_steps]` delayed input codes (`build_delay_pattern`); row b has
+                `symbol_frames[b].sum() + codebooks - 1` steps.
             prefix_embeds: `[batch, p, width]` what is read before the reply (`embed_prefix`), or None.
-            frame_lengths: `[batch]` each reply's length in frames, counted down to its steps once the reply text
-                has been read (needed with `duration_conditioning`; generation counts down the predicted length).
             voice_step_embeds: `[batch, 1, width]` added to every audio step (`embed_voice_step`), or None.
 
         In training, `config.history_dropout` of the audio steps have their input codes hidden (filler id).
 
         Returns:
-            logits `[batch, max_steps, codebooks, codebook_size + 1]`.
+            logits `[batch, max_steps, codebooks, codebook_size]`.
         """
         batch, max_steps = audio_inputs.shape[0], audio_inputs.shape[-1]
+        device = audio_inputs.device
         if self.training and self.config.history_dropout > 0:
-            hidden_steps = torch.rand(batch, 1, max_steps, device=audio_inputs.device) < self.config.history_dropout
+            hidden_steps = torch.rand(batch, 1, max_steps, device=device) < self.config.history_dropout
             audio_inputs = torch.where(hidden_steps, self.bos_id, audio_inputs)
-        audio_embeds = self.embed_audio(audio_inputs)
-        if self.countdown_embedding is not None:
-            if frame_lengths is None:
-                raise ValueError("This talker counts down to the end of audio (duration_conditioning): pass "
-                                 "frame_lengths, each reply's length in frames.")
-            steps = torch.arange(max_steps, device=audio_inputs.device)[None]
-            known = self.schedule.text_complete(steps, text_lengths.to(steps.device)[:, None])
-            audio_embeds = audio_embeds + self.embed_countdown(frame_lengths.to(steps.device)[:, None] - steps, known)
+        layouts = [self.timeline(symbol_frames[row, : int(n)]) for row, n in enumerate(symbol_lengths.tolist())]
+        step_symbols = torch.zeros(batch, max_steps, dtype=torch.long, device=device)
+        since = torch.zeros_like(step_symbols)
+        left = torch.zeros_like(step_symbols)
+        for row, timeline in enumerate(layouts):
+            steps = len(timeline.step_positions)
+            step_symbols[row, :steps] = symbol_ids[row, timeline.frame_symbol]
+            since[row, :steps], left[row, :steps] = timeline.since, timeline.left
+        step_embeds = self.embed_steps(audio_inputs, step_symbols, since, left)
         if voice_step_embeds is not None:
-            audio_embeds = audio_embeds + voice_step_embeds
+            step_embeds = step_embeds + voice_step_embeds
+        symbol_embeds = self.embed_symbols(symbol_ids, symbol_text)
         prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
-        layouts = [self.schedule.positions(int(n), int(s)) for n, s in zip(text_lengths.tolist(), audio_lengths.tolist())]
-        length = prefix + max(len(t) + len(a) for t, a in layouts)
-        sequence = audio_embeds.new_zeros(batch, length, audio_embeds.shape[-1])
-        audio_index = torch.zeros(batch, max_steps, dtype=torch.long, device=audio_inputs.device)
-        for row, (text_positions, audio_positions) in enumerate(layouts):
-            text_positions = text_positions.to(sequence.device) + prefix
-            audio_positions = audio_positions.to(sequence.device) + prefix
+        length = prefix + max(t.length for t in layouts)
+        sequence = step_embeds.new_zeros(batch, length, step_embeds.shape[-1])
+        step_index = torch.zeros(batch, max_steps, dtype=torch.long, device=device)
+        for row, timeline in enumerate(layouts):
             if prefix:
                 sequence[row, :prefix] = prefix_embeds[row]
-            sequence[row, text_positions] = text_embeds[row, : len(text_positions)]
-            sequence[row, audio_positions] = audio_embeds[row, : len(audio_positions)]
-            audio_index[row, : len(audio_positions)] = audio_positions
+            symbols, steps = len(timeline.symbol_positions), len(timeline.step_positions)
+            sequence[row, prefix + timeline.symbol_positions] = symbol_embeds[row, :symbols]
+            sequence[row, prefix + timeline.step_positions] = step_embeds[row, :steps]
+            step_index[row, :steps] = prefix + timeline.step_positions
         hidden = self.run(sequence)
-        hidden = torch.gather(hidden, 1, audio_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        hidden = torch.gather(hidden, 1, step_index[..., None].expand(-1, -1, hidden.shape[-1]))
         return self.logits(hidden)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,11 +45,13 @@ def tiny_processor(tiny_config, tokenizer_dir):
 
 
 @pytest.fixture
-def tiny_model(tiny_config):
+def tiny_model(tiny_config, tiny_processor):
     from modeling_concept_talker import ConceptTalkerForConditionalGeneration
 
     torch.manual_seed(0)
-    return ConceptTalkerForConditionalGeneration(tiny_config).eval()
+    model = ConceptTalkerForConditionalGeneration(tiny_config).eval()
+    model.tokenizer = tiny_processor.tokenizer  # spells the replies for the talker's phonemes
+    return model
 
 
 def liven(model, seed: int = 0):
@@ -64,6 +67,10 @@ def liven(model, seed: int = 0):
             if p.ndim == 2 and "lora_" not in name:
                 std = 0.5 if "embed" in name else 0.15
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
+        if model.ear is not None:  # a random ear hears every clip alike unless its weights are this large too
+            for name, p in model.ear.encoder.named_parameters():
+                if p.ndim >= 2 and "embed_positions" not in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.15)
     return model
 
 
@@ -79,3 +86,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def reply_symbol_inputs(processor, config, replies, frames):
+    """The talker's inputs for replies (texts) lasting `frames` codec frames each: their symbols (espeak-ng's
+    phonemes, as the house voice reads them), the answer token of each symbol, and each symbol's frames (the reply's
+    frames shared out evenly). Returns `reply_symbols`, `reply_symbol_tokens`, `reply_symbol_frames`, padded."""
+    from modeling_concept_talker.phonemes import reply_symbols, symbol_ids
+    from trainers.collators import symbol_tokens
+
+    rows = []
+    for text, total in zip(replies, frames):
+        symbols = reply_symbols(text)
+        ids = symbol_ids(symbols.symbols, config.talker_config.phoneme_symbols)
+        answer = processor.tokenizer(text + "<|im_end|>", add_special_tokens=False).input_ids
+        shares = np.diff(np.round(np.linspace(0, total, len(ids) + 1))).astype(int).tolist()
+        rows.append((ids, symbol_tokens(symbols.chars, answer, processor.tokenizer), shares))
+    longest = max(len(r[0]) for r in rows)
+    pad = lambda values, fill: values + [fill] * (longest - len(values))  # noqa: E731
+    return {
+        "reply_symbols": torch.tensor([pad(r[0], -100) for r in rows]),
+        "reply_symbol_tokens": torch.tensor([pad(r[1], 0) for r in rows]),
+        "reply_symbol_frames": torch.tensor([pad(r[2], 0) for r in rows]),
+    }

@@ -116,7 +116,7 @@ def test_mimi_codec_plugs_in(tiny_config):
     config = load_preset(
         "tiny",
         codec_config={"model_type": "mimi", "num_hidden_layers": 1, "intermediate_size": 256, "num_quantizers": 8},
-        adapter_config={"window_seconds": 0.8},
+        adapter_config={"window_seconds": 0.8}, ear_config=None,  # the codec is the ear: windows of its frames
     )
     model = ConceptTalkerForConditionalGeneration(config).eval()
     codec = model.codec

@@ -221,6 +221,7 @@ def test_lora_is_folded(backend):
     prompt = torch.randint(0, thinker.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(6))
     fast = FastThinkerRunner(thinker, max_length=32, dtype=torch.float32, backend=_backend(backend))
     reference = ThinkerRunner(thinker)
+    logits = None
     for step in range(4):
         ids = prompt if step == 0 else logits.argmax(-1, keepdim=True)
         logits, hidden = fast.append(fast.embed(ids))

@@ -29,7 +29,11 @@ def ask(processor, seconds=2.3, rate=24000, seed=0, instruction=None):
 
 def test_reply_depends_on_the_audio(lively_model, tiny_processor):
     """Guards the other tests: equal replies below mean equal computations, not a constant model."""
-    replies = {tuple(lively_model.generate(**ask(tiny_processor, seed=s), **GREEDY).sequences[0].tolist()) for s in range(3)}
+    t = np.arange(int(2.3 * 24000)) / 24000
+    clips = [question(2.3, 24000), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
+             (0.3 * np.sign(np.sin(2 * np.pi * 3 * t)) * np.sin(2 * np.pi * 1500 * t)).astype(np.float32)]
+    replies = {tuple(lively_model.generate(**tiny_processor(text=build_prompt(), audio=clip, sampling_rate=24000),
+                                           **GREEDY).sequences[0].tolist()) for clip in clips}
     assert len(replies) == 3
 
 
@@ -47,8 +51,11 @@ def test_greedy_generation_is_deterministic(lively_model, tiny_processor):
 
 def test_streaming_output_equals_generate(lively_model, tiny_processor):
     batch = ask(tiny_processor)
-    whole = lively_model.generate(**batch, **GREEDY)
-    chunks = list(lively_model.stream(**batch, **GREEDY))
+    reply = tiny_processor.tokenizer("The word brave means not afraid of danger.<|im_end|>",
+                                     add_special_tokens=False).input_ids
+    settings = dict(GREEDY, max_audio_seconds=20.0, thinker_max_new_tokens=20, reply_token_ids=[reply])
+    whole = lively_model.generate(**batch, **settings)
+    chunks = list(lively_model.stream(**batch, **settings))
     assert len(chunks) > 3  # it really streamed
     assert all(c.samples.dtype == np.float32 and c.sampling_rate == 24000 for c in chunks)
     assert [c.start for c in chunks] == list(np.cumsum([0] + [len(c.samples) for c in chunks[:-1]]))
@@ -59,11 +66,13 @@ def test_streaming_output_equals_generate(lively_model, tiny_processor):
 
 
 def test_first_audio_comes_before_the_reply_text_is_finished(lively_model, tiny_processor):
-    settings = dict(GREEDY, thinker_max_new_tokens=30)
-    first = next(lively_model.stream(**ask(tiny_processor), **settings))
-    read_tokens = lively_model.config.talker_config.read_tokens
-    assert len(first.text_tokens) == read_tokens  # the first block needed only R of the reply's 30 tokens
-    assert lively_model.generate(**ask(tiny_processor), **settings).sequences.shape[1] == 30
+    """The talker starts as soon as the reply's first word is finished (the next token shows it ended)."""
+    text = "The capital of France is Paris, and the capital of Italy is Rome."
+    reply = tiny_processor.tokenizer(text + "<|im_end|>", add_special_tokens=False).input_ids
+    settings = dict(GREEDY, thinker_max_new_tokens=40, max_audio_seconds=20.0)
+    first = next(lively_model.stream(**ask(tiny_processor), **settings, reply_token_ids=[reply]))
+    assert 2 <= len(first.text_tokens) <= 3  # "The" ended when " capital" began (and " of" told the space's next)
+    assert len(reply) > 15
 
 
 def test_audio_iterator_streamer_in_a_thread(lively_model, tiny_processor):
@@ -139,23 +148,28 @@ def test_text_stops_at_the_end_of_reply_token(lively_model, tiny_processor):
         assert tokens.index(end) == len(tokens) - 1  # nothing after the end-of-reply token
 
 
-def test_talker_end_of_audio_ends_the_reply_audio(lively_model, tiny_processor, monkeypatch):
+def test_the_audio_ends_after_the_last_symbol(lively_model, tiny_processor, monkeypatch):
+    """The reply lasts as long as its symbols' predicted lengths add up to; the delayed codebooks then finish."""
     talker = lively_model.talker
-    scored = talker.logits
     steps = []
+    original = talker.logits
 
-    def eos_at_step_5(hidden):
-        logits = scored(hidden)
+    def counted(hidden):
         steps.append(None)
-        if len(steps) == 6:
-            logits[..., 0, talker.eos_id] = 1e4  # codebook 0 ends the audio at step 5
-        return logits
+        return original(hidden)
 
-    monkeypatch.setattr(talker, "logits", eos_at_step_5)
-    reply = lively_model.generate(**ask(tiny_processor), **GREEDY, talker_runner="reference")  # patched logits
-    assert reply.audio_codes[0].shape[1] == 5  # five frames, then EOS
-    assert len(reply.waveforms[0]) == 5 * lively_model.codec.hop_length
-    assert len(steps) == 5 + lively_model.config.codec_num_codebooks  # the delayed codebooks finish, then stop
+    monkeypatch.setattr(talker, "logits", counted)
+    monkeypatch.setattr(talker, "symbol_log_frames",
+                        lambda ids, text, summary: torch.full(ids.shape, float(np.log1p(2))))
+    text = "Nine."
+    reply = tiny_processor.tokenizer(text + "<|im_end|>", add_special_tokens=False).input_ids
+    out = lively_model.generate(**ask(tiny_processor), **GREEDY, reply_token_ids=[reply], talker_runner="reference")
+    from modeling_concept_talker.phonemes import reply_symbols
+
+    frames = 2 * len(reply_symbols(text).symbols)
+    assert out.audio_codes[0].shape[1] == frames
+    assert len(out.waveforms[0]) == frames * lively_model.codec.hop_length
+    assert len(steps) == frames + lively_model.config.codec_num_codebooks - 1
 
 
 def test_sampling_uses_the_seed(lively_model, tiny_processor):
@@ -239,11 +253,15 @@ def test_feeding_audio_in_pieces_gives_the_same_reply(lively_model, tiny_process
     assert np.abs(reply.waveforms[0] - whole.waveforms[0]).max() < SAMPLE_TOLERANCE
 
 
-def test_windows_are_read_while_the_user_speaks(lively_model, tiny_processor):
+@pytest.mark.parametrize("context_windows, read", [(0, 0), (1, 2 * 6)])
+def test_windows_are_read_while_the_user_speaks(lively_model, tiny_processor, context_windows, read):
+    """With left context the ear streams: two complete 1 s windows, 6 concepts each, are in the thinker before the
+    user stops; without, the whole question is heard at the end of speech."""
+    lively_model.ear.context_windows = context_windows
     turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **GREEDY)
     start = turn.runner.length
     turn.feed(question(2.5, 24000))
-    assert turn.runner.length - start == 2 * 4  # two complete 1 s windows, 4 concepts each, already in the thinker
+    assert turn.runner.length - start == read
     chunks = list(turn.stream_reply())
     assert chunks and turn.state == "closed"
 
@@ -274,26 +292,7 @@ def test_a_turn_closed_early_holds_nothing(lively_model, tiny_processor):
     stream = turn.stream_reply()
     next(stream)
     stream.close()
-    assert turn.state == "closed" and turn.runner is None and turn.encoder is None
-
-
-def test_only_codebook_0_ends_the_audio(lively_model, tiny_processor, monkeypatch):
-    """Codebooks 1..K-1 finish their delayed frames after codebook 0's EOS with codes, never with EOS."""
-    talker = lively_model.talker
-    scored = talker.logits
-    steps = []
-
-    def eos_everywhere_from_step_5(hidden):
-        logits = scored(hidden)
-        steps.append(None)
-        if len(steps) >= 6:
-            logits[..., :, talker.eos_id] = 1e4  # every head prefers EOS
-        return logits
-
-    monkeypatch.setattr(talker, "logits", eos_everywhere_from_step_5)
-    reply = lively_model.generate(**ask(tiny_processor), **GREEDY, talker_runner="reference")  # patched logits
-    codes = reply.audio_codes[0]
-    assert codes.shape[1] == 5 and int(codes.max()) < lively_model.config.codebook_size
+    assert turn.state == "closed" and turn.runner is None and turn.ear_stream is None
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
@@ -304,7 +303,8 @@ def test_fast_and_reference_talker_write_the_same_codes(lively_model, tiny_proce
     if isa not in concept_talker_kernels.supported_isas():
         pytest.skip(f"this CPU cannot run the {isa} kernel ({concept_talker_kernels.describe_cpu()})")
     batch = ask(tiny_processor)
-    settings = dict(GREEDY, thinker_runner="reference")
+    reply = tiny_processor.tokenizer("The answer is nine.<|im_end|>", add_special_tokens=False).input_ids
+    settings = dict(GREEDY, thinker_runner="reference", reply_token_ids=[reply])
     fast = lively_model.generate(**batch, **settings, talker_runner="fast", kernel=isa)
     reference = lively_model.generate(**batch, **settings, talker_runner="reference")
     assert fast.audio_codes[0].shape[1] > 10

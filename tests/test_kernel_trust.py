@@ -115,18 +115,38 @@ def test_untrusted_cache_means_plain_pytorch_with_one_warning(tmp_path, monkeypa
     torch.testing.assert_close(logits, reference.append(reference.embed(ids))[0])
 
 
-def test_unusable_cache_location_means_plain_pytorch_not_a_shared_folder(tmp_path, monkeypatch, isa):
-    """A cache that cannot be made (here its parent is a file, as on a read-only or odd home) is never replaced
-    by a predictable folder in the shared temporary directory: plain PyTorch, one warning."""
+@pytest.fixture
+def unusable_home_cache(tmp_path, monkeypatch):
+    """The default cache cannot be made (its parent is a file, as on a read-only or odd home); the system's shared
+    temporary folder is a folder of the test's. Returns that temporary folder."""
     shared = tmp_path / "tmp"
     shared.mkdir()
-    monkeypatch.setenv("TMPDIR", str(shared))
     blocker = tmp_path / "home-cache"
     blocker.write_text("a file where the cache's parent folder should be")
-    with pytest.warns(K.KernelFallbackWarning, match="cannot create the kernel cache"):
-        kernel, why = K.choose_kernel(isa, cache_dir=str(blocker / "concept_talker" / "kernels"))
-    assert kernel is None
-    assert os.listdir(shared) == []
+    monkeypatch.setenv("CONCEPT_TALKER_KERNEL_DIR", str(blocker / "kernels"))
+    monkeypatch.setattr(loader.tempfile, "gettempdir", lambda: str(shared))
+    monkeypatch.setattr(loader, "_loaded", {})
+    return shared
+
+
+def test_unusable_cache_location_falls_back_to_a_private_folder_made_atomically(unusable_home_cache):
+    folder = K.resolve_cache_dir()
+    assert folder == str(unusable_home_cache / f"concept_talker_kernels-{os.getuid()}")
+    info = os.lstat(folder)
+    assert stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
+
+
+def test_a_folder_planted_in_the_shared_temp_dir_is_never_used(unusable_home_cache, tmp_path, monkeypatch, isa):
+    """Another local user creates the fallback's predictable name first, as a link to a folder they control."""
+    attacker = tmp_path / "attacker"
+    attacker.mkdir()
+    (unusable_home_cache / f"concept_talker_kernels-{os.getuid()}").symlink_to(attacker, target_is_directory=True)
+    loads = []
+    monkeypatch.setattr(loader.ctypes, "CDLL", lambda path, *a, **k: loads.append(path))
+    with pytest.warns(K.KernelFallbackWarning, match="not a folder only this user can write"):
+        kernel, why = K.choose_kernel(isa)
+    assert kernel is None and "symlink" in why
+    assert loads == [] and not list(attacker.iterdir())  # nothing of theirs loaded, nothing built there
 
 
 # ---- compilers and CPUs -----------------------------------------------------------------------------------------
@@ -274,7 +294,10 @@ def test_the_kernels_are_not_part_of_the_remote_code():
     folder = os.path.dirname(modeling_concept_talker.__file__)
     assert not [f for f in os.listdir(folder) if f.endswith((".cpp", ".c", ".so", ".h"))]
     for name in os.listdir(folder):
-        if name.endswith(".py"):
+        if name.endswith(".py"):  # nothing compiles code (phonemes.py loads the system's espeak-ng with ctypes)
             text = open(os.path.join(folder, name)).read()
-            assert "ctypes.CDLL" not in text and "g++" not in text, name
+            for word in ("g++", "cpp_extension.load", "import subprocess", "_KERNEL_SOURCE", "#include"):
+                assert word not in text, (name, word)
+    fast = open(os.path.join(folder, "fast_thinker.py")).read()
+    assert "import ctypes" not in fast and "CDLL" not in fast  # the kernel is loaded by the package alone
     assert os.path.isfile(loader.SOURCE)

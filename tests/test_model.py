@@ -6,13 +6,15 @@ import json
 
 import numpy as np
 import torch
+from conftest import reply_symbol_inputs
 
 from modeling_concept_talker import ConceptTalkerForConditionalGeneration, build_prompt
 from modeling_concept_talker.talker import IGNORE_INDEX
 
 
 def make_batch(processor, model, replies=("Good morning, Anna.", "Seven plus two is nine."), seconds=(1.3, 2.2)):
-    """A training batch: spoken questions (random audio), reply text labels, reply audio code labels."""
+    """A training batch: spoken questions (random audio), reply text labels, reply audio code labels and the
+    reply's symbols on a timeline."""
     rng = np.random.default_rng(0)
     prompts = [build_prompt() for _ in replies]
     audio = [rng.standard_normal(int(s * 16000)).astype(np.float32) * 0.1 for s in seconds]
@@ -28,7 +30,8 @@ def make_batch(processor, model, replies=("Good morning, Anna.", "Seven plus two
     audio_labels = torch.full((len(replies), k, max(frames)), IGNORE_INDEX)
     for row, n in enumerate(frames):
         audio_labels[row, :, :n] = torch.randint(0, size, (k, n), generator=torch.Generator().manual_seed(row))
-    return {**batch, "labels": labels, "audio_labels": audio_labels}
+    symbols = reply_symbol_inputs(processor, model.config, replies, frames)
+    return {**batch, "labels": labels, "audio_labels": audio_labels, **symbols}
 
 
 def test_forward_returns_loss_and_its_parts(tiny_model, tiny_processor):
@@ -37,9 +40,9 @@ def test_forward_returns_loss_and_its_parts(tiny_model, tiny_processor):
     k = tiny_model.config.codec_num_codebooks
     assert out.audio_codebook_losses.shape == (k,)
     assert torch.allclose(out.audio_loss, out.audio_codebook_losses.mean())
-    assert torch.allclose(out.loss, out.text_loss + out.audio_loss)
-    # Random init: every codebook's loss is near log(vocabulary) (codebook entries + EOS).
-    vocab = tiny_model.config.codebook_size + 1
+    assert torch.allclose(out.loss, out.text_loss + out.audio_loss + out.duration_loss)
+    # Random init: every codebook's loss is near log(vocabulary) (the codebook's entries; there is no end token).
+    vocab = tiny_model.config.codebook_size
     assert torch.all((out.audio_codebook_losses - np.log(vocab)).abs() < 1.0)
     assert out.audio_logits.shape[2:] == (k, vocab)
 
@@ -73,7 +76,7 @@ def test_overfits_one_small_batch(tiny_model, tiny_processor):
     params = [p for p in tiny_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     first = None
-    for step in range(150):
+    for step in range(300):
         out = tiny_model(**batch)
         optimizer.zero_grad()
         out.loss.backward()
@@ -90,7 +93,8 @@ def test_fresh_lora_leaves_thinker_logits_unchanged(tiny_config, tiny_processor)
     torch.manual_seed(0)
     model = ConceptTalkerForConditionalGeneration(tiny_config).eval()
     batch = make_batch(tiny_processor, model)
-    batch.pop("labels"), batch.pop("audio_labels")
+    for name in ("labels", "audio_labels", "reply_symbols", "reply_symbol_tokens", "reply_symbol_frames"):
+        batch.pop(name)
     before = model(**batch).logits
     model.add_lora(r=8)
     assert model.has_lora
@@ -100,7 +104,8 @@ def test_fresh_lora_leaves_thinker_logits_unchanged(tiny_config, tiny_processor)
 
 def test_merge_lora_keeps_outputs(tiny_model, tiny_processor):
     batch = make_batch(tiny_processor, tiny_model)
-    batch.pop("labels"), batch.pop("audio_labels")
+    for name in ("labels", "audio_labels", "reply_symbols", "reply_symbol_tokens", "reply_symbol_frames"):
+        batch.pop(name)
     with torch.no_grad():
         for name, p in tiny_model.named_parameters():
             if "lora_B" in name:
@@ -145,19 +150,22 @@ def test_save_and_load_round_trip(tiny_model, tiny_processor, tmp_path):
 
 
 def test_from_pretrained_parts_with_local_folders(tmp_path, tiny_config, tiny_processor):
-    from transformers import EncodecModel, Qwen2ForCausalLM
+    from transformers import EncodecModel, Qwen2ForCausalLM, WhisperModel
 
     torch.manual_seed(1)
     thinker = Qwen2ForCausalLM(tiny_config.thinker_config)
     codec = EncodecModel(tiny_config.codec_config)
+    whisper = WhisperModel(tiny_config.ear_config)
     with torch.no_grad():
         for layer in codec.quantizer.layers:
             layer.codebook.embed.normal_()
     thinker.save_pretrained(tmp_path / "thinker")
     codec.save_pretrained(tmp_path / "codec")
+    whisper.save_pretrained(tmp_path / "whisper")
 
     model = ConceptTalkerForConditionalGeneration.from_pretrained_parts(
-        thinker=str(tmp_path / "thinker"), codec=str(tmp_path / "codec"), lora_r=4,
+        thinker=str(tmp_path / "thinker"), codec=str(tmp_path / "codec"), speech_encoder=str(tmp_path / "whisper"),
+        lora_r=4,
         codec_num_codebooks=4, adapter_config=tiny_config.adapter_config.to_dict(),
         talker_config={k: v for k, v in tiny_config.talker_config.to_dict().items() if k not in ("num_codebooks", "codebook_size")},
     ).eval()
@@ -167,6 +175,11 @@ def test_from_pretrained_parts_with_local_folders(tmp_path, tiny_config, tiny_pr
     assert torch.allclose(model.thinker(input_ids=ids).logits, thinker(input_ids=ids).logits, atol=1e-6)
     wave = torch.randn(1, 4800)
     assert torch.equal(model.codec.encode(wave), codec.quantizer.encode(codec.encoder(wave[:, None]), None)[:4].transpose(0, 1))
+    # The ear is Whisper's encoder with the saved weights, frozen.
+    assert model.config.ear_name_or_path == str(tmp_path / "whisper")
+    for name, weight in whisper.encoder.state_dict().items():
+        assert torch.equal(model.ear.encoder.state_dict()[name], weight), name
+    assert not any(p.requires_grad for p in model.ear.parameters())
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"concept_adapter", "talker", "thinker"}
     assert all("lora_" in n for n, p in model.thinker.named_parameters() if p.requires_grad)

@@ -27,7 +27,7 @@ def test_chat_template_matches_build_prompt(tiny_processor):
     assert rendered.endswith("<|im_start|>user\n<|audio_pad|>\nSpeak slowly.<|im_end|>\n<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("seconds,expected_slots", [(0.5, 4), (1.0, 4), (1.01, 8), (2.5, 12), (5.0, 20)])
+@pytest.mark.parametrize("seconds,expected_slots", [(0.5, 6), (1.0, 6), (1.01, 12), (2.5, 18), (5.0, 30)])
 def test_each_clip_gets_slots_for_its_length(tiny_processor, seconds, expected_slots):
     audio = np.zeros(int(round(seconds * 24000)), np.float32)
     batch = tiny_processor(text=build_prompt(), audio=audio, sampling_rate=24000)
@@ -42,8 +42,7 @@ def test_slots_match_what_the_model_makes(tiny_model, tiny_processor):
     for seconds in (0.3, 1.7, 3.0):
         audio = np.random.default_rng(0).standard_normal(int(seconds * 16000)).astype(np.float32)
         batch = tiny_processor(text=build_prompt(), audio=audio, sampling_rate=16000)
-        codes, mask = tiny_model.encode_audio(batch["input_values"], batch["input_values_mask"])
-        concepts, concept_mask = tiny_model.get_concepts(codes, mask)
+        concepts, concept_mask = tiny_model.hear(batch["input_values"], batch["input_values_mask"])
         assert int(concept_mask.sum()) == int((batch["input_ids"] == tiny_processor.audio_token_id).sum())
 
 
@@ -51,19 +50,19 @@ def test_batch_of_texts_and_clips_in_reading_order(tiny_processor):
     clips = [np.zeros(24000, np.float32), np.zeros(3 * 24000, np.float32), np.zeros(12000, np.float32)]
     texts = [build_prompt(), "<|im_start|>user\n" + AUDIO_TOKEN + " and " + AUDIO_TOKEN + "<|im_end|>\n"]
     batch = tiny_processor(text=texts, audio=clips, sampling_rate=24000)
-    assert batch["input_values"].shape == (3, 3 * 24000)
-    assert batch["input_values_mask"].sum(-1).tolist() == [24000, 72000, 12000]
+    assert batch["input_values"].shape == (3, 3 * 16000)  # at the ear's rate
+    assert batch["input_values_mask"].sum(-1).tolist() == [16000, 48000, 8000]
     slots = (batch["input_ids"] == tiny_processor.audio_token_id).sum(-1).tolist()
-    assert slots == [4, 12 + 4]
+    assert slots == [6, 18 + 6]
     # Left padding for generation by default.
     assert batch["attention_mask"][1, -1] == 1 and batch["attention_mask"][1, 0] == 0 or slots[1] > slots[0]
 
 
 def test_stereo_any_layout_is_downmixed(tiny_processor):
-    left = np.sin(np.linspace(0, 100, 24000)).astype(np.float32)
+    left = np.sin(np.linspace(0, 100, 16000)).astype(np.float32)
     right = -0.5 * left
-    channels_first = tiny_processor.prepare_audio(np.stack([left, right]), 24000)
-    channels_last = tiny_processor.prepare_audio(np.stack([left, right], axis=1), 24000)
+    channels_first = tiny_processor.prepare_audio(np.stack([left, right]), 16000)
+    channels_last = tiny_processor.prepare_audio(np.stack([left, right], axis=1), 16000)
     assert torch.allclose(channels_first, torch.from_numpy(0.25 * left), atol=1e-6)
     assert torch.equal(channels_first, channels_last)
 
@@ -71,9 +70,9 @@ def test_stereo_any_layout_is_downmixed(tiny_processor):
 def test_torch_int16_and_list_inputs(tiny_processor):
     wave = (np.sin(np.linspace(0, 50, 2400)) * 0.5).astype(np.float32)
     as_int16 = (wave * 32767).astype(np.int16)
-    from_int16 = tiny_processor.prepare_audio(torch.from_numpy(as_int16), 24000)
+    from_int16 = tiny_processor.prepare_audio(torch.from_numpy(as_int16), 16000)
     assert torch.allclose(from_int16, torch.from_numpy(wave), atol=1e-4)
-    assert torch.equal(tiny_processor.prepare_audio(wave.tolist(), 24000), torch.from_numpy(wave))
+    assert torch.equal(tiny_processor.prepare_audio(wave.tolist(), 16000), torch.from_numpy(wave))
 
 
 def test_resampling_keeps_a_tone_and_removes_aliases():
@@ -105,4 +104,5 @@ def test_processor_save_and_load(tiny_processor, tmp_path):
     a = tiny_processor(text=build_prompt(), audio=audio, sampling_rate=22050)
     b = loaded(text=build_prompt(), audio=audio, sampling_rate=22050)
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["input_values"], b["input_values"])
-    assert loaded.window_frames == tiny_processor.window_frames and loaded.sampling_rate == 24000
+    assert loaded.window_frames == tiny_processor.window_frames and loaded.sampling_rate == 16000
+    assert loaded.voice_sampling_rate == 24000  # reference voices are read by the codec

@@ -6,6 +6,7 @@ is installed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -68,9 +69,17 @@ def test_checkpoint_loads_as_remote_code_without_the_package(tiny_model, tiny_pr
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".cpp", ".c", ".so")]  # no native code uploaded
     assert not (tmp_path / "concept_talker_kernels").exists()
     blocked = [] if kernels_installed else ["concept_talker_kernels"]
+    env = dict(os.environ)
+    if kernels_installed:  # as `pip install concept-talker` would: the kernels package (alone) on the path
+        import concept_talker_kernels
+
+        site = tmp_path.parent / f"{tmp_path.name}-site"
+        site.mkdir()
+        (site / "concept_talker_kernels").symlink_to(os.path.dirname(concept_talker_kernels.__file__))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-c", LOADER, str(tmp_path), *blocked], cwd=tmp_path, capture_output=True, text=True,
-        timeout=600,
+        timeout=600, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])

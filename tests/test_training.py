@@ -219,6 +219,9 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
     final = whole / "final"
     assert (final / "model.safetensors").exists() and (final / "thinker" / "config.json").exists()
     assert json.loads((final / "config.json").read_text())["thinker_name_or_path"] == "thinker"
+    # the instructions the thinker read, so that an unfamiliar one is warned of at inference
+    instructions = json.loads((final / "config.json").read_text())["trained_instructions"]
+    assert instructions and all(isinstance(text, str) and text for text in instructions)
 
     killed = tmp_path / "killed"
     args = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed)] + micro_overrides(micro_dataset)

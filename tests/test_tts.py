@@ -12,6 +12,8 @@ import torch
 
 from trainers import tts as tts_module
 from trainers.tts import (
+    Utterance,
+    render_utterance,
     EspeakBackend,
     TTSBackend,
     TTSUnavailableError,
@@ -126,8 +128,8 @@ def test_a_backend_that_makes_silence_raises():
         def voices(self):
             return ["only"]
 
-        def _synthesize(self, text, voice, rate, pitch):
-            return np.zeros(16000, dtype=np.float32)
+        def _speak(self, text, voice, rate, pitch):
+            return Utterance(np.zeros(16000, dtype=np.float32), 16000, text)
 
     with pytest.raises(RuntimeError, match="no audible speech"):
         SilentBackend().synthesize("Hello there.")
@@ -240,3 +242,72 @@ def test_load_tts_rejects_a_folder_of_another_model(tmp_path):
     with pytest.raises(ValueError, match="must hold a VITS model"):
         load_tts(str(tmp_path))
     assert tts_module.NOMINAL_RATE == 175
+
+
+# ---- word timings (espeak-ng's events) and the house voice (Piper) ---------------------------------------------------
+
+def test_espeak_reports_where_each_word_is(espeak):
+    text = "What does enormous mean?"
+    utterance = espeak.speak(text, "en-us+m3", rate=160, pitch=50)
+    words = [text[w.start : w.end] for w in utterance.words]
+    assert words == ["What", "does", "enormous", "mean"]
+    times = [(w.start_seconds, w.end_seconds) for w in utterance.words]
+    assert all(0 <= a <= b <= utterance.seconds for a, b in times)
+    assert all(times[i][1] <= times[i + 1][0] + 1e-6 for i in range(len(times) - 1))  # in order, not overlapping
+    long_word = times[2][1] - times[2][0]
+    assert long_word > times[0][1] - times[0][0]  # "enormous" lasts longer than "What"
+    # Resampled to the ear's rate, the timings stay where they were.
+    again = render_utterance(espeak, text, 16000, "en-us+m3", rate=160, pitch=50)
+    assert again.words == utterance.words and again.sampling_rate == 16000
+
+
+@pytest.fixture(scope="module")
+def house_voice():
+    from trainers.tts import PiperBackend
+
+    return PiperBackend()
+
+
+def test_the_house_voice_reports_each_symbol_it_spoke(house_voice):
+    from modeling_concept_talker.phonemes import reply_symbols
+
+    text = "Brave means not afraid of danger."
+    utterance = house_voice.speak(text, rate=175, pitch=50)
+    assert utterance.phonemes.symbols == reply_symbols(text).symbols  # the talker's symbols, as the voice read them
+    assert utterance.phoneme_samples.sum() == len(utterance.audio)
+    assert (utterance.phoneme_samples >= 0).all() and utterance.sampling_rate == 22050
+    words = [text[w.start : w.end] for w in utterance.words]
+    assert words == ["Brave", "means", "not", "afraid", "of", "danger"]
+    # Deterministic (no noise drawn), and the same symbols at another rate last longer or shorter.
+    assert np.array_equal(house_voice.speak(text, rate=175, pitch=50).audio, utterance.audio)
+    slow = house_voice.speak(text, rate=110, pitch=50)
+    assert slow.seconds > 1.3 * utterance.seconds
+
+
+def test_house_voice_pitch_variants_move_the_pitch_and_keep_the_pace(house_voice):
+    from modeling_concept_talker.pitch import median_f0
+
+    text = "The morning light came slowly through the window."
+    low = render_utterance(house_voice, text, 16000, rate=175, pitch=30)
+    high = render_utterance(house_voice, text, 16000, rate=175, pitch=80)
+    assert median_f0(high.audio, 16000) > 1.5 * median_f0(low.audio, 16000)
+    # The pace is kept to within about a fifth (the voice rounds each phoneme up to whole 256-sample steps, which
+    # weighs more at the shorter length scale a lower voice is rendered with).
+    assert abs(high.seconds - low.seconds) < 0.25 * low.seconds
+    for utterance in (low, high):  # symbol timings follow the clip through the pitch shift and the resampling
+        assert utterance.phoneme_samples.sum() == len(utterance.audio)
+
+
+def test_a_missing_or_foreign_voice_file_says_what_to_do(tmp_path):
+    from trainers.tts import PiperBackend
+
+    with pytest.raises(ValueError, match="does not exist"):
+        PiperBackend(str(tmp_path / "none.onnx"))
+    model = tmp_path / "voice.onnx"
+    model.write_bytes(b"not a model")
+    (tmp_path / "voice.onnx.json").write_text('{"audio": {}}')
+    with pytest.raises(ValueError, match="not a Piper voice config"):
+        PiperBackend(str(model))
+    (tmp_path / "voice.onnx.json").write_text('{"audio": {"sample_rate": 22050}, "phoneme_id_map": {"_": [0]}}')
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        PiperBackend(str(model))

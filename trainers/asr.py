@@ -107,6 +107,108 @@ def char_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The judge: Whisper, with its own English text normaliser on both sides
+# ---------------------------------------------------------------------------------------------------------------
+
+DEFAULT_JUDGE = "openai/whisper-base"
+OFFLINE_JUDGE = os.path.join("..", "shared", "assets", "whisper-base")
+
+
+def default_judge() -> str:
+    """Where the judge comes from: `$CONCEPT_TALKER_WHISPER_DIR`, else the offline copy next to the project when it
+    exists (`../shared/assets/whisper-base`), else `openai/whisper-base` from the Hub."""
+    for candidate in (os.environ.get("CONCEPT_TALKER_WHISPER_DIR"), OFFLINE_JUDGE):
+        if candidate and os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    return DEFAULT_JUDGE
+
+
+class WhisperRecognizer:
+    """A real recogniser for judging what the tutor says: Whisper through transformers (float32 on the CPU),
+    greedy, English, and scored with Whisper's `EnglishTextNormalizer` on both sides (so "eighteen" and "18" match).
+
+    Args:
+        name_or_path: a Whisper model (Hub id or folder; default `default_judge()`). It never downloads when given a
+            folder; with a Hub id it downloads like any `from_pretrained`.
+        batch_size: clips transcribed together.
+    """
+
+    sampling_rate = ASR_SAMPLING_RATE
+
+    def __init__(self, name_or_path: str | None = None, batch_size: int = 8):
+        import json
+
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+        self.name_or_path = str(name_or_path or default_judge())
+        try:
+            self.model = WhisperForConditionalGeneration.from_pretrained(self.name_or_path, dtype=torch.float32).eval()
+            self.processor = WhisperProcessor.from_pretrained(self.name_or_path)
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"Could not load the judge (Whisper) from {self.name_or_path!r}: {err}\nPass a Whisper model's folder "
+                "(offline here: ../shared/assets/whisper-base, or set CONCEPT_TALKER_WHISPER_DIR) or a Hub id."
+            ) from err
+        spelling = os.path.join(self.name_or_path, "normalizer.json")
+        mapping = {}
+        if os.path.isfile(spelling):
+            with open(spelling, encoding="utf-8") as f:
+                mapping = json.load(f)
+        self.normalizer = EnglishTextNormalizer(mapping)
+        self.batch_size = batch_size
+
+    def describe(self) -> str:
+        return f"Whisper ({os.path.basename(self.name_or_path.rstrip(os.sep)) or self.name_or_path}), greedy, " \
+               "English text normaliser on both sides"
+
+    def transcribe_batch(self, clips, sampling_rate: int) -> list[str]:
+        """Clips (float32 `[samples]` each, any length under 30 s) at `sampling_rate` -> their transcripts."""
+        import torch
+
+        texts = []
+        clips = [to_mono_float(np.asarray(c, dtype=np.float32), name="clip") for c in clips]
+        waves = [resample(c, check_sampling_rate(sampling_rate), self.sampling_rate).numpy() for c in clips]
+        for start in range(0, len(waves), self.batch_size):
+            chunk = waves[start : start + self.batch_size]
+            present = [i for i, w in enumerate(chunk) if len(w)]
+            heard = [""] * len(chunk)
+            if present:
+                features = self.processor([chunk[i] for i in present], sampling_rate=self.sampling_rate,
+                                          return_tensors="pt").input_features
+                with torch.inference_mode():
+                    ids = self.model.generate(features, language="en", task="transcribe", max_new_tokens=128)
+                for i, text in zip(present, self.processor.batch_decode(ids, skip_special_tokens=True)):
+                    heard[i] = text.strip()
+            texts += heard
+        return texts
+
+    def transcribe(self, audio, sampling_rate: int) -> str:
+        return self.transcribe_batch([audio], sampling_rate)[0]
+
+    def normalize(self, text: str) -> str:
+        return " ".join(self.normalizer(text).split())
+
+    def word_error_rate(self, references: Sequence[str], hypotheses: Sequence[str]) -> float:
+        """Corpus WER with Whisper's English normaliser on both sides (references without words are left out)."""
+        import jiwer
+
+        pairs = [(self.normalize(r), self.normalize(h)) for r, h in zip(references, hypotheses)]
+        pairs = [(r, h) for r, h in pairs if r]
+        if not pairs:
+            raise ValueError("No reference has words to score.")
+        return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
+
+    def char_error_rate(self, references: Sequence[str], hypotheses: Sequence[str]) -> float:
+        import jiwer
+
+        pairs = [(self.normalize(r), self.normalize(h)) for r, h in zip(references, hypotheses)]
+        pairs = [(r, h) for r, h in pairs if r]
+        return float(jiwer.cer([r for r, _ in pairs], [h for _, h in pairs]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Pronunciations
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -282,4 +282,83 @@ def check_codec_matches(recorded: dict, codec: AudioCodec, what: str = "this dat
         )
 
 
-__all__ = ["check_codec_matches", "codec_fingerprint", "codec_type", "describe_codec", "resolve_codec"]
+# ---------------------------------------------------------------------------------------------------------------
+# The ear: a Whisper model's encoder, whose frames a dataset stores for each question
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_ear(spec: str, context_windows: int = 0, window_seconds: float = 1.0):
+    """A `WhisperEar` with the encoder weights of the Whisper model `spec` (Hub id or folder), frozen.
+
+    `context_windows` and `window_seconds` say how it encodes a clip (see `modeling_concept_talker.ear`); they must
+    be those of the model that will read the frames.
+    """
+    from transformers import AutoConfig, WhisperModel
+
+    from modeling_concept_talker.ear import WhisperEar
+
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except OSError as err:
+        raise ValueError(f"Could not load the ear {spec!r}: {err}. Give a Whisper model's folder or Hub id "
+                         "(offline here: ../shared/assets/whisper-base).") from err
+    if config.model_type != "whisper":
+        raise ValueError(f"The ear {spec!r} is a {config.model_type!r} model; it must be a Whisper model.")
+    ear = WhisperEar(config, window_seconds, context_windows)
+    ear.encoder.load_state_dict(WhisperModel.from_pretrained(spec, dtype=torch.float32).get_encoder().state_dict())
+    return ear.eval().requires_grad_(False)
+
+
+def ear_fingerprint(ear) -> str:
+    """SHA-256 of the ear's encoder weights and of how it encodes (context windows, window length)."""
+    digest = hashlib.sha256()
+    digest.update(f"whisper|{ear.context_windows}|{ear.window_samples}".encode())
+    state = ear.encoder.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().float().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def describe_ear(ear, source) -> dict:
+    """What a dataset records about the ear whose frames it stores: `type`, `source`, `width`, `frame_rate`,
+    `context_windows`, `window_seconds`, `fingerprint`."""
+    source = str(source)
+    if os.path.exists(source):
+        source = os.path.abspath(source)
+    return {
+        "type": "whisper",
+        "source": source,
+        "width": int(ear.feature_size),
+        "frame_rate": float(ear.frame_rate),
+        "context_windows": int(ear.context_windows),
+        "window_seconds": ear.window_samples / ear.sampling_rate,
+        "fingerprint": ear_fingerprint(ear),
+    }
+
+
+def check_ear_matches(recorded: dict | None, model, what: str = "this dataset") -> None:
+    """Raise a `ValueError` unless the ear frames of `what` (described by `recorded`, from `describe_ear`; None
+    when it stores none) are what `model`'s ear makes."""
+    if model.ear is None:
+        return  # the model hears through its codec: the dataset's codes are checked with the codec
+    if recorded is None:
+        raise ValueError(
+            f"{what} stores no ear frames (question_features), but the model hears through Whisper's encoder: "
+            "rebuild it with concept-talker synth --ear <the model's Whisper> (or train a model without an ear)."
+        )
+    current = {"width": model.ear.feature_size, "context_windows": model.ear.context_windows,
+               "window_seconds": model.ear.window_samples / model.ear.sampling_rate}
+    different = [f"{k}: {recorded.get(k)} vs {v}" for k, v in current.items() if recorded.get(k) != v]
+    if not different and recorded.get("fingerprint") != ear_fingerprint(model.ear):
+        different.append("encoder weights differ (fingerprint)")
+    if different:
+        raise ValueError(
+            f"The ear frames in {what} were made by another ear ({recorded.get('source')!r}); they differ in "
+            f"{'; '.join(different)}. Load the model with that Whisper (ear_name_or_path=...) or rebuild the data."
+        )
+
+
+__all__ = ["check_codec_matches", "check_ear_matches", "codec_fingerprint", "codec_type", "describe_codec",
+           "describe_ear", "ear_fingerprint", "resolve_codec", "resolve_ear"]

@@ -1,26 +1,35 @@
-"""Collators: dataset rows (texts and codec codes) -> padded model inputs for each training task.
+"""Collators: dataset rows (texts, the ear's frames or codec codes, timings) -> padded model inputs for each task.
 
 Tasks, and the formats they teach (the prompt is `build_prompt`'s, so training sees what generation sees):
 
-    text        stage 0, text only. The spoken question is given as its text:
-                  user: "<question text>\\nTranscribe the audio."  -> assistant: "<question text>"
-                  user: "<question text>[\\n<instruction>]"        -> assistant: "<reply text>"
-                (each row is one or the other, fixed by its id), so the thinker learns to copy and to answer.
-    transcribe  stage 1, alignment. user: <|audio_pad|> "\\nTranscribe the audio." -> assistant: "<question text>"
-    reply       stage 2, generation. user: <|audio_pad|> ["\\n<instruction>"] -> assistant: "<reply text>", and the
-                reply's codec codes as `audio_labels` (optionally the reference voice's codes as `voice_audio_codes`).
+    text        stage 0, text only. The spoken question is given as the tokens the concept adapter is taught to
+                write for it (`concept_slot_labels`, blanks left out, as the thinker reads concepts), so the thinker
+                learns to read them before it ever hears one:
+                  user: <tokens> "\\nTranscribe the audio."  -> assistant: "<question text>"
+                  user: <tokens>["\\n<instruction>"]         -> assistant: "<reply text>"
+                (each dialogue row is one or the other, fixed by its id; general-English rows always transcribe).
+    transcribe  stage 1, alignment. user: <|audio_pad|> "\\nTranscribe the audio." -> assistant: "<question text>",
+                and `concept_labels`: the token of each concept slot (the dense signal).
+    reply       stage 2, generation. user: <|audio_pad|> ["\\n<instruction>"] -> assistant: "<reply text>", with
+                `concept_labels`, the reply's codec codes as `audio_labels`, its symbols with their tokens and frames
+                (`reply_symbols`, `reply_symbol_tokens`, `reply_symbol_frames`), and the reference voice's codes
+                where the row gives one (`voice_given`).
 
 Padding is on the right; labels are -100 outside the assistant's answer (which ends with `<|im_end|>`), audio labels
--100 after each reply's frames, and code masks False after each clip's frames.
+-100 after each reply's frames, and masks False after each clip's frames.
 """
 
 from __future__ import annotations
 
+import bisect
 import zlib
 
+import numpy as np
 import torch
 
 from modeling_concept_talker import build_prompt
+from modeling_concept_talker.configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_START_TOKEN, AUDIO_TOKEN
+from modeling_concept_talker.phonemes import symbol_ids
 from modeling_concept_talker.talker import IGNORE_INDEX
 
 TRANSCRIBE_TASK = "Transcribe the audio."
@@ -29,13 +38,14 @@ TASKS = ("text", "transcribe", "reply")
 
 
 def is_transcription_row(row_id: str) -> bool:
-    """In the text stage, half of the rows (fixed by a hash of their id) teach copying, the rest answering."""
-    return zlib.crc32(str(row_id).encode()) % 2 == 0
+    """In the text stage, half of the dialogue rows (fixed by a hash of their id) teach copying, the rest answering;
+    question-only rows always teach copying."""
+    return str(row_id).startswith("transcribe-") or zlib.crc32(str(row_id).encode()) % 2 == 0
 
 
 def codes_tensor(codes, name: str, num_codebooks: int) -> torch.Tensor:
     """A row's `[codebooks][frames]` int16 lists -> LongTensor `[codebooks, frames]`, checked."""
-    tensor = torch.as_tensor(codes, dtype=torch.long)
+    tensor = torch.as_tensor(np.asarray(codes), dtype=torch.long)
     if tensor.ndim != 2 or tensor.shape[0] != num_codebooks or tensor.shape[1] == 0:
         raise ValueError(
             f"{name} must be [{num_codebooks} codebooks][frames] with at least one frame, got shape "
@@ -44,57 +54,147 @@ def codes_tensor(codes, name: str, num_codebooks: int) -> torch.Tensor:
     return tensor
 
 
+def token_char_ends(tokenizer, ids: list[int]) -> list[int]:
+    """Where each token's text ends in the text the tokens spell, as generation sees it: the length of the text of
+    tokens `0..i` decoded together (special tokens spell nothing)."""
+    return [len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+
+
+def concept_slot_labels(text: str, word_spans, word_seconds, tokenizer, windows: int, per_window: int,
+                        window_seconds: float, blank_id: int) -> list[int]:
+    """The token each concept slot stands for: `[windows * per_window]` ids, `blank_id` where none was spoken.
+
+    Each token of `text` (as the thinker writes it) is given a time: tokens of a word share out the word's span
+    (`word_spans` characters, `word_seconds` seconds, from the TTS); a token outside every word (punctuation) takes the
+    end of the word before it. A token goes to the slot of its window whose share of the window holds its time (slot
+    i of a window covers its i-th `1 / per_window`); if that slot is taken, to the nearest free one after it, then
+    before it; a window with more tokens than slots drops the rest (rare: speech has 3-4 tokens a second).
+    """
+    labels = [blank_id] * (windows * per_window)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [tuple(map(int, span)) for span in word_spans]
+    seconds = [tuple(map(float, s)) for s in word_seconds]
+    tokens_of_word: dict[int, list[int]] = {}
+    word_of_token = []
+    for index, (start, end) in enumerate(encoded["offset_mapping"]):
+        last = max(start, end - 1)  # a token's last character says which word it belongs to ("Ġword" -> word)
+        word = next((w for w, (a, b) in enumerate(spans) if a <= last < b), None)
+        word_of_token.append(word)
+        if word is not None:
+            tokens_of_word.setdefault(word, []).append(index)
+    time = 0.0
+    for index, token in enumerate(encoded["input_ids"]):
+        word = word_of_token[index]
+        if word is None:
+            previous = [w for w in range(len(spans)) if spans[w][1] <= encoded["offset_mapping"][index][0]]
+            time = seconds[previous[-1]][1] if previous else time
+        else:
+            share = tokens_of_word[word]
+            start, end = seconds[word]
+            time = start + (share.index(index) + 0.5) / len(share) * (end - start)
+        window = min(max(int(time // window_seconds), 0), windows - 1)
+        slot = min(int((time / window_seconds - window) * per_window), per_window - 1)
+        order = list(range(slot, per_window)) + list(range(slot - 1, -1, -1))
+        free = [s for s in order if labels[window * per_window + s] == blank_id]
+        if free:
+            labels[window * per_window + free[0]] = int(token)
+    return labels
+
+
+def symbol_tokens(chars, answer_ids: list[int], tokenizer) -> list[int]:
+    """For each reply symbol (its character in the reply text), the index of the answer token that holds it: the
+    token the talker reads the thinker's state of, found as generation finds it (`TalkerStream.add_token`)."""
+    ends = token_char_ends(tokenizer, answer_ids)
+    return [min(bisect.bisect_right(ends, int(c)), len(answer_ids) - 1) for c in chars]
+
+
 class SpokenTurnCollator:
     """Turns dataset rows into a batch for `ConceptTalkerForConditionalGeneration.forward`.
 
     Args:
         processor: the model's `ConceptTalkerProcessor` (tokenizer and concept-slot counting).
         task: "text", "transcribe" or "reply" (see the module docstring).
-        num_codebooks: codebooks the model uses (rows must carry exactly these).
-        voice: with "reply", also pass the reference clip's codes as the talker's voice (`voice_audio_codes`), and
-            its measured median F0 (`voice_f0`) where the rows carry `reference_f0` (otherwise the model measures it).
+        config: the model's `ConceptTalkerConfig` (codebooks, the ear, concepts per window, the blank token, the
+            talker's symbols).
+        voice: with "reply", pass the reference clip's codes where the row gives one (`voice_given`), with its
+            measured median F0 (`voice_f0`) where the rows carry `reference_f0`.
+        concept_labels: with "transcribe" and "reply", give each concept slot its token (`concept_labels`).
+        text_vocabulary: token ids the losses are scored over (`data_vocabulary`); None: the whole vocabulary.
     """
 
-    def __init__(self, processor, task: str, num_codebooks: int, voice: bool = False):
+    def __init__(self, processor, task: str, config, voice: bool = False, concept_labels: bool = True,
+                 text_vocabulary: list[int] | None = None):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.task = task
-        self.num_codebooks = num_codebooks
+        self.config = config
+        self.num_codebooks = config.codec_num_codebooks
         self.voice = voice
+        self.with_concept_labels = concept_labels
         self.pad_id = self.tokenizer.pad_token_id
+        self.per_window = config.adapter_config.concepts_per_window
+        self.window_seconds = config.adapter_config.window_seconds
+        self.heard_through_ear = config.ear_type != "codec"
+        self.text_vocabulary = None if text_vocabulary is None else torch.tensor(sorted(set(text_vocabulary)))
 
     def prompt_and_answer(self, row: dict) -> tuple[str, str]:
         """The prompt (ending where the assistant begins) and the answer text of a row for this task."""
         instruction = row.get("instruction") or None
-        if self.task == "transcribe":
+        transcribe = self.task == "transcribe" or (self.task == "text" and is_transcription_row(row["id"]))
+        if transcribe:
             return build_prompt(task=TRANSCRIBE_TASK), row["question_text"]
-        if self.task == "reply":
-            return build_prompt(instruction), row["reply_text"]
-        # text: the question's words stand where its audio would be
-        prompt = build_prompt(task=TRANSCRIBE_TASK if is_transcription_row(row["id"]) else instruction)
-        prompt = prompt.replace("<|audio_pad|>", row["question_text"])
-        answer = row["question_text"] if is_transcription_row(row["id"]) else row["reply_text"]
-        return prompt, answer
+        return build_prompt(instruction), row["reply_text"]
+
+    def windows(self, row: dict) -> int:
+        """Concept-adapter windows of a row's question (as the ear or the codec frames it)."""
+        if self.heard_through_ear:
+            frames = len(row["question_features"])
+        else:
+            frames = len(row["question_codes"][0])
+        return -(-frames // self.config.window_frames)
+
+    def slot_labels(self, row: dict, windows: int) -> list[int]:
+        return concept_slot_labels(row["question_text"], row["question_word_spans"], row["question_word_seconds"],
+                                   self.tokenizer, windows, self.per_window, self.window_seconds,
+                                   self.config.concept_blank_token_id)
+
+    def _prompt_ids(self, prompt: str, slots: list[int] | None) -> list[int]:
+        """Token ids of a prompt whose `<|audio_pad|>` is replaced by the question's tokens (text stage), or expanded
+        to one placeholder per concept (speech stages)."""
+        before, after = prompt.split(AUDIO_TOKEN)
+        ids = self.tokenizer(before + AUDIO_START_TOKEN, add_special_tokens=False).input_ids
+        ids += slots if slots is not None else []
+        return ids + self.tokenizer(AUDIO_END_TOKEN + after, add_special_tokens=False).input_ids
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, labels, clips, replies, voices, voice_f0 = [], [], [], [], [], []
+        input_ids, labels, clips, concept_labels = [], [], [], []
+        replies, symbols, voices, voice_f0, voice_given = [], [], [], [], []
+        audio_id = self.config.audio_token_id
         for row in rows:
             prompt, answer = self.prompt_and_answer(row)
-            if self.task != "text":
-                codes = codes_tensor(row["question_codes"], "question_codes", self.num_codebooks)
-                clips.append(codes)
-                (prompt,) = self.processor.expand_audio_placeholders([prompt], [codes.shape[1]])
-            prompt_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            windows = self.windows(row)
+            slots = self.slot_labels(row, windows)
+            if self.task == "text":
+                blank = self.config.concept_blank_token_id
+                prompt_ids = self._prompt_ids(prompt, [token for token in slots if token != blank])
+            else:
+                prompt_ids = self._prompt_ids(prompt, [audio_id] * (windows * self.per_window))
+                clips.append(row["question_features"] if self.heard_through_ear
+                             else codes_tensor(row["question_codes"], "question_codes", self.num_codebooks))
+                concept_labels.append(slots)
             answer_ids = self.tokenizer(answer + END_OF_TURN, add_special_tokens=False).input_ids
             input_ids.append(prompt_ids + answer_ids)
             labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
             if self.task == "reply":
                 replies.append(codes_tensor(row["reply_codes"], "reply_codes", self.num_codebooks))
-                if self.voice:
-                    voices.append(codes_tensor(row["reference_codes"], "reference_codes", self.num_codebooks))
-                    voice_f0.append(row.get("reference_f0"))
+                symbols.append(self._symbols(row, answer_ids))
+                given = bool(self.voice and row.get("voice_given") and row.get("reference_codes") is not None)
+                voice_given.append(given)
+                voices.append(codes_tensor(row["reference_codes"], "reference_codes", self.num_codebooks)
+                              if given else torch.zeros(self.num_codebooks, 1, dtype=torch.long))
+                voice_f0.append(row.get("reference_f0") if given else 0.0)
 
         longest = max(len(ids) for ids in input_ids)
         batch = {
@@ -106,15 +206,51 @@ class SpokenTurnCollator:
             batch["input_ids"][i, : len(ids)] = torch.tensor(ids)
             batch["attention_mask"][i, : len(ids)] = 1
             batch["labels"][i, : len(ids)] = torch.tensor(row_labels)
-        if clips:
+        if clips and self.heard_through_ear:
+            batch["input_features"], batch["input_features_mask"] = pad_frames(clips)
+        elif clips:
             batch["input_audio_codes"], batch["input_audio_codes_mask"] = pad_codes(clips, 0)
+        if self.text_vocabulary is not None:
+            batch["text_vocabulary"] = self.text_vocabulary
+        if concept_labels and self.with_concept_labels:
+            longest = max(len(c) for c in concept_labels)
+            batch["concept_labels"] = torch.tensor([c + [IGNORE_INDEX] * (longest - len(c)) for c in concept_labels])
         if replies:
             batch["audio_labels"], _ = pad_codes(replies, IGNORE_INDEX)
-        if voices:
+            for name, index in (("reply_symbols", 0), ("reply_symbol_tokens", 1), ("reply_symbol_frames", 2)):
+                longest = max(len(s[index]) for s in symbols)
+                batch[name] = torch.tensor([s[index] + [IGNORE_INDEX if index == 0 else 0] * (longest - len(s[index]))
+                                            for s in symbols])
+        if self.voice and replies:
             batch["voice_audio_codes"], batch["voice_audio_codes_mask"] = pad_codes(voices, 0)
+            batch["voice_given"] = torch.tensor(voice_given)
             if all(f0 is not None for f0 in voice_f0):
                 batch["voice_f0"] = torch.tensor(voice_f0, dtype=torch.float32)
         return batch
+
+    def _symbols(self, row: dict, answer_ids: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """The reply's symbol ids, the answer token of each, and each one's frames (checked against the codes)."""
+        talker = self.config.talker_config
+        ids = symbol_ids(row["reply_phonemes"], talker.phoneme_symbols)
+        frames = [int(f) for f in row["reply_phoneme_frames"]]
+        codes = len(row["reply_codes"][0])
+        if len(frames) != len(ids) or sum(frames) != codes:
+            raise ValueError(
+                f"row {row.get('id')}: its {len(ids)} reply symbols have {len(frames)} lengths adding up to "
+                f"{sum(frames)} frames, but the reply has {codes}: rebuild the dataset with concept-talker synth."
+            )
+        return ids, symbol_tokens(row["reply_phoneme_chars"], answer_ids, self.tokenizer), frames
+
+
+def data_vocabulary(tokenizer, texts, config) -> list[int]:
+    """Every token id the texts are written with (as answers: with `<|im_end|>`), the end-of-reply tokens and the
+    blank token: what a small thinker trained from scratch on these texts needs its losses scored over."""
+    ids = set(config.reply_end_token_ids) | {config.concept_blank_token_id}
+    texts = [t for t in texts if t]
+    for start in range(0, len(texts), 1024):
+        for row in tokenizer(texts[start : start + 1024], add_special_tokens=False).input_ids:
+            ids.update(row)
+    return sorted(ids)
 
 
 def pad_codes(clips: list[torch.Tensor], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,3 +262,16 @@ def pad_codes(clips: list[torch.Tensor], fill: int) -> tuple[torch.Tensor, torch
         codes[i, :, : clip.shape[1]] = clip
         mask[i, : clip.shape[1]] = True
     return codes, mask
+
+
+def pad_frames(clips) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ear's frames of each clip `[frames_i, width]` (numpy or tensors) -> `[clips, max_frames, width]` float32
+    (zero-padded) and mask `[clips, max_frames]`."""
+    clips = [torch.as_tensor(np.asarray(c)) for c in clips]
+    longest = max(c.shape[0] for c in clips)
+    frames = torch.zeros(len(clips), longest, clips[0].shape[-1])
+    mask = torch.zeros(len(clips), longest, dtype=torch.bool)
+    for i, clip in enumerate(clips):
+        frames[i, : clip.shape[0]] = clip.float()
+        mask[i, : clip.shape[0]] = True
+    return frames, mask

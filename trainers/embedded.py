@@ -56,6 +56,10 @@ def export_embedded(final_dir: str, out_dir: str = str(EMBEDDED_MODEL), eval_res
         if os.path.isfile(curves):
             shutil.copy2(curves, staging)
         config.get("codec_config", {}).pop("model_dir", None)
+        if config.get("ear_config") is not None:
+            # The ear is the public Whisper base (its weights are not copied here): the Hub id, found offline in
+            # ../shared/assets/whisper-base (or $CONCEPT_TALKER_WHISPER_DIR) by the loader.
+            config["ear_name_or_path"] = "openai/whisper-base"
         with open(os.path.join(staging, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         os.makedirs(os.path.join(staging, "thinker"))

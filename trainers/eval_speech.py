@@ -1,19 +1,22 @@
-"""`concept-talker eval-speech`: is what the model says understandable? WER through an offline recogniser.
+"""`concept-talker eval-speech`: is what the model says understandable? WER through a real recogniser.
 
     concept-talker eval-speech --model runs/tiny-lyra/final --data runs/tiny-lyra/data --json speech.json
 
 On the test split (held-out voices and items), for each spoken question:
 
-    ceiling_wer   the reference reply's audio (TTS, then the codec's round trip: the dataset's reply codes decoded)
-                  -> recogniser -> WER against the reference reply text. The best the codec allows.
+    ceiling_wer   the reference reply's audio (the house voice, then the codec's round trip: the dataset's reply codes
+                  decoded) -> judge -> WER against the reference reply text. The best the codec allows.
     wer           the model speaking the same reference reply text (its thinker reads the reference tokens, its
-                  talker writes the audio) -> recogniser -> WER against that text. Same sentences as the ceiling.
+                  talker writes the audio) -> judge -> WER against that text. Same sentences as the ceiling;
+                  `wer_unseen_words` / `wer_seen_words` split it by whether a reply holds a word no training reply
+                  holds (so the talker never heard it).
     free_wer      the model's own spoken reply (its thinker chooses the words) -> WER against the words it wrote.
-    garbage_wer   the model's spoken replies played backwards: a control that must stay near 100%.
+    garbage_wer   the model's spoken replies played backwards: a control that must stay near 1.
 
-The recogniser is pocketsphinx with a trigram language model of the dataset's reply sentences (`--lm corpus`,
-default), a unigram over their words (`--lm unigram`) or its general English model (`--lm general`); the
-results say which. Needs a codec with real weights (Lyra, or EnCodec's pretrained model) to mean anything.
+The judge is Whisper (`--judge`: a Whisper folder or Hub id; default `../shared/assets/whisper-base` when present,
+else `openai/whisper-base`) with its English text normaliser on both sides; `--judge pocketsphinx` uses the offline
+pocketsphinx recogniser with a trigram language model of the dataset's reply sentences instead. The results say
+which. Needs a codec with real weights (Lyra, or EnCodec's pretrained model) to mean anything.
 """
 
 from __future__ import annotations
@@ -24,80 +27,103 @@ import os
 
 import torch
 
-LANGUAGE_MODELS = ("corpus", "unigram", "general")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a trained checkpoint folder (e.g. runs/tiny-lyra/final)")
     parser.add_argument("--data", required=True, help="a dataset made with concept-talker synth (its test split is used)")
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument("--max-examples", type=int, default=100, help="test rows to use")
-    parser.add_argument("--lm", choices=LANGUAGE_MODELS, default="corpus", help="the recogniser's language model")
+    parser.add_argument("--judge", help="Whisper folder or Hub id (default: the offline whisper-base, else the Hub), "
+                                        "or 'pocketsphinx'")
     parser.add_argument("--lyra-dir", help="the Lyra SoundStream folder on this machine (for Lyra checkpoints)")
     parser.add_argument("--split", default="test", help="dataset split (default: test, held-out voices and items)")
 
 
-def build_recognizer(kind: str, sentences: list[str]):
-    from trainers.asr import PocketsphinxRecognizer
+class PocketsphinxJudge:
+    """The offline pocketsphinx recogniser with a trigram LM of the dataset's replies, behind the judge's interface."""
 
-    if kind == "corpus":
-        return PocketsphinxRecognizer.from_corpus(sentences, order=3)
-    if kind == "unigram":
-        return PocketsphinxRecognizer.from_vocabulary({w for s in sentences for w in s.split()})
-    return PocketsphinxRecognizer()
+    def __init__(self, sentences: list[str]):
+        from trainers.asr import PocketsphinxRecognizer
+
+        self.recognizer = PocketsphinxRecognizer.from_corpus(sentences, order=3)
+
+    def describe(self) -> str:
+        return "pocketsphinx, trigram LM of the dataset's reply sentences (all splits)"
+
+    def transcribe_batch(self, clips, sampling_rate: int) -> list[str]:
+        return [self.recognizer.transcribe(c, sampling_rate) if len(c) else "" for c in clips]
+
+    def word_error_rate(self, references, hypotheses) -> float:
+        from trainers.asr import word_error_rate
+
+        return word_error_rate(references, hypotheses)
 
 
-def language_model_description(kind: str) -> str:
-    return {
-        "corpus": "pocketsphinx, trigram LM of the dataset's reply sentences (all splits)",
-        "unigram": "pocketsphinx, flat unigram LM over the dataset's reply words",
-        "general": "pocketsphinx, its general English LM",
-    }[kind]
+def build_judge(spec: str | None, sentences: list[str]):
+    """The recogniser that judges the spoken replies: Whisper (`spec` a folder or Hub id; None: `default_judge()`)
+    or `"pocketsphinx"`."""
+    if spec == "pocketsphinx":
+        return PocketsphinxJudge(sentences)
+    from trainers.asr import WhisperRecognizer
+
+    return WhisperRecognizer(spec)
 
 
-def speech_intelligibility(model, processor, rows: list[dict], recognizer, voice: bool = False, seed: int = 0) -> dict:
+def unseen_words(references: list[str], training_replies: list[str], judge) -> list[bool]:
+    """Whether each reference reply holds a word (after the judge's normalisation) that no training reply holds."""
+    normalize = getattr(judge, "normalize", lambda t: " ".join(t.lower().split()))
+    known = {word for text in training_replies if text for word in normalize(text).split()}
+    return [any(word not in known for word in normalize(r).split()) for r in references]
+
+
+def speech_intelligibility(model, processor, rows: list[dict], judge, voice: bool = False, seed: int = 0,
+                           training_replies: list[str] | None = None) -> dict:
     """WERs of the ceiling, the model on the reference texts, the model's free replies, and the garbage control."""
-    from trainers.asr import word_error_rate
     from trainers.collators import codes_tensor
     from trainers.evaluation import spoken_turn_inputs
     from trainers.tutor_metrics import reference_codes
 
     codec, k = model.codec, model.config.codec_num_codebooks
     rate = codec.sampling_rate
-    references, ceiling_heard, forced_heard, free_texts, free_heard, backwards_heard = [], [], [], [], [], []
+    references, ceiling_audio, forced_audio, free_texts, free_audio = [], [], [], [], []
     # The talker samples with the checkpoint's own settings (its generation_config.json), as `chat` does.
-    settings = dict(thinker_max_new_tokens=64, max_audio_seconds=15.0, seed=seed)
+    settings = dict(thinker_max_new_tokens=64, max_audio_seconds=15.0, seed=seed, tokenizer=processor.tokenizer)
     for row in rows:
         reference = row["reply_text"]
         references.append(reference)
-        reference_audio = codec.decode(codes_tensor(row["reply_codes"], "reply_codes", k)[None])[0].numpy()
-        ceiling_heard.append(recognizer.transcribe(reference_audio, rate))
-
-        inputs = spoken_turn_inputs(processor, [row], k, "reply")
-        if voice:
+        ceiling_audio.append(codec.decode(codes_tensor(row["reply_codes"], "reply_codes", k)[None])[0].numpy())
+        inputs = spoken_turn_inputs(processor, [row], model.config, "reply")
+        if voice and row.get("voice_given") and row.get("reference_codes") is not None:
             inputs["style_embeds"] = model.get_voice_concepts(reference_codes(model, row))
         reply_ids = processor.tokenizer(reference + "<|im_end|>", add_special_tokens=False).input_ids
-        forced = model.generate(**inputs, reply_token_ids=[reply_ids], **settings)
-        forced_heard.append(recognizer.transcribe(forced.waveforms[0], rate) if len(forced.waveforms[0]) else "")
-
+        forced_audio.append(model.generate(**inputs, reply_token_ids=[reply_ids], **settings).waveforms[0])
         free = model.generate(**inputs, **settings)
         free_texts.append(processor.decode(free.sequences[0], skip_special_tokens=True).strip())
-        wave = free.waveforms[0]
-        free_heard.append(recognizer.transcribe(wave, rate) if len(wave) else "")
-        backwards_heard.append(recognizer.transcribe(wave[::-1].copy(), rate) if len(wave) else "")
-
+        free_audio.append(free.waveforms[0])
+    ceiling_heard = judge.transcribe_batch(ceiling_audio, rate)
+    forced_heard = judge.transcribe_batch(forced_audio, rate)
+    free_heard = judge.transcribe_batch(free_audio, rate)
+    backwards_heard = judge.transcribe_batch([w[::-1].copy() for w in free_audio], rate)
     spoken = [i for i, text in enumerate(free_texts) if text.strip()]  # free replies with words to score
     written = [free_texts[i] for i in spoken]
-    return {
-        "ceiling_wer": word_error_rate(references, ceiling_heard),
-        "wer": word_error_rate(references, forced_heard),
-        "free_wer": word_error_rate(written, [free_heard[i] for i in spoken]) if spoken else None,
-        "garbage_wer": word_error_rate(written, [backwards_heard[i] for i in spoken]) if spoken else None,
+    results = {
+        "ceiling_wer": judge.word_error_rate(references, ceiling_heard),
+        "wer": judge.word_error_rate(references, forced_heard),
+        "free_wer": judge.word_error_rate(written, [free_heard[i] for i in spoken]) if spoken else None,
+        "garbage_wer": judge.word_error_rate(written, [backwards_heard[i] for i in spoken]) if spoken else None,
+        "judge": judge.describe(),
         "speech_examples": [
             {"reference": r, "ceiling_heard": c, "model_heard": f, "free_reply": t, "free_heard": h}
-            for r, c, f, t, h in list(zip(references, ceiling_heard, forced_heard, free_texts, free_heard))[:6]
+            for r, c, f, t, h in list(zip(references, ceiling_heard, forced_heard, free_texts, free_heard))[:8]
         ],
     }
+    if training_replies:
+        unseen = unseen_words(references, training_replies, judge)
+        for name, chosen in (("unseen_words", True), ("seen_words", False)):
+            picked = [i for i, flag in enumerate(unseen) if flag == chosen]
+            results[f"wer_{name}"] = (judge.word_error_rate([references[i] for i in picked],
+                                                            [forced_heard[i] for i in picked]) if picked else None)
+            results[f"replies_{name}"] = len(picked)
+    return results
 
 
 def talker_sampling(model) -> dict:
@@ -120,15 +146,17 @@ def run(args) -> int:
     dataset = load_from_disk(args.data)
     if args.split not in dataset:
         raise SystemExit(f"{args.data} has no '{args.split}' split.")
-    split = dataset[args.split]
+    split = dataset[args.split].with_format("numpy", columns=["question_features"], output_all_columns=True) \
+        if "question_features" in dataset[args.split].column_names else dataset[args.split]
     rows = [split[i] for i in range(min(len(split), args.max_examples))]
-    sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"]})
-    recognizer = build_recognizer(args.lm, sentences)
+    sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"] if text})
+    judge = build_judge(args.judge, sentences)
     voice = model.config.talker_config.num_style_concepts > 0 and "reference_codes" in split.column_names
+    training_replies = dataset["train"]["reply_text"] if "train" in dataset else None
     with torch.inference_mode():
-        results = speech_intelligibility(model, processor, rows, recognizer, voice=voice)
-    results.update({"examples_scored": len(rows), "recognizer": language_model_description(args.lm),
-                    "codec": model.config.codec_type, "model": os.path.abspath(args.model), "split": args.split,
+        results = speech_intelligibility(model, processor, rows, judge, voice=voice, training_replies=training_replies)
+    results.update({"examples_scored": len(rows), "codec": model.config.codec_type,
+                    "model": os.path.abspath(args.model), "split": args.split,
                     "talker_sampling": talker_sampling(model)})
     directory = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(directory, exist_ok=True)

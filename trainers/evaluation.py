@@ -1,14 +1,21 @@
 """Evaluation on held-out voices and items (the test split), written to `eval_results.json` by a training run.
 
-    stage1_cer              character error rate of the greedy transcripts of the spoken questions (stage 1's task)
+    stage1_cer              character error rate of the greedy transcripts of the spoken questions (stage 1's task),
+                            held-out espeak-ng voices; `stage1_cer_house_voice`: the same questions spoken by the house
+                            voice (which never speaks a training question); `stage1_cer_real_speech`: real recordings
+                            (LJSpeech, out of the tutoring domain)
     stage1_wer              the same in words
+    concept_accuracy        share of concept slots whose nearest token (through the thinker's embeddings) is the one
+                            spoken in their stretch of time
     stage2_reply_accuracy   fraction of spoken questions whose greedy reply text is the reference reply, after
                             normalisation (case, punctuation); per skill in `stage2_reply_accuracy_by_skill`
     stage2_reply_wer        word error rate of the replies against the references
-    audio_code_accuracy     teacher-forced talker accuracy over all codebooks (per codebook as `audio_code_accuracy_k`)
+    audio_code_accuracy     teacher-forced talker accuracy over all codebooks (per codebook as `audio_code_accuracy_k`),
+                            next to two baselines: the previous frame's code (`audio_copy_previous_accuracy`) and
+                            each codebook's most frequent code (`audio_unigram_accuracy`)
 
 Text metrics go through the project's `error_rate` metric and code accuracy through `code_accuracy`
-(`trainers/metrics`, loaded with `evaluate`).
+(`trainers/metrics`, loaded with `evaluate`); spoken replies are judged by Whisper (`trainers.eval_speech`).
 """
 
 from __future__ import annotations
@@ -23,17 +30,33 @@ from modeling_concept_talker import build_prompt
 from trainers.collators import TRANSCRIBE_TASK, SpokenTurnCollator, codes_tensor
 
 
-def spoken_turn_inputs(processor, rows: list[dict], num_codebooks: int, task: str) -> dict:
-    """Left-padded generation inputs for rows' spoken questions (precomputed codes), for `task` "transcribe" or "reply"."""
-    from trainers.collators import pad_codes
+def spoken_turn_inputs(processor, rows: list[dict], config, task: str, waves: list | None = None,
+                       sampling_rate: int | None = None) -> dict:
+    """Left-padded generation inputs for rows' spoken questions, for `task` "transcribe" or "reply".
 
-    clips = [codes_tensor(row["question_codes"], "question_codes", num_codebooks) for row in rows]
+    The questions are the rows' stored ear frames (`question_features`) or codec codes (`question_codes`), or, with
+    `waves` (one clip per row at `sampling_rate`), those recordings heard through the model's own ear.
+    """
+    from trainers.collators import pad_codes, pad_frames
+
     prompts = [build_prompt(task=TRANSCRIBE_TASK) if task == "transcribe" else build_prompt(row.get("instruction") or None)
                for row in rows]
-    texts = processor.expand_audio_placeholders(prompts, [c.shape[1] for c in clips])
+    if waves is not None:
+        inputs = processor(text=prompts, audio=list(waves), sampling_rate=sampling_rate, padding_side="left")
+        return dict(inputs)
+    if config.ear_type != "codec":
+        clips = [np.asarray(row["question_features"]) for row in rows]
+        frames = [c.shape[0] for c in clips]
+    else:
+        clips = [codes_tensor(row["question_codes"], "question_codes", config.codec_num_codebooks) for row in rows]
+        frames = [c.shape[1] for c in clips]
+    texts = processor.expand_audio_placeholders(prompts, frames)
     batch = dict(processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
                                      add_special_tokens=False))
-    batch["input_audio_codes"], batch["input_audio_codes_mask"] = pad_codes(clips, 0)
+    if config.ear_type != "codec":
+        batch["input_features"], batch["input_features_mask"] = pad_frames(clips)
+    else:
+        batch["input_audio_codes"], batch["input_audio_codes_mask"] = pad_codes(clips, 0)
     return batch
 
 
@@ -41,12 +64,16 @@ def decode_replies(processor, token_rows: list[list[int]]) -> list[str]:
     return [processor.decode(tokens, skip_special_tokens=True).strip() for tokens in token_rows]
 
 
-def greedy_texts(model, processor, rows: list[dict], task: str, max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def greedy_texts(model, processor, rows: list[dict], task: str, max_new_tokens: int, batch_size: int = 16,
+                 waves: list | None = None, sampling_rate: int | None = None) -> list[str]:
+    """Greedy reply texts (or transcripts, `task="transcribe"`) of rows' spoken questions (see `spoken_turn_inputs`)."""
     from modeling_concept_talker.generation import greedy_text
 
     texts = []
     for start in range(0, len(rows), batch_size):
-        batch = spoken_turn_inputs(processor, rows[start : start + batch_size], model.config.codec_num_codebooks, task)
+        chunk = None if waves is None else waves[start : start + batch_size]
+        batch = spoken_turn_inputs(processor, rows[start : start + batch_size], model.config, task, chunk,
+                                   sampling_rate)
         texts += decode_replies(processor, greedy_text(model, batch, max_new_tokens))
     return texts
 
@@ -59,10 +86,12 @@ def normalized(text: str) -> str:
 
 @torch.no_grad()
 def audio_code_accuracy(model, processor, rows: list[dict], voice: bool = False, batch_size: int = 16) -> dict:
-    """Teacher-forced accuracy of the talker's codes per codebook (delayed targets, EOS included)."""
+    """Teacher-forced accuracy of the talker's codes per codebook, next to two trivial baselines over the same
+    frames: the previous frame's code (`copy_previous`) and each codebook's most frequent code in these replies
+    (`unigram`). A talker that learnt nothing scores about the better of the two."""
     from trainers.metrics import load_metric
 
-    collator = SpokenTurnCollator(processor, "reply", model.config.codec_num_codebooks, voice=voice)
+    collator = SpokenTurnCollator(processor, "reply", model.config, voice=voice, concept_labels=False)
     predictions, references = [], []
     for start in range(0, len(rows), batch_size):
         batch = collator(rows[start : start + batch_size])
@@ -73,8 +102,32 @@ def audio_code_accuracy(model, processor, rows: list[dict], voice: bool = False,
             steps = int((target != -100).any(0).nonzero().max()) + 1
             predictions.append(guess[row, :, :steps].tolist())
             references.append(target[:, :steps].tolist())
-    result = load_metric("code_accuracy").compute(predictions=predictions, references=references)
-    return {("audio_" + k): v for k, v in result.items()}
+    result = {("audio_" + k): v for k, v in load_metric("code_accuracy").compute(
+        predictions=predictions, references=references).items()}
+    frames = [np.asarray(row["reply_codes"], dtype=np.int64) for row in rows]  # [codebooks, frames] each
+    k = frames[0].shape[0]
+    counts = np.stack([np.bincount(np.concatenate([f[c] for f in frames]), minlength=model.talker.codebook_size)
+                       for c in range(k)])
+    copy_hits = sum(int((f[:, 1:] == f[:, :-1]).sum()) for f in frames)
+    unigram_hits = sum(int((f[:, 1:] == counts.argmax(1)[:, None]).sum()) for f in frames)
+    scored = sum(f[:, 1:].size for f in frames)
+    result["audio_copy_previous_accuracy"] = copy_hits / scored
+    result["audio_unigram_accuracy"] = unigram_hits / scored
+    return result
+
+
+@torch.no_grad()
+def concept_accuracy(model, processor, rows: list[dict], batch_size: int = 16) -> dict:
+    """How often each concept slot's nearest token is the one spoken in its stretch of time (held-out voices)."""
+    collator = SpokenTurnCollator(processor, "transcribe", model.config)
+    hits = total = 0.0
+    for start in range(0, len(rows), batch_size):
+        batch = collator(rows[start : start + batch_size])
+        out = model(**{k: v for k, v in batch.items() if k not in ("labels",)})
+        count = int((batch["concept_labels"] != -100).sum())
+        hits += float(out.concept_accuracy) * count
+        total += count
+    return {"concept_accuracy": hits / total if total else None}
 
 
 def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> dict:
@@ -82,16 +135,19 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
 
     Args:
         model_dir: a checkpoint folder (`<out>/final`).
-        dataset: the `DatasetDict` (its test split is scored; all replies make the recogniser's language model).
+        dataset: the `DatasetDict` (its test split is scored; its train split says which words were heard).
         settings: the recipe's `eval` section (`max_examples`, `max_new_tokens`; `speech`: spoken WER through the
-            recogniser, `speech_examples` rows; `voice`: the tutor-control metrics, `voice_examples` rows).
+            judge (`judge`: a Whisper folder or Hub id, default the offline whisper-base), `speech_examples` rows;
+            `voice`: the tutor-control metrics, `voice_examples` rows; `house_voice_questions`: that many test
+            questions spoken by the house voice, transcribed; `real_speech`: an LJSpeech-layout folder of real
+            recordings, transcribed).
     """
     from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor
     from trainers.metrics import load_metric
 
     model = ConceptTalkerForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = processor or ConceptTalkerProcessor.from_pretrained(model_dir)
-    test_split = dataset["test"]
+    test_split = with_features(dataset["test"])
     count = min(len(test_split), int(settings.get("max_examples") or len(test_split)))
     rows = [test_split[i] for i in range(count)]
     error_rate = load_metric("error_rate")
@@ -101,6 +157,8 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
     transcripts = greedy_texts(model, processor, rows, "transcribe", max_new_tokens)
     rates = error_rate.compute(predictions=transcripts, references=[row["question_text"] for row in rows])
     results["stage1_cer"], results["stage1_wer"] = rates["cer"], rates["wer"]
+    results.update(concept_accuracy(model, processor, rows))
+    results.update(listening_elsewhere(model, processor, rows, settings, max_new_tokens, error_rate))
 
     replies = greedy_texts(model, processor, rows, "reply", max_new_tokens)
     references = [row["reply_text"] for row in rows]
@@ -131,17 +189,64 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
     return results
 
 
-def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> dict:
-    """Spoken WER of the model and of the codec's ceiling (see `trainers.eval_speech`)."""
-    from trainers.eval_speech import build_recognizer, language_model_description, speech_intelligibility
+def with_features(split):
+    """A split whose ear frames (`question_features`) come as numpy arrays (fast), the other columns as they are."""
+    if "question_features" not in split.column_names:
+        return split
+    return split.with_format("numpy", columns=["question_features"], output_all_columns=True)
 
-    kind = settings.get("speech_lm", "corpus")
-    sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"]})
-    recognizer = build_recognizer(kind, sentences)
-    chosen = rows[: int(settings.get("speech_examples", 40))]
-    results = speech_intelligibility(model, processor, chosen, recognizer, voice=voice)
+
+def listening_elsewhere(model, processor, rows, settings, max_new_tokens: int, error_rate) -> dict:
+    """Transcripts of speech the model never trained on, beyond the held-out espeak-ng voices: the test questions
+    spoken by the house voice (`house_voice_questions` of them), and real recordings (`real_speech`, an LJSpeech
+    folder: out of the tutoring domain, so read as how far listening carries, not as a target)."""
+    results = {}
+    count = int(settings.get("house_voice_questions") or 0)
+    if count and model.ear is not None:
+        from trainers.tts import load_tts, render
+
+        voice = load_tts("piper")
+        chosen = rows[:count]
+        waves = [render(voice, row["question_text"], 16000) for row in chosen]
+        heard = greedy_texts(model, processor, chosen, "transcribe", max_new_tokens, waves=waves, sampling_rate=16000)
+        rates = error_rate.compute(predictions=heard, references=[row["question_text"] for row in chosen])
+        results["stage1_cer_house_voice"], results["stage1_wer_house_voice"] = rates["cer"], rates["wer"]
+        results["house_voice_questions"] = len(chosen)
+    folder = settings.get("real_speech")
+    if folder and model.ear is not None and os.path.isdir(folder):
+        from modeling_concept_talker.audio import load_audio
+        from trainers.ljspeech import _audio_path, read_metadata
+
+        entries = read_metadata(folder)[: int(settings.get("real_speech_examples", 40))]
+        waves, texts = [], []
+        for utterance_id, text in entries:
+            audio, rate = load_audio(_audio_path(folder, utterance_id))
+            waves.append(processor.prepare_audio(audio, rate))
+            texts.append(text)
+        fake_rows = [{"instruction": ""} for _ in texts]
+        heard = greedy_texts(model, processor, fake_rows, "transcribe", max_new_tokens, waves=waves,
+                             sampling_rate=processor.sampling_rate)
+        rates = error_rate.compute(predictions=heard, references=texts)
+        results["stage1_cer_real_speech"], results["stage1_wer_real_speech"] = rates["cer"], rates["wer"]
+        results["real_speech_examples"] = [{"reference": r, "heard": h} for r, h in list(zip(texts, heard))[:4]]
+    return results
+
+
+def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> dict:
+    """Spoken WER of the model and of the codec's ceiling, judged by Whisper (see `trainers.eval_speech`)."""
+    from trainers.eval_speech import build_judge, speech_intelligibility
+
+    from trainers.synth import HOUSE_PITCH
+
+    sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"] if text})
+    judge = build_judge(settings.get("judge"), sentences)
+    # The house voice's own replies (not the pitch-shifted voice rows, which the voice metric scores), spoken by the
+    # model in its house voice: the ceiling is then the same sentences in the same voice through the codec.
+    house = [row for row in rows if row.get("reply_pitch") in (None, HOUSE_PITCH)]
+    chosen = house[: int(settings.get("speech_examples", 40))]
+    training = dataset["train"]["reply_text"] if "train" in dataset else None
+    results = speech_intelligibility(model, processor, chosen, judge, voice=False, training_replies=training)
     results["speech_examples_scored"] = len(chosen)
-    results["recognizer"] = language_model_description(kind)
     return results
 
 
@@ -159,14 +264,15 @@ def tutor_metrics(model, processor, test_split, rows, settings, voice: bool) -> 
     chosen = [row for row in rows if row["skill"] != "repeat"][: int(settings.get("voice_examples", 12))]
 
     def style_for(row):
-        if not voice:
-            return None
+        if not voice or row.get("reference_codes") is None:
+            return None  # the house voice
         return model.get_voice_concepts(reference_codes(model, row))
 
     results = rate_duration_ratio(model, processor, chosen, style_for)
     results.update(repeat_exact(model, processor, rows, int(settings.get("max_new_tokens", 48))))
     if voice:
-        pool = [test_split[i] for i in range(min(len(test_split), 60))]
+        pool = [row for row in (test_split[i] for i in range(min(len(test_split), 120)))
+                if row.get("reference_codes") is not None]
         references = distinct_voice_references(pool, lambda row: reference_f0(model, row))
         results.update(voice_f0_match(model, processor, chosen, references))
     return results

@@ -31,6 +31,7 @@ from .synth import (
     _plan_features,
     _rendered_features,
     _set_info,
+    check_output_dir,
     dataset_features,
     empty_dataset,
     encode_audio_columns,
@@ -182,8 +183,7 @@ def build_ljspeech_dataset(folder: str, output_dir: str, overwrite: bool = False
     from datasets import load_from_disk
 
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists: pass --overwrite to replace it, or choose another --out.")
+    check_output_dir(os.path.abspath(output_dir), overwrite)
     dataset = load_ljspeech(folder, **kwargs)
     save_atomically(dataset, output_dir, load_synth_info(dataset), overwrite=overwrite)
     return load_from_disk(output_dir)

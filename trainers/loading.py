@@ -12,6 +12,8 @@ OFFLINE_TOKENIZER = REPO_ROOT.parent / "shared" / "assets" / "qwen2.5-tokenizer"
 HUB_TOKENIZER = "Qwen/Qwen2.5-0.5B"
 # The shared offline copy of the real Lyra v2 SoundStream models.
 OFFLINE_LYRA = REPO_ROOT.parent / "shared" / "assets" / "lyra-soundstream"
+# The shared offline copy of Whisper base (the tiny-lyra ear, and the judge).
+OFFLINE_WHISPER = REPO_ROOT.parent / "shared" / "assets" / "whisper-base"
 # The embedded default model: what `configuration/tiny-lyra.yaml` trains (checkpoints/README.md says how it was made).
 EMBEDDED_MODEL = REPO_ROOT / "checkpoints" / "tiny-lyra"
 
@@ -40,17 +42,56 @@ def default_lyra_dir() -> str | None:
     return str(OFFLINE_LYRA) if OFFLINE_LYRA.is_dir() else None
 
 
+def default_whisper_dir() -> str | None:
+    """`$CONCEPT_TALKER_WHISPER_DIR`, else the offline shared copy of Whisper base if present, else None."""
+    if os.environ.get("CONCEPT_TALKER_WHISPER_DIR"):
+        return os.environ["CONCEPT_TALKER_WHISPER_DIR"]
+    return str(OFFLINE_WHISPER) if (OFFLINE_WHISPER / "config.json").is_file() else None
+
+
 def default_model() -> tuple[str, str | None]:
     """The model `chat` uses when none is given: the embedded trained tiny-lyra checkpoint where the Lyra models
     can be found, else the `tiny` preset (random weights, random codec); and why, when it is the fallback."""
     if (EMBEDDED_MODEL / "config.json").is_file():
-        if default_lyra_dir() is not None:
+        if default_lyra_dir() is not None and default_whisper_dir() is not None:
             return str(EMBEDDED_MODEL), None
-        why = ("the embedded trained model speaks through the Lyra codec, whose model files were not found (set "
-               "CONCEPT_TALKER_LYRA_DIR or pass --lyra-dir)")
+        if default_lyra_dir() is None:
+            why = ("the embedded trained model speaks through the Lyra codec, whose model files were not found (set "
+                   "CONCEPT_TALKER_LYRA_DIR or pass --lyra-dir)")
+        else:
+            why = ("the embedded trained model hears through Whisper base's encoder, which was not found (set "
+                   "CONCEPT_TALKER_WHISPER_DIR to a folder holding openai/whisper-base)")
     else:
         why = "no embedded checkpoint in this copy"
     return "tiny", why
+
+
+def looks_like_a_path(spec: str) -> bool:
+    """True when `spec` can only be meant as a folder on this machine, not a Hub id (`ORG/NAME`): it starts with
+    `.`, `~` or a separator, has a backslash or more than one separator, or its first part is a folder here
+    (`runs/final` where `runs/` exists)."""
+    separators = spec.count("/") + (spec.count(os.sep) if os.sep != "/" else 0)
+    return (spec.startswith((".", "~", "/", os.sep)) or "\\" in spec or separators > 1 or spec.endswith("/")
+            or (separators == 1 and os.path.isdir(spec.split("/")[0])))
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse at once a `--model` that is neither a folder here, a preset, nor shaped like a Hub id, so that a
+    mistyped path is not looked up on the Hub (with its network retries)."""
+    from configuration import preset_names
+
+    if os.path.isdir(spec) or spec in preset_names():
+        return
+    choices = (f"a checkpoint folder (saved with save_pretrained), a Hub id (ORG/NAME), or a preset "
+               f"({', '.join(preset_names())})")
+    if os.path.exists(spec):
+        raise SystemExit(f"--model {spec!r} is a file, not a checkpoint folder: give the folder that holds its "
+                         f"config.json, or {choices}.")
+    if looks_like_a_path(spec):
+        raise SystemExit(f"--model {spec!r}: no such folder (relative to {os.getcwd()}). Give {choices}.")
+    if "/" not in spec:
+        raise SystemExit(f"--model {spec!r} is not a folder here, nor a preset, nor a Hub id (those are ORG/NAME). "
+                         f"Give {choices}.")
 
 
 def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: str | None = None,
@@ -87,6 +128,7 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
         )
         return LoadedModel(model, processor, description, trained=False)
 
+    check_model_spec(spec)
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
         config = ConceptTalkerForConditionalGeneration.config_class.from_pretrained(spec)
@@ -99,11 +141,19 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
                 lyra_dir = default_lyra_dir()
             if lyra_dir is not None:
                 kwargs["codec_model_dir"] = lyra_dir
+        if config.ear_type == "whisper" and config.saved_weights == "trainable":
+            # The ear is a Hub id or a folder on the machine that trained it: where it is not a folder here, use the
+            # offline copy when it is the same Whisper (its size fits, and the load checks it).
+            saved = config.ear_name_or_path
+            if (saved is None or not os.path.isdir(saved)) and default_whisper_dir() is not None:
+                kwargs["ear_name_or_path"] = default_whisper_dir()
         model = ConceptTalkerForConditionalGeneration.from_pretrained(spec, **kwargs).eval()
     except OSError as err:
+        if os.path.isdir(spec):
+            raise SystemExit(f"Could not load the Concept-Talker checkpoint in {spec}: {err}") from err
         raise SystemExit(
-            f"Could not load a Concept-Talker model from {spec!r} ({err}). Give a folder saved with save_pretrained, "
-            f"a Hub id, or one of the presets: {', '.join(preset_names())}."
+            f"--model {spec!r} is neither a folder here nor a Hub repository that could be reached ({err}). Give a "
+            f"folder saved with save_pretrained, a Hub id, or one of the presets: {', '.join(preset_names())}."
         ) from err
     try:
         processor = ConceptTalkerProcessor.from_pretrained(spec)
@@ -114,8 +164,8 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
     description = (f"{spec} ({codec_words.get(codec, codec)}, "
                    f"{model.config.thinker_config.num_hidden_layers}-layer thinker)")
     if os.path.abspath(spec) == str(EMBEDDED_MODEL):
-        description = (f"the embedded default: the tiny-lyra recipe's trained model ({spec}), a 2-layer, 64-wide "
-                       "thinker trained on 2 CPU cores in about an hour, speaking through the real Lyra SoundStream "
-                       "codec; expect short, often wrong replies in speech-like audio that a recogniser cannot yet "
-                       "understand (README)")
+        description = (f"the embedded default: the tiny-lyra recipe's trained model ({spec}), hearing through "
+                       "Whisper base's encoder, a 2-layer, 64-wide thinker, and a talker speaking the house voice "
+                       "through the real Lyra SoundStream codec, all trained on 2 CPU cores (README: what it gets "
+                       "right and wrong)")
     return LoadedModel(model, processor, description, trained=True)

@@ -16,7 +16,11 @@ from dataclasses import fields
 import yaml
 
 STAGES = ("text", "align", "reply")
-STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice"}
+# Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
+# dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on) and
+# `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch).
+STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
+                    "text_labels", "text_vocabulary"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {
@@ -28,22 +32,124 @@ RECIPE_SCHEMA = {
         "tokenizer": None,  # folder or Hub id; default: the offline Qwen2.5 copy, else the Hub
         "thinker": None,  # a pretrained thinker (Hub id / folder): skips the text stage
         "codec": None,  # a pretrained codec (Hub id / EnCodec folder / Lyra folder); default: the preset's
+        "ear": None,  # the Whisper model (Hub id / folder) the preset's ear loads; needed when the preset has one
     },
     "data": {
         "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
-        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0},
+        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0, "reply_tts": "piper",
+                  "voice_variant_share": 0.4, "perturb_share": 0.3},
     },
     "stages": {name: None for name in STAGES},
     # The trained checkpoint's default reply settings (`SpokenGenerationConfig` fields, e.g. talker_temperature),
     # written into its generation_config.json; `generate`, `chat` and the evaluation use them unless told otherwise.
     "generation": {},
-    "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "speech_examples": 40, "speech_lm": "corpus",
-             "voice": False, "voice_examples": 12},
+    "eval": {"max_examples": 200, "max_new_tokens": 48, "speech": False, "speech_examples": 40, "judge": None,
+             "voice": False, "voice_examples": 12, "house_voice_questions": 0, "real_speech": None,
+             "real_speech_examples": 40},
 }
+
+
+# What each plain setting of a recipe holds: (kind, bound); kinds: "int" (bound: its smallest value), "number"
+# (bound: it must be above it), "bool", "str", "strings" (a list of strings); a "?" also allows null. Every one is
+# checked when the recipe is loaded, before any work.
+VALUE_RULES = {
+    "seed": ("int", 0),
+    "output_dir": ("str?", None),
+    "model.preset": ("str", None),
+    "model.tokenizer": ("str?", None),
+    "model.thinker": ("str?", None),
+    "model.codec": ("str?", None),
+    "model.ear": ("str?", None),
+    "data.path": ("str?", None),
+    "data.synth.n": ("int", 1),
+    "data.synth.num_proc": ("int", 1),
+    "data.synth.voices": ("strings?", None),
+    "data.synth.seed": ("int", 0),
+    "data.synth.transcribe_rows": ("int", 0),
+    "data.synth.reply_tts": ("str", None),
+    "data.synth.voice_variant_share": ("share", None),
+    "data.synth.perturb_share": ("share", None),
+    "eval.max_examples": ("int", 1),
+    "eval.max_new_tokens": ("int", 1),
+    "eval.speech": ("bool", None),
+    "eval.speech_examples": ("int", 1),
+    "eval.voice": ("bool", None),
+    "eval.voice_examples": ("int", 1),
+    "eval.judge": ("str?", None),
+    "eval.house_voice_questions": ("int", 0),
+    "eval.real_speech": ("str?", None),
+    "eval.real_speech_examples": ("int", 1),
+}
+# The same for a stage's settings that are not TrainingArguments fields.
+STAGE_EXTRA_RULES = {
+    "enabled": ("bool", None),
+    "voice": ("bool", None),
+    "adapter_learning_rate": ("number?", 0),
+    "max_train_examples": ("int?", 1),
+    "concept_labels": ("bool", None),
+    "text_labels": ("bool", None),
+    "text_vocabulary": ("str?", None),
+}
+# `text_vocabulary` takes one value: "data" (or null, the whole vocabulary).
+TEXT_VOCABULARIES = ("data",)
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names the key and what to do."""
+
+
+def checked_value(where: str, value, kind: str, minimum):
+    """`value` of recipe key `where` as its `kind` says (numbers written as strings read as numbers), or a
+    `RecipeError` naming the key, what it holds and what it must hold."""
+    optional = kind.endswith("?")
+    kind = kind.rstrip("?")
+    if value is None and optional:
+        return None
+    if kind in ("int", "number", "share") and isinstance(value, str):
+        value = _number_or_string(value)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "share": isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1,
+    }[kind]
+    words = {"int": "a whole number", "number": "a number", "bool": "true or false", "str": "a string",
+             "strings": "a list of strings",
+             "share": "a share between 0 and 1"}[kind]
+    # a whole number has a smallest value; a number (a learning rate) must be above its bound
+    bound = "" if minimum is None else f" >= {minimum}" if kind == "int" else f" > {minimum}"
+    if ok and minimum is not None:
+        ok = value >= minimum if kind == "int" else value > minimum
+    if not ok:
+        raise RecipeError(f"{where} must be {words}{bound}{' or null' if optional else ''}, got {value!r}.")
+    return value
+
+
+def check_values(recipe: dict) -> None:
+    """Check (and convert in place) every plain setting of a merged recipe against `VALUE_RULES`."""
+    for key, (kind, minimum) in VALUE_RULES.items():
+        *groups, name = key.split(".")
+        node = recipe
+        for group in groups:
+            node = node[group]
+        node[name] = checked_value(key, node[name], kind, minimum)
+    if not isinstance(recipe["model"]["overrides"] or {}, dict):
+        raise RecipeError(f"model.overrides must be a mapping of model settings, got {recipe['model']['overrides']!r}.")
+
+
+def check_model(model: dict) -> None:
+    """Build the model's config from the preset and overrides (no weights), so that an unknown or bad model setting
+    (`model.overrides.talker_config.num_hiden_layers`) fails now, naming it."""
+    from configuration import load_preset
+
+    try:
+        load_preset(model["preset"], **(model["overrides"] or {}))
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"model: {err}") from err
 
 
 def _merge(schema: dict, values: dict, path: str) -> dict:
@@ -116,13 +222,15 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
     raw = apply_overrides(raw, overrides or [])
     recipe = _merge(RECIPE_SCHEMA, raw, "")
     recipe["recipe_path"] = os.path.abspath(path)
+    check_values(recipe)
     for name in STAGES:
         stage = recipe["stages"].get(name) or {}
         if not isinstance(stage, dict):
             raise RecipeError(f"stages.{name} must be a mapping of TrainingArguments fields.")
-        check_stage(name, stage)
+        check_stage(name, stage, recipe["seed"])
         recipe["stages"][name] = stage
     check_generation(recipe["generation"])
+    check_model(recipe["model"])
     return recipe
 
 
@@ -145,7 +253,9 @@ def training_argument_names() -> set[str]:
     return {f.name for f in fields(TrainingArguments) if f.init}
 
 
-def check_stage(name: str, stage: dict) -> None:
+def check_stage(name: str, stage: dict, seed: int = 0) -> None:
+    """Check every key and value of stage `name`: its extra keys by `STAGE_EXTRA_RULES`, the rest by building its
+    `TrainingArguments` (as the stage will)."""
     known = training_argument_names() | STAGE_EXTRA_KEYS
     unknown = sorted(set(stage) - known)
     if unknown:
@@ -155,7 +265,25 @@ def check_stage(name: str, stage: dict) -> None:
         )
     if "output_dir" in stage:
         raise RecipeError(f"stages.{name}.output_dir is set by the run (<output_dir>/{name}): remove it.")
+    for key, (kind, minimum) in STAGE_EXTRA_RULES.items():
+        if key in stage:
+            stage[key] = checked_value(f"stages.{name}.{key}", stage[key], kind, minimum)
+    if stage.get("text_vocabulary") not in (None, *TEXT_VOCABULARIES):
+        raise RecipeError(f"stages.{name}.text_vocabulary must be one of {list(TEXT_VOCABULARIES)} or null, got "
+                          f"{stage['text_vocabulary']!r}.")
     coerce_numbers(name, stage)
+    if stage.get("enabled", True):
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # deprecation notices are for when the stage runs
+            warnings.simplefilter("ignore")
+            try:
+                training_arguments(stage, os.path.join("<output_dir>", name), seed,
+                                   use_cpu=stage.get("use_cpu", not torch.cuda.is_available()))
+            except RecipeError as err:
+                raise RecipeError(f"stages.{name}: {err}") from err
 
 
 def coerce_numbers(name: str, stage: dict) -> None:

@@ -27,11 +27,15 @@ logger = logging.getLogger("concept_talker.train")
 
 STAGE_TRAINERS = {"text": "ThinkerTextTrainer", "align": "AlignmentTrainer", "reply": "SpokenReplyTrainer"}
 STAGE_TASKS = {"text": "text", "align": "transcribe", "reply": "reply"}
+QUESTION_TIMINGS = ("question_text", "question_word_spans", "question_word_seconds")
 REQUIRED_COLUMNS = {
-    "text": ("id", "question_text", "reply_text", "instruction"),
-    "align": ("question_text", "question_codes"),
-    "reply": ("reply_text", "question_codes", "reply_codes", "instruction"),
+    "text": ("id", "reply_text", "instruction") + QUESTION_TIMINGS,
+    "align": QUESTION_TIMINGS,
+    "reply": ("reply_text", "reply_codes", "instruction", "reply_phonemes", "reply_phoneme_chars",
+              "reply_phoneme_frames") + QUESTION_TIMINGS,
 }
+# Stages that also learn from the question-only rows of general English (the `transcribe` split).
+LISTENING_STAGES = ("text", "align")
 RUN_FILE = "run.json"
 TAKES_OVERRIDES = True  # trainers.cli passes undeclared `--key value` pairs as recipe overrides
 
@@ -82,11 +86,19 @@ class TrainingRun:
             with open(run_file) as f:
                 previous = json.load(f)["recipe"]
             changed = _changed_keys(previous, self.recipe)
-            if changed:
+            finished = [stage for stage in STAGE_TRAINERS if self.stage_done(stage)]
+            may_change = [stage for stage in STAGE_TRAINERS if stage not in finished]
+            refused = [key for key in changed if not _changes_only_unfinished_work(key, may_change)]
+            if refused:
                 raise SystemExit(
-                    f"--resume with a different recipe ({', '.join(changed[:5])} changed): a resumed run must be the "
-                    "same run. Start a new --output_dir instead."
+                    f"--resume with a recipe that changes what the finished work was made with ({', '.join(refused[:5])} "
+                    f"changed; finished stages: {', '.join(finished) or 'none'}). A resumed run may change only the "
+                    f"settings of its unfinished stages ({', '.join(f'stages.{s}' for s in may_change) or 'none'}), "
+                    "eval and generation. Put the other settings back, or start a new --output_dir."
                 )
+            if changed:
+                logger.info("Resuming with changed settings of unfinished work: %s", ", ".join(changed))
+                _write_json(run_file, {"recipe": self.recipe})
         else:
             _write_json(run_file, {"recipe": self.recipe})
         save_recipe(self.recipe, self.path("training_recipe.yaml"))
@@ -119,6 +131,10 @@ class TrainingRun:
         synth_config = SynthConfig(
             num_rows=int(synth["n"]), seed=int(synth["seed"]), codec=codec,
             num_codebooks=config.codec_num_codebooks, voices=synth["voices"], audio_columns=(),
+            ear=self.ear_spec(config), ear_context_windows=config.ear_context_windows,
+            window_seconds=config.adapter_config.window_seconds, transcribe_rows=int(synth["transcribe_rows"]),
+            reply_tts=synth["reply_tts"], voice_variant_share=float(synth["voice_variant_share"]),
+            perturb_share=float(synth["perturb_share"]),
         )
         logger.info("Synthesising %d rows with the %s codec into %s", synth_config.num_rows, codec, path)
         build_synthetic_dataset(synth_config, path, num_proc=int(synth["num_proc"]))
@@ -136,12 +152,27 @@ class TrainingRun:
             return config.codec_config.model_dir
         return self.model_spec["preset"]
 
+    def ear_spec(self, config) -> str | None:
+        """The Whisper model the preset's ear loads (`model.ear`, made absolute), or None for a codec ear."""
+        if config.ear_type == "codec":
+            return None
+        if not self.model_spec["ear"]:
+            raise SystemExit(
+                "The model hears through Whisper's encoder (its preset has an ear_config) but no Whisper was given: "
+                "set model.ear (or --model.ear) to a Whisper folder or Hub id, e.g. ../shared/assets/whisper-base."
+            )
+        ear = self.model_spec["ear"]
+        return os.path.abspath(ear) if os.path.isdir(ear) else ear
+
     def check_columns(self, dataset, stage: str, voice: bool) -> None:
-        needed = list(REQUIRED_COLUMNS[stage]) + (["reference_codes"] if voice else [])
+        question = "question_codes" if self.model_config.ear_type == "codec" else "question_features"
+        needed = list(REQUIRED_COLUMNS[stage]) + [question] + (["reference_codes"] if voice else [])
         train = dataset["train"]
         first = train[0] if len(train) else {}
-        # A column that exists but is empty (recordings have reply columns set to None) counts as missing.
-        missing = [c for c in needed if c not in train.column_names or first.get(c) is None]
+        # A column that exists but is empty (recordings have reply columns set to None) counts as missing; reference
+        # clips exist only on the rows whose voice the reply stage passes.
+        missing = [c for c in needed if c not in train.column_names
+                   or (first.get(c) is None and c != "reference_codes")]
         if missing:
             raise SystemExit(
                 f"The dataset at {self.data_path} lacks the column(s) {missing} that stage '{stage}' needs: make it "
@@ -155,6 +186,9 @@ class TrainingRun:
         config = load_preset(self.model_spec["preset"], **(self.model_spec["overrides"] or {}))
         if config.codec_type == "lyra_soundstream" and config.codec_config.model_dir:
             config.codec_config.model_dir = os.path.abspath(config.codec_config.model_dir)
+        if config.ear_type != "codec":
+            config.ear_name_or_path = self.ear_spec(config)
+        self.model_config = config
         return config
 
     def new_model(self, config):
@@ -174,20 +208,23 @@ class TrainingRun:
             )
         else:
             model = ConceptTalkerForConditionalGeneration(config)
+            if model.ear is not None:
+                model.load_ear(config.ear_name_or_path)
         return model
 
     def match_codec(self, model) -> None:
-        """Give the model the codec that made the dataset's codes, and refuse data made by another codec."""
-        from trainers.codecs import resolve_codec
+        """Give the model the codec that made the dataset's codes, and refuse data made by another codec or ear."""
+        from trainers.codecs import check_ear_matches, resolve_codec
         from trainers.synth import check_dataset_codec
 
         try:
             data_codec = resolve_codec(self.data_path, model.config.codec_num_codebooks)
             if type(data_codec) is type(model.codec) and list(data_codec.state_dict()):
                 model.codec.load_state_dict(data_codec.state_dict())
-            check_dataset_codec(self.data_path, model.codec)
+            info = check_dataset_codec(self.data_path, model.codec)
+            check_ear_matches(info.get("ear"), model, f"the dataset at {self.data_path}")
         except (ValueError, RuntimeError) as err:
-            raise SystemExit(f"The dataset at {self.data_path} does not fit this model's codec: {err}") from err
+            raise SystemExit(f"The dataset at {self.data_path} does not fit this model: {err}") from err
 
     def load_processor(self, config):
         from modeling_concept_talker import ConceptTalkerProcessor
@@ -216,15 +253,33 @@ class TrainingRun:
             ddp_find_unused_parameters=settings.get("ddp_find_unused_parameters", True),
             use_cpu=settings.get("use_cpu", not _cuda_available()),
         )
+        from datasets import concatenate_datasets
+
+        from trainers.evaluation import with_features
+
         train = dataset["train"]
+        if stage in LISTENING_STAGES and "transcribe" in dataset:
+            train = concatenate_datasets([train, dataset["transcribe"]]).shuffle(seed=self.recipe["seed"])
         if settings.get("max_train_examples"):
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
-        collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config.codec_num_codebooks, voice=voice)
+        vocabulary = None
+        if settings.get("text_vocabulary") == "data":
+            from trainers.collators import data_vocabulary
+
+            texts = [t for name in ("train", "transcribe") if name in dataset
+                     for column in ("question_text", "reply_text") if column in dataset[name].column_names
+                     for t in dataset[name][column]]
+            vocabulary = data_vocabulary(self.processor.tokenizer, texts, model.config)
+            logger.info("Stage %s scores its losses over the %d tokens of the data", stage, len(vocabulary))
+        collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config, voice=voice,
+                                      concept_labels=bool(settings.get("concept_labels", True)),
+                                      text_vocabulary=vocabulary)
         trainer_class = getattr(trainer_module, STAGE_TRAINERS[stage])
         trainer = trainer_class(
-            model=model, args=args, train_dataset=train, eval_dataset=dataset["validation"],
+            model=model, args=args, train_dataset=with_features(train), eval_dataset=with_features(dataset["validation"]),
             data_collator=collator, processing_class=self.processor.tokenizer,
             adapter_learning_rate=settings.get("adapter_learning_rate"),
+            text_labels=bool(settings.get("text_labels", True)),
         )
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -282,6 +337,10 @@ class TrainingRun:
             self.save_stage_model(stage, model)
         if model is None:
             model = self.load_stage_model(stages[-1])
+        # The instructions the thinker read in training, so that an unfamiliar one gets a warning at inference.
+        train = dataset["train"]
+        instructions = train.unique("instruction") if "instruction" in train.column_names else []
+        model.config.trained_instructions = sorted(text for text in instructions if text) or None
         results = {}
         if self.state.is_main_process:
             final = self.save_final(model)
@@ -338,6 +397,13 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _changes_only_unfinished_work(key: str, unfinished_stages: list[str]) -> bool:
+    """Whether a changed recipe key (`stages.reply.max_steps`) steers only work a resumed run has still to do: an
+    unfinished stage's settings, the evaluation or the final checkpoint's reply settings."""
+    return (key.split(".")[0] in ("eval", "generation")
+            or any(key == f"stages.{stage}" or key.startswith(f"stages.{stage}.") for stage in unfinished_stages))
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:

@@ -6,7 +6,8 @@
                            (the concept adapter at a lower learning rate, or frozen)
 
 What they share (`ConceptTalkerTrainer`): which parts train, the loss parts logged separately (`text_loss`,
-`audio_loss`, `audio_loss_k` per codebook), an optional lower learning rate for the concept adapter, checkpoints
+`concept_loss` and `concept_accuracy`, `audio_loss`, `audio_loss_k` per codebook, `duration_loss`), an optional lower
+learning rate for the concept adapter, checkpoints
 that are written to a staging folder and renamed into place (never half-written), and teacher-forced audio-code
 accuracy per codebook at evaluation (through the project's `code_accuracy` metric).
 """
@@ -37,9 +38,10 @@ class ConceptTalkerTrainer(Trainer):
     train_adapter = True
     train_talker = True
 
-    def __init__(self, *args, adapter_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, adapter_learning_rate: float | None = None, text_labels: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.adapter_learning_rate = adapter_learning_rate
+        self.text_labels = text_labels
         model = self.unwrapped_model
         train_adapter = self.train_adapter and adapter_learning_rate != 0
         model.set_trainable(concept_adapter=train_adapter, thinker=self.thinker_mode, talker=self.train_talker)
@@ -52,9 +54,11 @@ class ConceptTalkerTrainer(Trainer):
 
     # ---- loss and its parts ------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.text_labels and "audio_labels" not in inputs:
+            inputs = {k: v for k, v in inputs.items() if k != "labels"}  # the concepts alone are taught
         outputs = model(**inputs)
         if model.training:
-            for name in ("text_loss", "audio_loss", "duration_loss"):
+            for name in ("text_loss", "concept_loss", "concept_accuracy", "audio_loss", "duration_loss"):
                 value = getattr(outputs, name)
                 if value is not None:
                     self._loss_parts[name].append(float(value.detach()))
@@ -152,7 +156,9 @@ class ThinkerTextTrainer(ConceptTalkerTrainer):
 
 
 class AlignmentTrainer(ConceptTalkerTrainer):
-    """Stage 1: only the concept adapter learns, so that the frozen thinker transcribes the audio it reads."""
+    """Stage 1: only the concept adapter learns, so that the frozen thinker transcribes the audio it reads: each
+    concept is pulled to the thinker's embedding of the token spoken in its stretch of time (`concept_labels`), and
+    the frozen thinker's transcript of the concepts is scored (`labels`; off with `text_labels=False`)."""
 
     thinker_mode = "frozen"
     train_adapter = True

@@ -41,10 +41,10 @@ def speech_seconds(audio: np.ndarray, sampling_rate: int, floor_db: float = 35.0
 def _speak(model, processor, row: dict, instruction: str | None, reply_text: str, style=None, seed: int = 0):
     from trainers.evaluation import spoken_turn_inputs
 
-    inputs = spoken_turn_inputs(processor, [{**row, "instruction": instruction or ""}], model.config.codec_num_codebooks,
-                                "reply")
+    inputs = spoken_turn_inputs(processor, [{**row, "instruction": instruction or ""}], model.config, "reply")
     ids = processor.tokenizer(reply_text + "<|im_end|>", add_special_tokens=False).input_ids
-    reply = model.generate(**inputs, style_embeds=style, reply_token_ids=[ids], max_audio_seconds=20.0, seed=seed)
+    reply = model.generate(**inputs, style_embeds=style, reply_token_ids=[ids], max_audio_seconds=20.0, seed=seed,
+                           tokenizer=processor.tokenizer)
     return reply.waveforms[0]
 
 
