@@ -25,7 +25,8 @@ def test_bench_writes_its_report_and_plot(tmp_path, capsys):
     for key in ("first_audio_ms_p50", "first_audio_ms_p95", "rtf", "thinker_roofline_fraction",
                 "baseline_first_audio_ms_p50", "peak_rss_mb", "talker_frames_per_s", "speedup_first_audio"):
         assert results[key] > 0, key
-    assert 0 < results["reply_tokens_made"] <= results["reply_tokens"] == 40
+    assert results["reply_tokens_made"] == results["reply_tokens"] == 40  # the fixed reply, every token of it
+    assert results["reply_audio_s"] > 2  # ... spoken (a random thinker's own "\n\n..." has no sounds)
     kernels = kernels_to_measure("all")
     assert results["kernels_measured"] == kernels and results["cpu"]
     for kernel in kernels:

@@ -253,6 +253,23 @@ def test_feeding_audio_in_pieces_gives_the_same_reply(lively_model, tiny_process
     assert np.abs(reply.waveforms[0] - whole.waveforms[0]).max() < SAMPLE_TOLERANCE
 
 
+def test_a_turn_speaks_given_reply_tokens_as_generate_does(lively_model, tiny_processor):
+    """`SpokenTurn.reply/stream_reply(reply_token_ids=...)` (what the bench speaks) match `generate(...)`'s."""
+    audio = question(2.3, 24000)
+    reply = tiny_processor.tokenizer("The answer is nine.<|im_end|>", add_special_tokens=False).input_ids
+    whole = lively_model.generate(**tiny_processor(text=build_prompt(), audio=audio, sampling_rate=24000), **GREEDY,
+                                  reply_token_ids=[reply])
+    turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **GREEDY)
+    turn.feed(audio)
+    spoken = turn.reply(reply_token_ids=torch.tensor(reply))
+    assert spoken.sequences.tolist() == whole.sequences.tolist()
+    assert torch.equal(spoken.audio_codes[0], whole.audio_codes[0])
+    streamed = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **GREEDY)
+    streamed.feed(audio)
+    chunks = list(streamed.stream_reply(reply))
+    assert chunks and chunks[-1].text_tokens == whole.sequences[0].tolist()[: len(chunks[-1].text_tokens)]
+
+
 @pytest.mark.parametrize("context_windows, read", [(0, 0), (1, 2 * 6)])
 def test_windows_are_read_while_the_user_speaks(lively_model, tiny_processor, context_windows, read):
     """With left context the ear streams: two complete 1 s windows, 6 concepts each, are in the thinker before the
