@@ -13,6 +13,7 @@ CORE = [
     "safetensors==0.8.0",
     "numpy==2.4.6",
     "soundfile==0.14.0",
+    "ninja==1.13.2",  # torch.utils.cpp_extension builds the native decode kernels with it
 ]
 EXTRAS = {
     "train": ["datasets==5.2.0", "evaluate==0.4.6", "jiwer==4.0.0", "pyyaml==6.0.4", "matplotlib==3.11.2"],
@@ -36,9 +37,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_concept_talker", "configuration", "trainers", "trainers.metrics", "trainers.metrics.error_rate",
-              "trainers.metrics.code_accuracy", "benchmarks", "model_cards"],
-    package_data={"configuration": ["*.json", "*.yaml", "accelerate/*.yaml"], "model_cards": ["*.md"]},
+    packages=["modeling_concept_talker", "concept_talker_kernels", "configuration", "trainers", "trainers.metrics",
+              "trainers.metrics.error_rate", "trainers.metrics.code_accuracy", "benchmarks", "model_cards"],
+    package_data={"configuration": ["*.json", "*.yaml", "accelerate/*.yaml"], "model_cards": ["*.md"],
+                  "concept_talker_kernels": ["*.cpp"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["concept-talker=trainers.cli:main"]},

@@ -5,14 +5,18 @@
 On the 0.5b preset's thinker (Qwen2.5-0.5B's dimensions, random weights, bf16), in one process:
 
 - memory read bandwidth: two methods over 512 MiB (16x the L3 cache), median of 7 reads each: `torch.sum` of an
-  fp32 tensor, and the fast thinker kernel's plain AVX-512 loads over a block on huge pages (4 KB pages cost TLB
-  misses; on one thread torch.sum also falls short of plain loads). Measured right before and right after every
-  timed run, since neighbours on a shared machine change it; the roofline uses the highest of these readings;
+  fp32 tensor, and the native kernel's plain vector loads (AVX-512 or AVX2, the fastest this CPU runs) over a block
+  on huge pages (4 KB pages cost TLB misses; on one thread torch.sum also falls short of plain loads). Measured right
+  before and right after every timed run, since neighbours on a shared machine change it; the roofline uses the
+  highest of these readings;
 - bytes of weights one decoded token reads: all decoder layers, the final norm and the whole lm_head matrix (tied to
   the embedding in Qwen2.5-0.5B: 27% of the model), plus the token's embedding row, in the dtype used;
 - decode tokens/s of (a) transformers `generate()` (greedy, 40 new tokens after a 60-token prompt; per-token times
-  from a streamer), (b) `ThinkerRunner` and (c) `FastThinkerRunner` (40 greedy steps after the same prompt): the
-  median step time gives tokens/s, the mean is reported too;
+  from a streamer), (b) `generate()` with transformers' documented fast path (a static cache and `torch.compile` of
+  the forward; engine `generate_compiled`, compiled before timing), (c) `ThinkerRunner` and (d) `FastThinkerRunner`
+  on each kernel (`--kernels`: avx512, avx2, torch; default every instruction set this CPU runs), with bf16 and
+  with int8 weights (40 greedy steps after the same prompt): the median step time gives tokens/s, the mean is
+  reported too; int8 is also given as a ratio to bf16 on the same kernel and against the bf16 roofline;
 - roofline fraction = tokens/s / (bandwidth / bytes per token), per round with that round's bandwidth;
 - prefill time of the 60 positions for the runners, at once and as 3 chunks of 20 (streamed concepts); peak RSS;
 - the CPU share other processes took during each run (from /proc/stat), since a shared 2-core machine is rarely
@@ -36,15 +40,35 @@ from torch import nn
 
 
 # ---- measuring functions (reused by `concept-talker bench`) ------------------------------------------------
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+def use_clock(name: str) -> None:
+    """What the measurements count: "wall" (elapsed seconds; default) or "cpu" (this process's CPU seconds, with one
+    torch thread: what one core does while this process runs on it, however little of the machine it gets when
+    others share it; memory stalls count, waiting for the scheduler does not)."""
+    global _clock
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {name!r}")
+    if name == "cpu":
+        torch.set_num_threads(1)
+    _clock = CLOCKS[name]
+
+
+def now() -> float:
+    """The benchmark clock (see `use_clock`)."""
+    return _clock()
+
 def torch_read_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 7) -> float:
     """Memory read bandwidth in bytes/s: median time of `torch.sum` over an `nbytes` fp32 tensor (after a warm-up)."""
     data = torch.ones(nbytes // 4)
     data.sum()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         data.sum()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return nbytes / statistics.median(times)
 
 
@@ -54,7 +78,7 @@ def measure_bandwidths(nbytes: int = 512 * 2**20, repeats: int = 7) -> dict[str,
     from modeling_concept_talker.fast_thinker import native_read_bandwidth
 
     result = {"torch_sum": torch_read_bandwidth(nbytes, repeats)}
-    native = native_read_bandwidth(nbytes, repeats)
+    native = native_read_bandwidth(nbytes, repeats, clock=now)
     if native is not None:
         result["native_read"] = native
     return result
@@ -100,16 +124,17 @@ class _TokenClock:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        self.times.append(time.perf_counter())
+        self.times.append(now())
 
     def end(self):
         pass
 
 
-def time_generate(thinker: nn.Module, prompt_ids: torch.Tensor, new_tokens: int = 40) -> dict:
-    """Plain transformers `generate()`, greedy: prefill seconds and the per-token decode times."""
+def time_generate(thinker: nn.Module, prompt_ids: torch.Tensor, new_tokens: int = 40, **generate_kwargs) -> dict:
+    """Plain transformers `generate()`, greedy: prefill seconds and the per-token decode times. `generate_kwargs`
+    go to `generate()` (e.g. `cache_implementation="static"`)."""
     clock = _TokenClock()
-    start = time.perf_counter()
+    start = now()
     with torch.no_grad():
         out = thinker.generate(
             prompt_ids,
@@ -119,6 +144,7 @@ def time_generate(thinker: nn.Module, prompt_ids: torch.Tensor, new_tokens: int 
             do_sample=False,
             pad_token_id=thinker.config.eos_token_id,
             streamer=clock,
+            **generate_kwargs,
         )
     steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
     return _decode_stats(steps, prefill_s=clock.times[0] - start, tokens=out[0, prompt_ids.shape[1] :].tolist())
@@ -126,10 +152,10 @@ def time_generate(thinker: nn.Module, prompt_ids: torch.Tensor, new_tokens: int 
 
 def time_prefill(runner, prompt_ids: torch.Tensor, chunks: int = 1) -> tuple[float, torch.Tensor]:
     """Seconds to append the prompt to a runner in `chunks` equal appends, and the last logits."""
-    start = time.perf_counter()
+    start = now()
     for piece in prompt_ids.chunk(chunks, dim=1):
         logits, _ = runner.append(runner.embed(piece))
-    return time.perf_counter() - start, logits
+    return now() - start, logits
 
 
 def time_runner(runner, prompt_ids: torch.Tensor, new_tokens: int = 40) -> dict:
@@ -137,10 +163,10 @@ def time_runner(runner, prompt_ids: torch.Tensor, new_tokens: int = 40) -> dict:
     prefill, logits = time_prefill(runner, prompt_ids)
     steps, tokens = [], []
     for _ in range(new_tokens):
-        start = time.perf_counter()
+        start = now()
         token = logits.argmax(-1, keepdim=True)
         logits, _ = runner.append(runner.embed(token))
-        steps.append(time.perf_counter() - start)
+        steps.append(now() - start)
         tokens.append(int(token[0, 0]))
     return _decode_stats(steps, prefill_s=prefill, tokens=tokens)
 
@@ -210,11 +236,15 @@ def run(
     rounds: int = 3,
     prompt_length: int = 60,
     new_tokens: int = 40,
-    engines: tuple[str, ...] = ("generate", "thinker_runner", "fast_thinker_runner"),
+    engines: tuple[str, ...] = ("generate", "generate_compiled", "thinker_runner", "fast_thinker_runner"),
+    kernels: tuple[str, ...] | None = None,
+    int8: bool = True,
     log=print,
 ) -> dict:
     from modeling_concept_talker.fast_thinker import FastThinkerRunner, load_native_kernel
     from modeling_concept_talker.thinker_runner import ThinkerRunner
+
+    from benchmarks.bench import CompiledForward, kernels_to_measure
 
     dtype = torch.bfloat16
     rss_start = rss_bytes()
@@ -222,14 +252,38 @@ def run(
     rss_thinker = rss_bytes()
     lib, why = load_native_kernel()
     max_length = prompt_length + new_tokens + 8
-    fast = FastThinkerRunner(thinker, max_length=max_length, dtype=dtype)
+    kernels = list(kernels or kernels_to_measure("all"))
+    fast_engines = {}
+    if "fast_thinker_runner" in engines:
+        engines = tuple(name for name in engines if name != "fast_thinker_runner")
+        snapshots = {"bf16": FastThinkerRunner(thinker, max_length=max_length, dtype=dtype, backend="torch")}
+        if int8:
+            snapshots["int8"] = FastThinkerRunner(thinker, max_length=max_length, weights="int8", backend="torch")
+        for kernel in kernels:
+            for fmt, snapshot in snapshots.items():
+                fast_engines[f"fast/{kernel}/{fmt}"] = snapshot.sharing_weights(1, max_length, backend=kernel)
+        engines = engines + tuple(fast_engines)
     rss_fast = rss_bytes()
+    compiled = CompiledForward(thinker) if "generate_compiled" in engines else None
     bytes_per_token = weight_bytes_per_token(thinker, dtype)
     prompt = torch.randint(0, 150000, (1, prompt_length), generator=torch.Generator().manual_seed(1))
+    try:
+        from concept_talker_kernels import describe_cpu
+
+        cpu = describe_cpu()
+    except ImportError:
+        cpu = platform.machine()
     log(
         f"{preset} thinker, bf16, {bytes_per_token / 1e6:.1f} MB of weights per token, {torch.get_num_threads()} "
-        f"threads, fast runner backend {fast.backend}" + (f" ({why})" if why else "")
+        f"threads, CPU: {cpu}; fast runners: "
+        + ", ".join(f"{name} on {runner.kernel}" for name, runner in fast_engines.items())
+        + (f" (no native kernel: {why})" if why else "")
     )
+    if compiled is not None:
+        start = time.perf_counter()
+        with compiled:
+            time_generate(thinker, prompt, 3, **compiled.generate_kwargs)
+        log(f"static cache + torch.compile: compiled in {time.perf_counter() - start:.0f} s")
 
     results: dict[str, list[dict]] = {name: [] for name in engines}
     for round_index in range(rounds):
@@ -238,10 +292,14 @@ def run(
             with OtherCpuShare() as others:
                 if name == "generate":
                     stats = time_generate(thinker, prompt, new_tokens)
+                elif name == "generate_compiled":
+                    with compiled:
+                        stats = time_generate(thinker, prompt, new_tokens, **compiled.generate_kwargs)
                 elif name == "thinker_runner":
                     stats = time_runner(ThinkerRunner(thinker), prompt, new_tokens)
                     stats["prefill_3x20_s"] = time_prefill(ThinkerRunner(thinker), prompt, chunks=3)[0]
                 else:
+                    fast = fast_engines[name]
                     fast.reset()
                     stats = time_runner(fast, prompt, new_tokens)
                     fast.reset()
@@ -280,18 +338,30 @@ def run(
         }
         for name in engines
     }
-    if "generate" in engines and "fast_thinker_runner" in engines:
-        summary["fast_over_generate"] = statistics.median(
-            f["tok_s"] / g["tok_s"] for f, g in zip(results["fast_thinker_runner"], results["generate"])
-        )
-    if "thinker_runner" in engines and "fast_thinker_runner" in engines:
-        same = [
-            sum(a == b for a, b in zip(f["tokens"], t["tokens"])) / len(f["tokens"])
-            for f, t in zip(results["fast_thinker_runner"], results["thinker_runner"])
-        ]
-        summary["fast_tokens_equal_to_thinker_runner"] = min(same)
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x["tok_s"] / y["tok_s"] for x, y in zip(results[a], results[b]))
+
+    ratios = {}
+    for name in fast_engines:
+        for base in ("generate", "generate_compiled"):
+            if base in engines:
+                ratios[f"{name}_over_{base}"] = ratio(name, base)
+        if name.endswith("/int8") and name[: -len("int8")] + "bf16" in fast_engines:
+            ratios[f"{name}_over_bf16"] = ratio(name, name[: -len("int8")] + "bf16")
+    if "generate" in engines and "generate_compiled" in engines:
+        ratios["generate_compiled_over_generate"] = ratio("generate_compiled", "generate")
+    summary["ratios"] = ratios
+    if "thinker_runner" in engines:
+        for name in fast_engines:
+            same = [
+                sum(a == b for a, b in zip(f["tokens"], t["tokens"])) / len(f["tokens"])
+                for f, t in zip(results[name], results["thinker_runner"])
+            ]
+            summary[name]["tokens_equal_to_thinker_runner"] = min(same)
     report = {
         "preset": preset,
+        "clock": "cpu" if _clock is time.process_time else "wall",
         "dtype": "bfloat16",
         "threads": torch.get_num_threads(),
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
@@ -300,23 +370,28 @@ def run(
         "new_tokens": new_tokens,
         "weight_bytes_per_token": bytes_per_token,
         "bandwidth_method": (
-            "highest of: torch.sum over a 512 MiB fp32 tensor, and the native kernel's AVX-512 loads over 512 MiB "
+            "highest of: torch.sum over a 512 MiB fp32 tensor, and the native kernel's vector loads over 512 MiB "
             "on huge pages; median of 7 reads each, measured before and after each run"
         ),
-        "fast_backend": fast.backend,
+        "cpu": cpu,
+        "fast_kernels": {name: runner.kernel for name, runner in fast_engines.items()},
+        "int8_weight_bytes_per_token": (
+            snapshots["int8"].weight_bytes_per_token() if fast_engines and int8 else None),
         "native_unavailable_reason": why,
         "summary": summary,
         "rounds": {name: [{k: v for k, v in r.items() if k != "tokens"} for r in rs] for name, rs in results.items()},
-        "fast_runner_memory_bytes": fast.memory(),
+        "fast_runner_memory_bytes": {fmt: r.memory() for fmt, r in snapshots.items()} if fast_engines else None,
         "rss_bytes": {"start": rss_start, "thinker": rss_thinker, "with_fast_runner": rss_fast, "peak": peak_rss_bytes()},
     }
     for name in engines:
         s = summary[name]
         log(
-            f"{name:>20}: {s['tok_s']:6.2f} tok/s, {100 * s['fraction']:.1f}% of the roofline "
+            f"{name:>20}: {s['tok_s']:6.2f} tok/s, {100 * s['fraction']:.1f}% of the bf16 roofline "
             f"({s['roofline_tok_s']:.1f} tok/s at {s['bandwidth_bytes_s'] / 1e9:.1f} GB/s), prefill 60: {s['prefill_s']:.3f} s"
             + (f", 3x20: {s['prefill_3x20_s']:.3f} s" if "prefill_3x20_s" in s else "")
         )
+    for name, value in ratios.items():
+        log(f"{name}: {value:.2f}x")
     log(f"peak RSS {report['rss_bytes']['peak'] / 2**30:.2f} GiB")
     return report
 
@@ -330,12 +405,23 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=40)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument(
-        "--engines", default="generate,thinker_runner,fast_thinker_runner", help="comma-separated subset"
+        "--engines", default="generate,generate_compiled,thinker_runner,fast_thinker_runner",
+        help="comma-separated subset"
     )
+    parser.add_argument("--kernels", default="all",
+                        help="kernels of the fast runner: avx512, avx2, torch (comma-separated), or all (default: every "
+                             "instruction set this CPU runs)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the fast runner with int8 weights")
+    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                        help="wall: elapsed time (default); cpu: CPU time of one thread (a machine shared with others)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(args.preset, args.rounds, args.prompt_length, args.new_tokens, tuple(args.engines.split(",")))
+    use_clock(args.clock)
+    from benchmarks.bench import kernels_to_measure
+
+    report = run(args.preset, args.rounds, args.prompt_length, args.new_tokens, tuple(args.engines.split(",")),
+                 tuple(kernels_to_measure(args.kernels)), int8=not args.no_int8)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -138,8 +138,8 @@ class CardFacts:
 
 # Notes for remote-code files that do more than compute with tensors, by the modules they import.
 CODE_BEHAVIOUR = {
-    "subprocess": "runs external programs (a C++ compiler)",
-    "ctypes": "loads native code it compiles (cached on disk) with ctypes",
+    "subprocess": "runs external programs",
+    "ctypes": "loads native code already on this machine (a system library such as espeak-ng) with ctypes",
 }
 # Modules the remote code imports only where they are used (inside `try` blocks): (import name, pip name).
 OPTIONAL_MODULES = (("peft", "peft"), ("soundfile", "soundfile"), ("ai_edge_litert", "ai-edge-litert"))

@@ -51,9 +51,15 @@ class SpokenGenerationConfig:
         seed: seed of the sampling generator, a whole number >= 0 (None: torch's global generator).
         thinker_runner: "auto" (the fast runner when it supports the thinker, else the reference),
             "fast" or "reference".
-        thinker_dtype: compute dtype of the fast runner, "bfloat16" or "float32" (default: the thinker's own).
+        thinker_dtype: weights of the fast runner, "bfloat16", "float32" or "int8" (int8 with one scale per output
+            channel, weight-only, and a bf16 key/value cache: half the bytes of bf16 per token; default: the
+            thinker's own dtype).
         talker_runner: "auto" (the talker's decoder on the fast runner's native kernel where it can be built, else
             the talker's own forward), "fast" or "reference". Same results within float rounding.
+        talker_dtype: weights of the talker's fast runner, as `thinker_dtype` (default: the talker's own dtype).
+        kernel: the code the fast runners' steps run on: "auto" (`$CONCEPT_TALKER_KERNEL` if set, else the fastest
+            native kernel this CPU supports, plain PyTorch with one warning where none can be had), "avx512",
+            "avx2" (an error where it cannot be had) or "torch".
     """
 
     thinker_max_new_tokens: int = 128
@@ -70,6 +76,8 @@ class SpokenGenerationConfig:
     thinker_runner: str = "auto"
     thinker_dtype: str | None = None
     talker_runner: str = "auto"
+    talker_dtype: str | None = None
+    kernel: str = "auto"
 
     @classmethod
     def for_model(cls, model, kwargs: dict) -> SpokenGenerationConfig:
@@ -131,9 +139,12 @@ class SpokenGenerationConfig:
         for name in ("thinker_runner", "talker_runner"):
             if getattr(self, name) not in ("auto", "fast", "reference"):
                 raise ValueError(f"{name} must be 'auto', 'fast' or 'reference', got {getattr(self, name)!r}.")
-        if self.thinker_dtype not in (None, "bfloat16", "float32"):
-            raise ValueError(f"thinker_dtype must be 'bfloat16', 'float32' or None (the thinker's own), got "
-                             f"{self.thinker_dtype!r}.")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}.")
+        for name in ("thinker_dtype", "talker_dtype"):
+            if getattr(self, name) not in (None,) + RUNNER_DTYPES:
+                raise ValueError(f"{name} must be one of {', '.join(RUNNER_DTYPES)} (or None: the model's own), got "
+                                 f"{getattr(self, name)!r}.")
 
 
 def checkpoint_defaults(model) -> dict:
@@ -426,11 +437,23 @@ class TalkerStream:
         return undelay_codes(torch.stack(self.columns, dim=-1)[None], self.complete_frames)[0]
 
 
-_SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {part: (weights key, runner)}
+_SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(part, dtype, weights): (params, runner)}
+RUNNER_DTYPES = ("bfloat16", "float32", "int8")
+KERNELS = ("auto", "avx512", "avx2", "torch")
 
 
-def snapshot_runner(model, part: str, decoder, dtype: torch.dtype, batch_size: int, max_length: int):
-    """A `FastThinkerRunner` over `model.<part>`'s weights with an empty cache of its own.
+def runner_format(name: str | None, own: torch.dtype) -> tuple[torch.dtype, str]:
+    """A `thinker_dtype` / `talker_dtype` setting as the fast runner's `(dtype, weights)`: "int8" is int8 weights
+    with a bf16 cache, None the part's own dtype."""
+    if name == "int8":
+        return torch.bfloat16, "int8"
+    return (getattr(torch, name) if name else own), "copy"
+
+
+def snapshot_runner(model, part: str, decoder, dtype: torch.dtype, batch_size: int, max_length: int,
+                    weights: str = "copy", kernel: str = "auto"):
+    """A `FastThinkerRunner` over `model.<part>`'s weights (stored as `weights`: "copy" or "int8") with an empty
+    cache of its own, running on `kernel` (the runner's `backend`).
 
     The weight snapshot (what the runner copies from `decoder()`, a Qwen2-shaped causal LM) is kept per model and
     part, and reused while no weight of the part has changed (tensor versions and storage: an optimizer step,
@@ -440,14 +463,18 @@ def snapshot_runner(model, part: str, decoder, dtype: torch.dtype, batch_size: i
     from .fast_thinker import FastThinkerRunner
 
     module = getattr(model, part)
-    key = (dtype, tuple((id(p), p.data_ptr(), p._version) for p in module.parameters()))
+    params = tuple((id(p), p.data_ptr(), p._version) for p in module.parameters())
     snapshots = _SNAPSHOTS.setdefault(model, {})
-    snapshot = snapshots.get(part)
-    if snapshot is None or snapshot[0] != key or snapshot[1].max_length < max_length:
-        snapshots.pop(part, None)  # free the old snapshot before making the new one
-        runner = FastThinkerRunner(decoder(), batch_size=1, max_length=max(max_length, 1024), dtype=dtype)
-        snapshot = snapshots[part] = (key, runner)
-    return snapshot[1].sharing_weights(batch_size, max_length)
+    for other in [k for k, (seen, _) in snapshots.items() if k[0] == part and seen != params]:
+        del snapshots[other]  # the weights changed: free every old snapshot of the part before making the new one
+    fmt = (part, dtype, weights)  # one snapshot per storage format (e.g. bf16 and int8 side by side)
+    snapshot = snapshots.get(fmt)
+    if snapshot is None or snapshot[1].max_length < max_length:
+        snapshots.pop(fmt, None)
+        runner = FastThinkerRunner(decoder(), batch_size=1, max_length=max(max_length, 1024), dtype=dtype,
+                                   weights=weights, backend="torch")  # each turn's runner chooses its kernel
+        snapshot = snapshots[fmt] = (params, runner)
+    return snapshot[1].sharing_weights(batch_size, max_length, backend=kernel)
 
 
 def make_runner(model, batch_size: int, settings: SpokenGenerationConfig, max_length: int):
@@ -455,9 +482,10 @@ def make_runner(model, batch_size: int, settings: SpokenGenerationConfig, max_le
     from .thinker_runner import ThinkerRunner
 
     if settings.thinker_runner != "reference":
-        dtype = getattr(torch, settings.thinker_dtype) if settings.thinker_dtype else model.thinker.dtype
+        dtype, weights = runner_format(settings.thinker_dtype, model.thinker.dtype)
         try:
-            return snapshot_runner(model, "thinker", lambda: model.thinker, dtype, batch_size, max_length)
+            return snapshot_runner(model, "thinker", lambda: model.thinker, dtype, batch_size, max_length, weights,
+                                   settings.kernel)
         except (ImportError, ValueError, NotImplementedError):
             if settings.thinker_runner == "fast":
                 raise
@@ -472,10 +500,11 @@ def fast_talker_runner(model, settings: SpokenGenerationConfig, max_length: int)
     try:
         from .fast_thinker import load_native_kernel, talker_as_causal_lm
 
-        if settings.talker_runner == "auto" and load_native_kernel()[0] is None:
+        if settings.talker_runner == "auto" and load_native_kernel(settings.kernel, warn=False)[0] is None:
             return None  # no snapshot of the talker's weights for a runner that would not be used
-        runner = snapshot_runner(model, "talker", lambda: talker_as_causal_lm(model.talker),
-                                 model.talker.heads.dtype, 1, max_length)
+        dtype, weights = runner_format(settings.talker_dtype, model.talker.heads.dtype)
+        runner = snapshot_runner(model, "talker", lambda: talker_as_causal_lm(model.talker), dtype, 1, max_length,
+                                 weights, settings.kernel)
     except (ImportError, ValueError, NotImplementedError):
         if settings.talker_runner == "fast":
             raise

@@ -171,25 +171,26 @@ class SpokenTurn:
         self.state = "answering"
         return logits, hidden[:, -1]
 
-    def reply(self, streamer=None):
+    def reply(self, streamer=None, reply_token_ids=None):
         """End the turn and answer it: a `SpokenReply` (with `streamer`, chunks are handed to it as they come).
-        Timings count from the end of speech."""
+        Timings count from the end of speech. With `reply_token_ids` (token ids), the model speaks that text instead
+        of choosing its own (as `generate(reply_token_ids=...)`)."""
         timer = ReplyTimer()
         logits, hidden = self.end_of_speech()
         try:
             return run_spoken_reply(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
-                                    streamer, timer, prompt=self.prompt_tail.states(),
+                                    streamer, timer, _one_row(reply_token_ids), prompt=self.prompt_tail.states(),
                                     tokenizer=self.processor.tokenizer)
         finally:
             self.close()
 
-    def stream_reply(self):
-        """End the turn and yield the reply's `AudioChunk`s as they are made."""
+    def stream_reply(self, reply_token_ids=None):
+        """End the turn and yield the reply's `AudioChunk`s as they are made (`reply_token_ids`: as in `reply`)."""
         logits, hidden = self.end_of_speech()
         try:
             events = spoken_reply_events(self.model, self.runner, logits, hidden, self.settings, self.style_embeds,
-                                         decode_stream=True, prompt=self.prompt_tail.states(),
-                                         tokenizer=self.processor.tokenizer)
+                                         decode_stream=True, reply_tokens=_one_row(reply_token_ids),
+                                         prompt=self.prompt_tail.states(), tokenizer=self.processor.tokenizer)
             for kind, payload in events:
                 if kind == "audio":
                     yield payload
@@ -203,3 +204,12 @@ class SpokenTurn:
         self.encoder = None
         self.ear_stream = None
         self.pending_codes = None
+
+
+def _one_row(reply_token_ids) -> list[list[int]] | None:
+    """A turn's `reply_token_ids` (a list or 1-d tensor of ids) as the one-row batch the reply loop takes."""
+    if reply_token_ids is None:
+        return None
+    if isinstance(reply_token_ids, torch.Tensor):
+        reply_token_ids = reply_token_ids.reshape(-1).tolist()
+    return [[int(i) for i in reply_token_ids]]

@@ -253,6 +253,23 @@ def test_feeding_audio_in_pieces_gives_the_same_reply(lively_model, tiny_process
     assert np.abs(reply.waveforms[0] - whole.waveforms[0]).max() < SAMPLE_TOLERANCE
 
 
+def test_a_turn_speaks_given_reply_tokens_as_generate_does(lively_model, tiny_processor):
+    """`SpokenTurn.reply/stream_reply(reply_token_ids=...)` (what the bench speaks) match `generate(...)`'s."""
+    audio = question(2.3, 24000)
+    reply = tiny_processor.tokenizer("The answer is nine.<|im_end|>", add_special_tokens=False).input_ids
+    whole = lively_model.generate(**tiny_processor(text=build_prompt(), audio=audio, sampling_rate=24000), **GREEDY,
+                                  reply_token_ids=[reply])
+    turn = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **GREEDY)
+    turn.feed(audio)
+    spoken = turn.reply(reply_token_ids=torch.tensor(reply))
+    assert spoken.sequences.tolist() == whole.sequences.tolist()
+    assert torch.equal(spoken.audio_codes[0], whole.audio_codes[0])
+    streamed = SpokenTurn(lively_model, tiny_processor, sampling_rate=24000, **GREEDY)
+    streamed.feed(audio)
+    chunks = list(streamed.stream_reply(reply))
+    assert chunks and chunks[-1].text_tokens == whole.sequences[0].tolist()[: len(chunks[-1].text_tokens)]
+
+
 @pytest.mark.parametrize("context_windows, read", [(0, 0), (1, 2 * 6)])
 def test_windows_are_read_while_the_user_speaks(lively_model, tiny_processor, context_windows, read):
     """With left context the ear streams: two complete 1 s windows, 6 concepts each, are in the thinker before the
@@ -295,16 +312,32 @@ def test_a_turn_closed_early_holds_nothing(lively_model, tiny_processor):
     assert turn.state == "closed" and turn.runner is None and turn.ear_stream is None
 
 
-def test_fast_and_reference_talker_write_the_same_codes(lively_model, tiny_processor):
-    """The talker's decoder on the fast runner's kernel (Qwen2-shaped view of its weights) is the same model."""
-    from modeling_concept_talker.fast_thinker import load_native_kernel
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_fast_and_reference_talker_write_the_same_codes(lively_model, tiny_processor, isa):
+    """The talker's decoder on each native kernel (Qwen2-shaped view of its weights) is the same model."""
+    import concept_talker_kernels
 
-    if load_native_kernel()[0] is None:
-        pytest.skip(f"native kernel unavailable: {load_native_kernel()[1]}")
+    if isa not in concept_talker_kernels.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernel ({concept_talker_kernels.describe_cpu()})")
     batch = ask(tiny_processor)
     reply = tiny_processor.tokenizer("The answer is nine.<|im_end|>", add_special_tokens=False).input_ids
     settings = dict(GREEDY, thinker_runner="reference", reply_token_ids=[reply])
-    fast = lively_model.generate(**batch, **settings, talker_runner="fast")
+    fast = lively_model.generate(**batch, **settings, talker_runner="fast", kernel=isa)
     reference = lively_model.generate(**batch, **settings, talker_runner="reference")
     assert fast.audio_codes[0].shape[1] > 10
     assert torch.equal(fast.audio_codes[0], reference.audio_codes[0])
+
+
+def test_int8_thinker_and_talker(lively_model, tiny_processor):
+    """int8 weights (per output channel) for the thinker and the talker's fast runner: a whole spoken reply."""
+    from modeling_concept_talker.generation import SpokenGenerationConfig, fast_talker_runner, make_runner
+
+    config = SpokenGenerationConfig(**GREEDY, thinker_dtype="int8", talker_dtype="int8", talker_runner="fast")
+    assert make_runner(lively_model, 1, config, 16).lm_weight.dtype == torch.int8
+    assert fast_talker_runner(lively_model, config, 16).lm_weight.dtype == torch.int8
+    reply = lively_model.generate(**ask(tiny_processor), **GREEDY, thinker_dtype="int8", talker_dtype="int8")
+    assert reply.audio_codes[0].shape[1] > 10 and reply.waveforms[0].size > 0
+    with pytest.raises(ValueError, match="thinker_dtype must be one of"):
+        lively_model.generate(**ask(tiny_processor), **GREEDY, thinker_dtype="int4")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        lively_model.generate(**ask(tiny_processor), **GREEDY, kernel="neon")
