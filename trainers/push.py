@@ -131,8 +131,8 @@ def check_processor(processor, config) -> None:
     """Raise a `PushError` unless the processor prepares inputs the way the model reads them."""
     from modeling_concept_talker.configuration_concept_talker import AUDIO_SPECIAL_TOKENS
 
-    expected = {"sampling_rate": config.sampling_rate, "hop_length": config.hop_length,
-                "window_frames": config.window_frames,
+    expected = {"sampling_rate": config.input_sampling_rate, "hop_length": config.input_hop_length,
+                "voice_sampling_rate": config.sampling_rate, "window_frames": config.window_frames,
                 "concepts_per_window": config.adapter_config.concepts_per_window}
     wrong = {k: (getattr(processor, k), v) for k, v in expected.items() if getattr(processor, k) != v}
     ids = processor.tokenizer.convert_tokens_to_ids(list(AUDIO_SPECIAL_TOKENS))
