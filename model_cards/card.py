@@ -52,8 +52,8 @@ METRICS = {
     ),
     "wer": MetricInfo(
         "wer", "Spoken reply WER", "audio-to-audio", "Spoken tutoring reply",
-        "word error rate of an offline recogniser (pocketsphinx, domain language model) on the generated reply "
-        "audio against the reply text (lower is better)",
+        "word error rate of a real recogniser (Whisper base through transformers, both sides normalised with "
+        "Whisper's English text normaliser) on the generated reply audio against the reply text (lower is better)",
     ),
     "ceiling_wer": MetricInfo(
         "wer", "Recogniser WER ceiling", "audio-to-audio", "Spoken tutoring reply",
@@ -94,9 +94,11 @@ REMOTE_CODE_FILES = {
     "audio.py": "audio checks, resampling, reading and writing audio files (soundfile)",
     "codec.py": "the codec interface and the EnCodec / Mimi backends",
     "lyra.py": "the Lyra SoundStream codec backend (TFLite models, ai-edge-litert); used only by Lyra checkpoints",
-    "concept_adapter.py": "the concept adapter: a Perceiver over windows of codec frames",
-    "talker.py": "the talker: a causal transformer writing audio codes with a delay pattern",
-    "schedule.py": "the talker's read/write schedule over thinker states and audio frames",
+    "ear.py": "the ear: Whisper's encoder (frozen) on the question's own length, and its streaming form",
+    "concept_adapter.py": "the concept adapter: a Perceiver over windows of the ear's frames",
+    "phonemes.py": "the reply's phonemes (espeak-ng, loaded with ctypes), spelled as the thinker writes",
+    "talker.py": "the talker: a causal transformer writing every codebook of each audio frame on a phoneme timeline",
+    "schedule.py": "the talker's phoneme timeline: which phoneme each audio frame speaks, from predicted durations",
     "streaming.py": "streaming input: a spoken turn fed in pieces",
     "thinker_runner.py": "incremental thinker decoding over its key/value cache",
     "fast_thinker.py": "a faster CPU decode loop for the thinker (plain PyTorch where its native kernel is not "
@@ -376,7 +378,7 @@ def limitations(facts: CardFacts) -> list[str]:
     else:
         items.append(f"The reply voice is whatever the talker learnt from its training speech through the "
                      f"{codec_name} codec; it is not a voice-cloning system.")
-    if talker.prompt_states and talker.duration_conditioning:
+    if talker.prompt_states:
         measured = _recorded(facts, "rate_duration_ratio", " (here {:.2f})")
         items.append(
             "A typed speaking-rate instruction (\"Speak slowly.\" / \"Speak quickly.\") reaches the talker through its "
@@ -386,12 +388,11 @@ def limitations(facts: CardFacts) -> list[str]:
         )
     else:
         items.append("Typed instructions reach the talker only through the reply's thinker states: \"Speak "
-                     "slowly.\" may not change how fast it speaks (this talker has no prompt states or length "
-                     "countdown).")
+                     "slowly.\" may not change how fast it speaks (this talker reads no prompt states).")
     if "wer" in eval_metrics(facts.eval_results):
         items.append(
-            "The spoken-reply WER comes from an offline recogniser with a language model of the training domain: "
-            "compare it with the ceiling WER, not with WERs of other systems."
+            "The spoken-reply WER is Whisper base's hearing of the replies: compare it with the ceiling WER (the same "
+            "sentences in the house voice through the codec), not with WERs of other systems."
         )
     if facts.kind == "trainable":
         items.append("Trainable-only checkpoints need peft (LoRA) and load the base thinker as well; the merged "

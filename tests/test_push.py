@@ -194,7 +194,7 @@ def test_card_says_how_far_a_rate_instruction_is_followed(tmp_path):
     from configuration import load_preset
     from model_cards.card import CardFacts, render_model_card
 
-    config = load_preset("tiny", talker_config={"prompt_states": 16, "duration_conditioning": True})
+    config = load_preset("tiny", talker_config={"prompt_states": 16})
     facts = CardFacts(repo_id="me/ct", config=config, kind="merged", parameter_counts={"talker": 1},
                       eval_results={"rate_duration_ratio": 1.95})
     text = render_model_card(facts).text
