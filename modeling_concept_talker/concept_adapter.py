@@ -142,9 +142,12 @@ class ConceptAdapter(nn.Module):
         # A window of padding only has nothing to attend to; let it see frame 0 and drop its output.
         mask = mask.clone()
         mask[:, 0] |= ~window_real
-        # Query i starts from the window's i-th stretch of frames (so concept i is about that stretch of time).
-        pooled = F.adaptive_avg_pool1d(hidden.transpose(1, 2), queries.shape[0]).transpose(1, 2)
-        read = queries + pooled
+        # Query i starts from the mean of the real frames in the window's i-th stretch (so concept i is about that
+        # stretch of time; padding never counts, so a clip reads the same alone as in a padded batch).
+        real = mask.to(hidden.dtype)[:, :, None] * window_real[:, None, None].to(hidden.dtype)
+        sums = F.adaptive_avg_pool1d((hidden * real).transpose(1, 2), queries.shape[0]).transpose(1, 2)
+        counts = F.adaptive_avg_pool1d(real.transpose(1, 2), queries.shape[0]).transpose(1, 2)
+        read = queries + sums / counts.clamp(min=1e-6)
         for block in self.blocks:
             read = block(read, hidden, mask)
         return read.view(clips, windows, queries.shape[0], -1), window_real.view(clips, windows)

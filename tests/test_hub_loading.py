@@ -252,7 +252,7 @@ def saved_with_version(model, folder, version, rename=None):
 
 def test_config_from_a_newer_format_says_to_upgrade_or_use_its_own_code(run, tmp_path):
     saved_with_version(run[1], tmp_path, 99)
-    with pytest.raises(ConfigFormatError, match=r"version 99.*up to 2.*trust_remote_code=True.*pip install -U"):
+    with pytest.raises(ConfigFormatError, match=r"version 99.*up to 3.*trust_remote_code=True.*pip install -U"):
         ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
 
 
@@ -260,19 +260,22 @@ def test_config_from_an_older_format_migrates_or_says_which_release_reads_it(run
     from modeling_concept_talker import configuration_concept_talker as configuration
 
     model = run[1]
-    # Format 0 (hypothetical) called the talker's loss weight `audio_weight`.
+    # Format 2 heard through the codec and spoke on a read/write schedule: no migration reaches format 3, and the
+    # error names the release that reads it. Were there one (here: format 2 calling the talker's loss weight
+    # `audio_weight`), it would be applied on loading.
     monkeypatch.setattr(model.config, "audio_loss_weight", 2.5)
-    saved_with_version(model, tmp_path, 0, rename={"audio_weight": "audio_loss_weight"})
-    with pytest.raises(ConfigFormatError, match=r"format version 0.*no migration from version 0.*trust_remote_code"):
+    saved_with_version(model, tmp_path, 2, rename={"audio_weight": "audio_loss_weight"})
+    with pytest.raises(ConfigFormatError, match=r"format version 2.*no migration from version 2.*"
+                                                r"concept-talker==0\.2\.0.*trust_remote_code"):
         ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
 
-    def from_0(config):
+    def from_2(config):
         config["audio_loss_weight"] = config.pop("audio_weight")
         return config
 
-    monkeypatch.setitem(configuration.CONFIG_MIGRATIONS, 0, from_0)
+    monkeypatch.setitem(configuration.CONFIG_MIGRATIONS, 2, from_2)
     loaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
-    assert loaded.config.audio_loss_weight == 2.5 and loaded.config.config_format_version == 2
+    assert loaded.config.audio_loss_weight == 2.5 and loaded.config.config_format_version == 3
     assert torch.equal(loaded.talker.heads, model.talker.heads)
 
 

@@ -43,7 +43,7 @@ def question():
 def direct_reply(parts, audio, instruction=None, **settings):
     model, processor = parts
     batch = processor(text=build_prompt(instruction), audio=audio, sampling_rate=16000)
-    reply = model.generate(**batch, **{**FAST, **settings})
+    reply = model.generate(**batch, tokenizer=processor.tokenizer, **{**FAST, **settings})
     return processor.decode(reply.sequences[0], skip_special_tokens=True).strip(), reply.waveforms[0]
 
 

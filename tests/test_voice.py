@@ -3,7 +3,6 @@ pitch, clip checks, the version-1 way of reading a voice, and the talker's histo
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -28,6 +27,8 @@ def voice_model(voice_config):
     with torch.no_grad():  # big enough that the style changes what the talker writes
         model.talker.style_proj.weight.normal_(std=1.0)
         model.concept_adapter.style_queries.normal_(std=1.0)
+        if model.concept_adapter.voice_frame_proj is not None:  # the clip's codec latents, read for the voice
+            model.concept_adapter.voice_frame_proj.weight.normal_(std=1.0)
         for name, p in model.talker.named_parameters():  # and that the talker attends to it (tiny: 64 wide)
             if p.ndim == 2 and "proj" in name and "style" not in name:
                 p.normal_(std=0.3)
@@ -46,7 +47,7 @@ def speech_like(seconds: float, rate: int, f0: float = 150.0) -> torch.Tensor:
 
 
 def test_style_concepts_have_a_fixed_count_whatever_the_clip_length(voice_model, voice_processor):
-    rate = voice_processor.sampling_rate
+    rate = voice_processor.voice_sampling_rate  # the codec's: reference clips are read by the codec
     for seconds in (1.0, 2.5, 5.0):
         codes, mask = voice_model.encode_audio(speech_like(seconds, rate)[None], None)
         style = voice_model.get_voice_concepts(codes, mask)
@@ -55,17 +56,21 @@ def test_style_concepts_have_a_fixed_count_whatever_the_clip_length(voice_model,
 
 
 def test_padded_clips_give_the_same_style_as_alone(voice_model, voice_processor):
-    rate = voice_processor.sampling_rate
+    rate = voice_processor.voice_sampling_rate  # the codec's: reference clips are read by the codec
     short, long = speech_like(1.3, rate, 120.0), speech_like(3.7, rate, 220.0)
     batch = voice_processor(text=["a", "b"], voice=[short, long], sampling_rate=rate)
     together = voice_model.voice_style(batch["voice_values"], batch["voice_values_mask"])
     alone = voice_model.voice_style(voice_processor(text="a", voice=short, sampling_rate=rate)["voice_values"])
-    torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(together[0], together[1])  # two voices, two styles
+    # The voice is read from the codec's continuous latents, which the codec's convolutions compute from the padding
+    # too near a clip's end: the padded clip's style is the clip's own up to a small fraction of what tells two voices
+    # apart.
+    padding_effect = (together[0] - alone[0]).norm()
+    two_voices = (together[0] - together[1]).norm()
+    assert padding_effect < 0.05 * two_voices
 
 
 def test_the_talker_learns_from_the_style_queries(voice_model, voice_processor):
-    rate = voice_processor.sampling_rate
+    rate = voice_processor.voice_sampling_rate  # the codec's: reference clips are read by the codec
     codes, mask = voice_model.encode_audio(speech_like(2.0, rate)[None], None)
     voice_model.get_voice_concepts(codes, mask).sum().backward()
     assert voice_model.concept_adapter.style_queries.grad.abs().sum() > 0
@@ -73,19 +78,20 @@ def test_the_talker_learns_from_the_style_queries(voice_model, voice_processor):
 
 
 def test_generate_speaks_in_the_given_voice(voice_model, voice_processor):
-    rate = voice_processor.sampling_rate
+    rate = voice_processor.voice_sampling_rate  # the codec's: reference clips are read by the codec
     prompt = build_prompt()
     question = speech_like(1.5, rate)
     replies = []
     for f0 in (100.0, 260.0):
         inputs = voice_processor(text=prompt, audio=question, voice=speech_like(2.0, rate, f0), sampling_rate=rate)
-        replies.append(voice_model.generate(**inputs, thinker_max_new_tokens=4, max_audio_seconds=1.0, seed=0))
+        replies.append(voice_model.generate(**inputs, thinker_max_new_tokens=4, max_audio_seconds=1.0, seed=0,
+                                            tokenizer=voice_processor.tokenizer))
     assert replies[0].sequences.tolist() == replies[1].sequences.tolist()  # the voice does not change the words
     assert not torch.equal(replies[0].audio_codes[0], replies[1].audio_codes[0])  # but it does change the audio
 
 
 def test_bad_reference_clips_are_refused_with_what_to_do(voice_processor):
-    rate = voice_processor.sampling_rate
+    rate = voice_processor.voice_sampling_rate  # the codec's: reference clips are read by the codec
     with pytest.raises(ValueError, match=r"0.50 s long; give at least 1 s"):
         voice_processor(text="a", voice=speech_like(0.5, rate), sampling_rate=rate)
     with pytest.raises(ValueError, match="silent.*recording of the voice"):
@@ -104,41 +110,6 @@ def test_a_model_without_style_concepts_says_how_to_get_one(tiny_model):
         tiny_model.get_voice_concepts(torch.zeros(1, tiny_model.config.codec_num_codebooks, 80, dtype=torch.long))
 
 
-def test_version_1_checkpoints_keep_reading_voices_by_pooling_content_concepts(voice_config, tmp_path):
-    voice_config.adapter_config.style_queries = False  # how version 1 read voices
-    torch.manual_seed(0)
-    old = ConceptTalkerForConditionalGeneration(voice_config).eval()
-    assert old.concept_adapter.style_queries is None
-    old.save_pretrained(tmp_path, trainable_only=False)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["config_format_version"] = 1
-    del config["adapter_config"]["style_queries"]  # version 1 had no such field
-    (tmp_path / "config.json").write_text(json.dumps(config))
-
-    loaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.config_format_version == 2 and loaded.config.adapter_config.style_queries is False
-    codes = torch.randint(0, loaded.config.codebook_size, (1, loaded.config.codec_num_codebooks, 150))
-    concepts, _ = loaded.get_concepts(codes)
-    pooled = torch.nn.functional.adaptive_avg_pool1d(concepts.transpose(1, 2), 4).transpose(1, 2)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.get_voice_concepts(codes), pooled)
-
-
-def test_history_dropout_hides_audio_inputs_only_in_training(voice_config):
-    voice_config.talker_config.history_dropout = 1.0
-    torch.manual_seed(0)
-    talker = ConceptTalkerForConditionalGeneration(voice_config).talker
-    k, width = talker.num_codebooks, talker.state_proj.in_features
-    text = talker.embed_text(torch.randn(1, 4, width), torch.randn(1, 4, width))
-    lengths, steps = torch.tensor([4]), torch.tensor([12])
-    first = torch.randint(0, talker.codebook_size, (1, k, 12))
-    second = torch.randint(0, talker.codebook_size, (1, k, 12))
-    talker.train()
-    torch.testing.assert_close(talker(text, lengths, first, steps), talker(text, lengths, second, steps))
-    talker.eval()
-    assert not torch.allclose(talker(text, lengths, first, steps), talker(text, lengths, second, steps))
-
-
 # ---- the voice's pitch (talker_config.voice_pitch) -------------------------------------------------------------
 
 
@@ -155,7 +126,7 @@ def test_pitch_features_are_octaves_from_150_hz_with_a_voiced_flag():
 
 
 def test_the_clips_pitch_is_measured_and_read_as_one_more_style_position(pitch_model, voice_processor):
-    rate = voice_processor.sampling_rate
+    rate = voice_processor.voice_sampling_rate  # the codec's: reference clips are read by the codec
     clips = [speech_like(2.0, rate, 110.0), speech_like(3.0, rate, 230.0)]
     batch = voice_processor(text=["a", "b"], voice=clips, sampling_rate=rate)
     with torch.no_grad():
@@ -184,11 +155,20 @@ def test_a_measured_pitch_is_used_as_given_and_codes_alone_are_decoded_to_measur
         pitch_model.get_voice_concepts(codes, mask, voice_f0=torch.tensor([120.0]))
 
 
-def test_the_collator_passes_the_datasets_measured_pitch(voice_processor):
-    k = 8
-    row = {"id": "r0", "instruction": "", "question_text": "hi", "reply_text": "Hello.",
-           "question_codes": [[1] * 30] * k, "reply_codes": [[2] * 20] * k, "reference_codes": [[3] * 60] * k}
-    collate = SpokenTurnCollator(voice_processor, "reply", k, voice=True)
+def test_the_collator_passes_the_datasets_measured_pitch(voice_processor, voice_config):
+    import numpy as np
+
+    from modeling_concept_talker.phonemes import reply_symbols
+
+    k = voice_config.codec_num_codebooks
+    spoken = reply_symbols("Hello.")
+    shares = np.diff(np.round(np.linspace(0, 20, len(spoken.symbols) + 1))).astype(int).tolist()
+    row = {"id": "r0", "instruction": "", "question_text": "hi", "reply_text": "Hello.", "voice_given": True,
+           "question_features": np.zeros((30, voice_config.ear_config.d_model), np.float32),
+           "question_word_spans": [[0, 2]], "question_word_seconds": [[0.1, 0.4]],
+           "reply_phonemes": spoken.symbols, "reply_phoneme_chars": list(spoken.chars), "reply_phoneme_frames": shares,
+           "reply_codes": [[2] * 20] * k, "reference_codes": [[3] * 60] * k}
+    collate = SpokenTurnCollator(voice_processor, "reply", voice_config, voice=True)
     batch = collate([{**row, "reference_f0": 182.5}, {**row, "reference_f0": 0.0}])
     assert batch["voice_f0"].tolist() == [182.5, 0.0]
     assert "voice_f0" not in collate([row, row])  # older datasets: the model measures the pitch itself
