@@ -19,9 +19,34 @@ Two ways to hear a question, by `ConceptTalkerConfig.ear_context_windows`:
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# Where a Whisper model is found on this machine when a checkpoint names a Hub id: $CONCEPT_TALKER_WHISPER_DIR, else
+# this project's offline copy of Whisper base next to a source checkout (../shared/assets/whisper-base).
+WHISPER_DIR_VARIABLE = "CONCEPT_TALKER_WHISPER_DIR"
+SHARED_WHISPER_DIRS = {
+    "openai/whisper-base": os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "assets",
+        "whisper-base"),
+}
+
+
+def local_whisper(name_or_path: str) -> str:
+    """Where to read the Whisper model `name_or_path` from: a folder as given; for a Hub id,
+    `$CONCEPT_TALKER_WHISPER_DIR` where set, else the shared offline copy of that model where it exists, else the id
+    (the Hub, or its cache)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.environ.get(WHISPER_DIR_VARIABLE):
+        return os.environ[WHISPER_DIR_VARIABLE]
+    shared = SHARED_WHISPER_DIRS.get(name_or_path)
+    if shared and os.path.isfile(os.path.join(shared, "config.json")):
+        return shared
+    return name_or_path
 
 
 class WhisperEar(nn.Module):

@@ -339,17 +339,23 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         return model
 
     def load_ear(self, name_or_path: str, **kwargs) -> None:
-        """Put the encoder weights of the Whisper model at `name_or_path` (Hub id or folder) into the ear."""
+        """Put the encoder weights of the Whisper model at `name_or_path` (Hub id or folder; a Hub id is read from
+        `$CONCEPT_TALKER_WHISPER_DIR` or this project's offline copy where there is one, see `ear.local_whisper`) into
+        the ear."""
         from transformers import WhisperModel
+
+        from .ear import local_whisper
 
         if self.ear is None:
             raise ValueError("This model hears through its codec (no ear_config): it has no speech encoder to load.")
+        name_or_path = local_whisper(name_or_path)
         try:
             whisper = WhisperModel.from_pretrained(name_or_path, dtype=torch.float32, **kwargs)
         except OSError as err:
             raise OSError(
                 f"Could not load the ear (Whisper) from {name_or_path!r}: {err}\nPass ear_name_or_path=... with a Hub "
-                "id (openai/whisper-base) or a folder that holds it (offline here: ../shared/assets/whisper-base)."
+                "id (openai/whisper-base) or a folder that holds it, or set CONCEPT_TALKER_WHISPER_DIR to that folder "
+                "(offline here: ../shared/assets/whisper-base)."
             ) from err
         encoder = whisper.get_encoder()
         if encoder.config.d_model != self.ear.feature_size or len(encoder.layers) != len(self.ear.encoder.layers):
@@ -1312,15 +1318,26 @@ def vocabulary_index(vocabulary: torch.Tensor, ids: torch.Tensor) -> torch.Tenso
 
 
 def _checkpoint_tokenizer(location: str, subfolder: str, hub_kwargs: dict):
-    """The tokenizer saved with a checkpoint (the processor's), which spells replies for the talker; None if the
-    checkpoint has none (pass `tokenizer=` to `generate` then)."""
+    """The tokenizer saved with a checkpoint (the processor's), which spells replies for the talker. A local checkpoint
+    without one (the embedded checkpoint) gets Qwen2.5's where it is on this machine (`$CONCEPT_TALKER_TOKENIZER` or
+    the shared offline copy; the processor reads the same); None otherwise (pass `tokenizer=` to `generate` then)."""
     import os
 
     from transformers import PreTrainedTokenizerFast
 
+    from .processing_concept_talker import default_tokenizer_source
+
     folder = os.path.join(location, subfolder)
     if os.path.isdir(location) and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
-        return None
+        source = default_tokenizer_source()
+        if not os.path.isdir(source):
+            return None
+        from transformers import Qwen2Tokenizer
+
+        try:
+            return Qwen2Tokenizer.from_pretrained(source)
+        except (OSError, ValueError):
+            return None
     try:  # the fast tokenizer's own file: no class lookup, so nothing asks to run remote code
         return PreTrainedTokenizerFast.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
     except (OSError, ValueError):

@@ -144,8 +144,8 @@ def check_question(audio: np.ndarray, rate: int, max_seconds: float) -> None:
         raise ValueError(f"The question is {seconds:.1f} s long; this model listens to at most {max_seconds:g} s: "
                          "ask a shorter question.")
     if not np.isfinite(samples).all() or float(np.abs(samples).max()) < 1e-3:
-        raise ValueError("The recording is silent (peak below -60 dBFS): check the microphone and speak, or upload "
-                         "a recording of the question.")
+        raise ValueError("No speech was heard in the question: the recording is silent (peak below -60 dBFS). Check "
+                         "the microphone and speak, or upload a recording of the question.")
 
 
 def answer(model, processor, audio: np.ndarray, rate: int, instruction: str | None = None, voice=None,

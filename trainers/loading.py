@@ -12,8 +12,6 @@ OFFLINE_TOKENIZER = REPO_ROOT.parent / "shared" / "assets" / "qwen2.5-tokenizer"
 HUB_TOKENIZER = "Qwen/Qwen2.5-0.5B"
 # The shared offline copy of the real Lyra v2 SoundStream models.
 OFFLINE_LYRA = REPO_ROOT.parent / "shared" / "assets" / "lyra-soundstream"
-# The shared offline copy of Whisper base (the tiny-lyra ear, and the judge).
-OFFLINE_WHISPER = REPO_ROOT.parent / "shared" / "assets" / "whisper-base"
 # The embedded default model: what `configuration/tiny-lyra.yaml` trains (checkpoints/README.md says how it was made).
 EMBEDDED_MODEL = REPO_ROOT / "checkpoints" / "tiny-lyra"
 
@@ -44,9 +42,10 @@ def default_lyra_dir() -> str | None:
 
 def default_whisper_dir() -> str | None:
     """`$CONCEPT_TALKER_WHISPER_DIR`, else the offline shared copy of Whisper base if present, else None."""
-    if os.environ.get("CONCEPT_TALKER_WHISPER_DIR"):
-        return os.environ["CONCEPT_TALKER_WHISPER_DIR"]
-    return str(OFFLINE_WHISPER) if (OFFLINE_WHISPER / "config.json").is_file() else None
+    from modeling_concept_talker.ear import local_whisper
+
+    found = local_whisper("openai/whisper-base")
+    return found if os.path.isdir(found) else None
 
 
 def default_model() -> tuple[str, str | None]:
@@ -121,6 +120,7 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
         if dtype is not None:
             model = model.to(dtype)
         processor = ConceptTalkerProcessor.from_config(config, tokenizer or default_tokenizer())
+        model.tokenizer = processor.tokenizer  # the talker spells the replies with it
         description = (
             f"the '{spec}' preset with RANDOM weights (no trained checkpoint given): the reply text and audio are "
             f"noise; the {config.codec_type} codec is "
@@ -159,13 +159,15 @@ def load_model(spec: str, tokenizer: str | None = None, dtype=None, lyra_dir: st
         processor = ConceptTalkerProcessor.from_pretrained(spec)
     except (OSError, ValueError, TypeError):
         processor = ConceptTalkerProcessor.from_config(model.config, tokenizer or default_tokenizer())
+    model.tokenizer = processor.tokenizer  # the talker spells the replies with it
     codec = model.config.codec_type
     codec_words = {"lyra_soundstream": "the real Lyra SoundStream codec", "encodec": "EnCodec", "mimi": "Mimi"}
     description = (f"{spec} ({codec_words.get(codec, codec)}, "
                    f"{model.config.thinker_config.num_hidden_layers}-layer thinker)")
     if os.path.abspath(spec) == str(EMBEDDED_MODEL):
+        thinker = model.config.thinker_config
         description = (f"the embedded default: the tiny-lyra recipe's trained model ({spec}), hearing through "
-                       "Whisper base's encoder, a 2-layer, 64-wide thinker, and a talker speaking the house voice "
-                       "through the real Lyra SoundStream codec, all trained on 2 CPU cores (README: what it gets "
-                       "right and wrong)")
+                       f"Whisper base's encoder, a {thinker.num_hidden_layers}-layer, {thinker.hidden_size}-wide "
+                       "thinker, and a talker speaking the house voice through the real Lyra SoundStream codec, all "
+                       "trained on 2 CPU cores (README: what it gets right and wrong)")
     return LoadedModel(model, processor, description, trained=True)
