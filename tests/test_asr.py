@@ -175,3 +175,15 @@ def test_general_language_model_and_any_sampling_rate(ljspeech):
 def test_a_bad_language_model_path_says_what_to_pass():
     with pytest.raises(ValueError, match="neither 'general' nor a language model file"):
         PocketsphinxRecognizer("no/such/file.arpa")
+
+
+def test_spoken_replies_reports_what_the_judge_heard_against_the_text(assets):
+    """`benchmarks/spoken_replies.py` on the embedded model: every reply is judged, and the WER is the judge's."""
+    from benchmarks.spoken_replies import spoken_replies
+    from trainers.loading import EMBEDDED_MODEL
+
+    results = spoken_replies(str(EMBEDDED_MODEL), questions=("What does brave mean?",),
+                             judge=str(assets / "whisper-base"), max_new_tokens=12)
+    (row,) = results["replies"]
+    assert row["question"] == "What does brave mean?" and isinstance(row["heard"], str)
+    assert results["wer"] == row["wer"] and "whisper-base" in results["judge"]
