@@ -854,9 +854,23 @@ class ConceptTalkerForConditionalGeneration(ConceptTalkerPreTrainedModel, Genera
         for those tokens only), the cosine similarity with each row of the thinker's input embeddings times
         `config.concept_logit_scale` (cosine, so that a token whose embedding is short, such as the blank's, can be
         read as well as any)."""
-        table = self.get_input_embeddings().weight
-        table = F.normalize((table if vocabulary is None else table[vocabulary]).float(), dim=-1)
+        weight = self.get_input_embeddings().weight
+        if vocabulary is None and not torch.is_grad_enabled():
+            table = self._unit_embeddings(weight)
+        else:
+            table = F.normalize((weight if vocabulary is None else weight[vocabulary]).float(), dim=-1)
         return self.config.concept_logit_scale * F.normalize(concepts.float(), dim=-1) @ table.T
+
+    def _unit_embeddings(self, weight: torch.Tensor) -> torch.Tensor:
+        """The input embeddings scaled to unit length (fp32), made once and reused while the weights are unchanged:
+        normalising Qwen2.5's 151,936 rows took most of half a second per window of streamed speech (0.5b preset)."""
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = getattr(self, "_unit_embeddings_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, F.normalize(weight.float(), dim=-1))
+            self._unit_embeddings_cache = cached
+        return cached[1]
 
     def concept_keep(self, concepts: torch.Tensor, concept_mask: torch.Tensor,
                      vocabulary: torch.Tensor | None = None) -> torch.Tensor:
