@@ -7,7 +7,7 @@ default: the embedded model); `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` pick w
 
 import os
 
-from trainers.demo import build_demo
+from concept_talker.app.demo import build_demo
 
 demo = build_demo(os.environ.get("CONCEPT_TALKER_MODEL") or None)
 

@@ -1,6 +1,6 @@
 """Concept-Talker: a small, fast speech-to-speech tutor built on transformers."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Exact pins: these versions were checked together (see ../shared/ECOSYSTEM.md). torch 2.13.0 is the CPU build
 # already on the machine; torchaudio must never be installed (it breaks `import transformers` with torch >= 2.12).
@@ -25,7 +25,7 @@ EXTRAS = {
     # the browser page (`concept-talker demo`); its test drives Debian's chromium through playwright's client
     # (never `playwright install`: it points at /usr/bin/chromium)
     "demo": ["gradio==6.31.0"],
-    "dev": ["pytest==9.2.0", "playwright==1.65.3"],
+    "dev": ["pytest==9.2.0", "playwright==1.65.3", "import-linter==2.17"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -37,11 +37,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_concept_talker", "concept_talker_kernels", "configuration", "trainers", "trainers.metrics",
-              "trainers.metrics.error_rate", "trainers.metrics.code_accuracy", "benchmarks", "model_cards"],
+    packages=find_packages(include=["modeling_concept_talker", "concept_talker", "concept_talker.*", "concept_talker_kernels",
+                                    "configuration", "benchmarks", "model_cards"]),
     package_data={"configuration": ["*.json", "*.yaml", "accelerate/*.yaml"], "model_cards": ["*.md"],
-                  "concept_talker_kernels": ["*.cpp"]},
+                  "concept_talker_kernels": ["*.cpp"], "concept_talker.data": ["*.txt"]},
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["concept-talker=trainers.cli:main"]},
+    entry_points={"console_scripts": ["concept-talker=concept_talker.cli:main"]},
 )

@@ -32,7 +32,6 @@ Medians and p95 over `--runs` runs (default 10) of each, interleaved (streaming 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,8 @@ import time
 import numpy as np
 import torch
 
+from concept_talker.files import write_json
+from benchmarks.engines import CompiledForward, kernels_to_measure
 from benchmarks.thinker_decode import (
     CLOCKS,
     OtherCpuShare,
@@ -106,7 +107,7 @@ def build(preset: str):
     so the reply's audio length follows from its text; the engines report their audio seconds, and the real-time
     factors divide by each run's own.
     """
-    from trainers.loading import load_model
+    from concept_talker.loading import load_model
 
     loaded = load_model(preset)
     model = loaded.model
@@ -125,22 +126,6 @@ def settings(reply_tokens: int, kernel: str = "auto", int8: bool = False) -> dic
     extra = dict(thinker_dtype="int8", talker_dtype="int8") if int8 else {}
     return dict(thinker_max_new_tokens=reply_tokens, talker_do_sample=False, max_audio_seconds=12.0, kernel=kernel,
                 **extra)
-
-
-def kernels_to_measure(spec: str) -> list[str]:
-    """`--kernel` as a list of `SpokenGenerationConfig.kernel` values ("all": every instruction set this CPU runs,
-    fastest first, or "torch" where it runs none or the kernels package is missing)."""
-    names = [name.strip() for name in spec.split(",") if name.strip()]
-    if names == ["all"]:
-        try:
-            from concept_talker_kernels import supported_isas
-        except ImportError:
-            return ["torch"]
-        return supported_isas() or ["torch"]
-    for name in names:
-        if name not in ("auto", "avx512", "avx2", "torch"):
-            raise SystemExit(f"--kernel takes avx512, avx2, torch, auto or all (comma-separated), got {name!r}.")
-    return names
 
 
 def kernels_that_ran(model, config) -> dict:
@@ -175,26 +160,6 @@ def run_streaming(model, processor, wave: np.ndarray, rate: int, reply_tokens: i
     total = now() - end_of_speech
     return {"first_audio_s": first, "total_s": total, "audio_s": audio_s, "rtf": total / audio_s,
             "reply_tokens": len(text), "listen_compute_s": listen_s, "thinker_kernel": ran}
-
-
-class CompiledForward:
-    """transformers' documented fast path for `generate()` (docs: "LLM inference optimization"): a static
-    key/value cache and `torch.compile` of the model's forward (`fullgraph=True`; "reduce-overhead" mode as the
-    guide writes it, which on a CPU compiles without CUDA graphs). While the context is active, `thinker.forward`
-    is the compiled one and `generate_kwargs` ask for the static cache."""
-
-    generate_kwargs = {"cache_implementation": "static"}
-
-    def __init__(self, thinker):
-        self.thinker = thinker
-        self.compiled = torch.compile(thinker.forward, mode="reduce-overhead", fullgraph=True)
-
-    def __enter__(self):
-        self.thinker.forward = self.compiled
-        return self
-
-    def __exit__(self, *exc):
-        del self.thinker.forward  # the class's own forward again
 
 
 @torch.no_grad()
@@ -498,11 +463,7 @@ def run(args) -> int:
                         compile_baseline=not args.no_compile)
     results["clock"] = args.clock
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     if args.plot:
         plot(results, args.plot)

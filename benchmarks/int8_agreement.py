@@ -2,7 +2,7 @@
 
     python -m benchmarks.int8_agreement --json benchmarks/results/int8_agreement.json
 
-Real text (held-out tutoring dialogues, `trainers.dialogue`, test split, tokenized with the Qwen2.5 tokenizer) is
+Real text (held-out tutoring dialogues, `concept_talker.data.dialogue`, test split, tokenized with the Qwen2.5 tokenizer) is
 read one token at a time (the decode path, where the native kernel runs) by `FastThinkerRunner`s over the same
 thinker: fp32 weights (the exact function), bf16 weights (what spoken replies use), and int8 weights with one scale
 per output channel. At each of `--positions` positions the next-token logits are compared:
@@ -32,7 +32,7 @@ TINY_THINKER = os.path.join(REPO, "checkpoints", "tiny-lyra", "thinker")
 
 def tutoring_text(turns: int = 60, split: str = "test", seed: int = 0) -> str:
     """Held-out tutoring dialogues as plain text: each turn's question and reply on lines of their own."""
-    from trainers.dialogue import generate_dialogues
+    from concept_talker.data.dialogue import generate_dialogues
 
     return "\n".join(f"{turn.question_text}\n{turn.reply_text}" for turn in generate_dialogues(turns, split, seed))
 
@@ -118,7 +118,7 @@ def run(thinkers: list[str], positions: int, kernels: list[str], log=print) -> d
         raise SystemExit(f"the text has only {ids.shape[1]} tokens; ask for fewer --positions")
     log(f"{positions} positions of held-out tutoring text, e.g. {tokenizer.decode(ids[0, :24])!r}")
     return {
-        "text": "trainers.dialogue test split, seed 0: question and reply per line",
+        "text": "concept_talker.data.dialogue test split, seed 0: question and reply per line",
         "positions": positions,
         "quantization": "int8 weights, symmetric, one fp32 scale per output channel (lm_head and tied embedding too)",
         "thinkers": {name: measure(name, ids, kernels, log) for name in thinkers},
@@ -126,7 +126,7 @@ def run(thinkers: list[str], positions: int, kernels: list[str], log=print) -> d
 
 
 def main(argv=None) -> None:
-    from benchmarks.bench import kernels_to_measure
+    from benchmarks.engines import kernels_to_measure
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write the results to this file")

@@ -1,7 +1,7 @@
 """The intelligibility ceiling of the Lyra codec: recogniser WER on real speech before and after a Lyra round trip.
 
 Whatever the talker learns, its speech can be no more intelligible than the codec's round trip of real speech: this
-measures that ceiling on LJSpeech clips with the offline recogniser (`trainers.asr`), next to the original audio
+measures that ceiling on LJSpeech clips with the offline recogniser (`concept_talker.evaluation.asr`), next to the original audio
 (the recogniser's own ceiling) and time-reversed audio (garbage: should score near 100%), under each language model:
 
 - `general`: pocketsphinx's general English trigram model;
@@ -66,7 +66,7 @@ def lyra_round_trip(codec, clips) -> tuple[list[torch.Tensor], float, float]:
 
 
 def build_recognizer(name: str, transcripts: list[str]):
-    from trainers.asr import PocketsphinxRecognizer, normalize_text
+    from concept_talker.evaluation.asr import PocketsphinxRecognizer, normalize_text
 
     if name == "general":
         return PocketsphinxRecognizer()
@@ -80,7 +80,7 @@ def build_recognizer(name: str, transcripts: list[str]):
 def run(lyra_dir, data_dir, clips: int | None, quantizers: list[int], language_models: list[str]) -> dict:
     from modeling_concept_talker import LyraCodecConfig
     from modeling_concept_talker.lyra import LyraCodec
-    from trainers.asr import char_error_rate, word_error_rate
+    from concept_talker.evaluation.asr import char_error_rate, word_error_rate
 
     data = load_ljspeech(data_dir, clips)
     all_transcripts = [text for _, text in read_ljspeech_metadata(data_dir)]

@@ -2,7 +2,7 @@
 text the same turn wrote (greedy, the checkpoint's own reply settings).
 
 The questions are spoken by espeak-ng (its default voice, as `concept-talker chat --say` speaks them); the judge is
-`trainers.asr.WhisperRecognizer` (Whisper base by default, Whisper's English normaliser on both sides). This checks
+`concept_talker.evaluation.asr.WhisperRecognizer` (Whisper base by default, Whisper's English normaliser on both sides). This checks
 the talking alone: whether the reply answers the question is the evaluation's business (`eval_results.json`).
 
     python -m benchmarks.spoken_replies --model checkpoints/tiny-lyra --json benchmarks/results/spoken_replies.json
@@ -35,9 +35,9 @@ QUESTIONS = (
 def spoken_replies(model_spec: str, questions=QUESTIONS, judge: str | None = None, max_new_tokens: int = 48) -> dict:
     """Reply text, what the judge heard, and their WER for each question; the WER over all of them."""
     from modeling_concept_talker import build_prompt
-    from trainers.asr import WhisperRecognizer
-    from trainers.loading import load_model
-    from trainers.tts import load_tts, render
+    from concept_talker.evaluation.asr import WhisperRecognizer
+    from concept_talker.loading import load_model
+    from concept_talker.data.tts import load_tts, render
 
     loaded = load_model(model_spec)
     model, processor = loaded.model, loaded.processor

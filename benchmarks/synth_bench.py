@@ -38,7 +38,8 @@ def _rates(utterances: int, audio_seconds: float, seconds: float) -> dict:
 
 def bench_stages(rows: list[dict], codec_spec: str, batch_rows: int = 16) -> dict:
     """Render, then encode, `rows` in this process with one torch thread; time each stage."""
-    from trainers.synth import AUDIO_KINDS, EncodeAudio, RenderRows, process_codec
+    from concept_talker.data.dataset import AUDIO_KINDS, EncodeAudio, process_codec
+    from concept_talker.data.synth import RenderRows
 
     codec = process_codec(codec_spec)
     render = RenderRows("espeak", codec.sampling_rate)
@@ -70,7 +71,8 @@ def bench_stages(rows: list[dict], codec_spec: str, batch_rows: int = 16) -> dic
 
 def bench_build(rows: int, codec_spec: str, num_proc: int, out_dir: str) -> dict:
     """`build_synthetic_dataset` end to end, codes only (no waveforms stored)."""
-    from trainers.synth import AUDIO_KINDS, SynthConfig, build_synthetic_dataset
+    from concept_talker.data.dataset import AUDIO_KINDS
+    from concept_talker.data.synth import SynthConfig, build_synthetic_dataset
 
     config = SynthConfig(num_rows=rows, codec=codec_spec, audio_columns=())
     start = time.perf_counter()
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows for the end-to-end build (3 utterances each; 0 skips it)")
     parser.add_argument("--stage-rows", type=int, default=100, help="rows for the per-stage timings")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="worker processes for the build")
-    parser.add_argument("--codec", default="tiny", help="codec spec (see trainers.codecs.resolve_codec)")
+    parser.add_argument("--codec", default="tiny", help="codec spec (see concept_talker.data.codecs.resolve_codec)")
     parser.add_argument("--json", help="also write the report to this file")
     parser.add_argument("--keep", help="keep the built dataset in this folder (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -98,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from datasets import disable_progress_bars
 
-    from trainers.codecs import describe_codec
-    from trainers.synth import SynthConfig, plan_split, process_codec
-    from trainers.tts import load_tts
+    from concept_talker.data.codecs import describe_codec
+    from concept_talker.data.dataset import process_codec
+    from concept_talker.data.synth import SynthConfig, plan_split
+    from concept_talker.data.tts import load_tts
 
     disable_progress_bars()
     tts = load_tts("espeak")

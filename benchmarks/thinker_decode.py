@@ -244,7 +244,7 @@ def run(
     from modeling_concept_talker.fast_thinker import FastThinkerRunner, load_native_kernel
     from modeling_concept_talker.thinker_runner import ThinkerRunner
 
-    from benchmarks.bench import CompiledForward, kernels_to_measure
+    from benchmarks.engines import CompiledForward, kernels_to_measure
 
     dtype = torch.bfloat16
     rss_start = rss_bytes()
@@ -418,7 +418,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     use_clock(args.clock)
-    from benchmarks.bench import kernels_to_measure
+    from benchmarks.engines import kernels_to_measure
 
     report = run(args.preset, args.rounds, args.prompt_length, args.new_tokens, tuple(args.engines.split(",")),
                  tuple(kernels_to_measure(args.kernels)), int8=not args.no_int8)

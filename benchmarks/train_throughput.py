@@ -48,9 +48,9 @@ def run_bench(steps: int = 4, batch_size: int = 2, bf16: bool = False, preset: s
     from datasets import Dataset
     from transformers import TrainerCallback, TrainingArguments
 
-    from trainers.collators import SpokenTurnCollator
-    from trainers.loading import load_model
-    from trainers.trainer import SpokenReplyTrainer
+    from concept_talker.data.collators import SpokenTurnCollator
+    from concept_talker.loading import load_model
+    from concept_talker.training.trainers import SpokenReplyTrainer
 
     loaded = load_model(preset)
     model, processor = loaded.model, loaded.processor

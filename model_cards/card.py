@@ -261,7 +261,7 @@ def _stage_line(name: str, stage) -> str | None:
 
 
 def recipe_summary(recipe: dict) -> list[str]:
-    """Readable lines about a recipe in the shape of `trainers/recipes.py`; unknown shapes give no lines."""
+    """Readable lines about a recipe in the shape of `concept_talker/training/recipes.py`; unknown shapes give no lines."""
     lines = []
     model = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
     if model:

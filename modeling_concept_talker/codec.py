@@ -11,6 +11,9 @@ Backends:
   convolution and LSTM state across chunks and give the samples and codes of a one-shot pass.
 - `MimiCodec`: transformers' `MimiModel` (24 kHz, 12.5 Hz, 2048 entries). Streams by re-decoding with left context.
 - `LyraCodec` (in `lyra.py`): Lyra v2 SoundStream, TFLite models run with `ai-edge-litert` (16 kHz, 50 Hz, 16 entries).
+
+Each backend registers itself under its config's `model_type` (`@register_codec`); `build_codec` looks the type up, so
+this module knows no backend outside it (`lyra.py` imports this one, never the other way round).
 """
 
 from __future__ import annotations
@@ -21,6 +24,19 @@ import torch
 from torch import nn
 
 from .audio import count_frames
+
+# codec config `model_type` -> the AudioCodec subclass that runs it (`register_codec`).
+CODECS: dict[str, type] = {}
+
+
+def register_codec(model_type: str):
+    """Class decorator: `build_codec` builds this `AudioCodec` for codec configs of `model_type`."""
+
+    def register(codec_class: type) -> type:
+        CODECS[model_type] = codec_class
+        return codec_class
+
+    return register
 
 
 class AudioCodec(nn.Module):
@@ -110,6 +126,7 @@ class StreamingCodecDecoder:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@register_codec("encodec")
 class EncodecCodec(AudioCodec):
     """transformers' `EncodecModel`, using its first `num_codebooks` residual codebooks."""
 
@@ -327,6 +344,7 @@ class _EncodecStreamingDecoder(StreamingCodecDecoder):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@register_codec("mimi")
 class MimiCodec(AudioCodec):
     """transformers' `MimiModel` (the codec of Moshi), using its first `num_codebooks` codebooks."""
 
@@ -387,12 +405,6 @@ class _ContextStreamingDecoder(StreamingCodecDecoder):
 def build_codec(config) -> AudioCodec:
     """The codec of a `ConceptTalkerConfig`, with random weights (pretrained ones are loaded by the caller)."""
     codec_type = config.codec_config.model_type
-    if codec_type == "encodec":
-        return EncodecCodec(config.codec_config, config.codec_num_codebooks)
-    if codec_type == "mimi":
-        return MimiCodec(config.codec_config, config.codec_num_codebooks)
-    if codec_type == "lyra_soundstream":
-        from .lyra import LyraCodec
-
-        return LyraCodec(config.codec_config, config.codec_num_codebooks)
-    raise ValueError(f"Unknown codec {codec_type!r}: use 'encodec', 'mimi' or 'lyra_soundstream'.")
+    if codec_type not in CODECS:
+        raise ValueError(f"Unknown codec {codec_type!r}: use one of {sorted(CODECS)}.")
+    return CODECS[codec_type](config.codec_config, config.codec_num_codebooks)

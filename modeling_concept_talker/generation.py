@@ -195,23 +195,28 @@ class StreamClosed(Exception):
     """Raised inside generation when the consumer of a stream has gone away; generation then stops cleanly."""
 
 
+def sampling_processors(temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """transformers' logits warpers for temperature, top-k and top-p, in the order `generate()` applies them."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    processors = LogitsProcessorList()
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
 def choose_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int = 0, top_p: float = 1.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one id per row of `logits` `[..., vocab]`: argmax, or a sample with temperature / top-k / top-p."""
+    """Pick one id per row of `logits` `[..., vocab]`: argmax, or a sample after `sampling_processors`."""
     if not do_sample or temperature <= 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) > top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    probs = sampling_processors(temperature, top_k, top_p)(None, flat).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
 
 
 def penalize_repeats(logits: torch.Tensor, tokens: list[list[int]], penalty: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ import os
 import numpy as np
 import torch
 
-from .codec import AudioCodec, StreamingCodecDecoder, StreamingCodecEncoder
+from .codec import AudioCodec, StreamingCodecDecoder, StreamingCodecEncoder, register_codec
 
 LYRA_FILES = ("soundstream_encoder.tflite", "quantizer.tflite", "lyragan.tflite")
 LYRA_INSTALL_HINT = 'pip install "concept-talker[lyra]" (which pins ai-edge-litert==2.3.0)'
@@ -126,6 +126,7 @@ class _Quantizer:
         return self._decode(encoding_indices=full)["output_0"].reshape(-1)
 
 
+@register_codec("lyra_soundstream")
 class LyraCodec(AudioCodec):
     """Lyra v2 SoundStream: 16 kHz speech, 320-sample frames (50 Hz), residual codebooks of 16 entries (4 bits).
 

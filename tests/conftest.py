@@ -93,7 +93,7 @@ def reply_symbol_inputs(processor, config, replies, frames):
     phonemes, as the house voice reads them), the answer token of each symbol, and each symbol's frames (the reply's
     frames shared out evenly). Returns `reply_symbols`, `reply_symbol_tokens`, `reply_symbol_frames`, padded."""
     from modeling_concept_talker.phonemes import reply_symbols, symbol_ids
-    from trainers.collators import symbol_tokens
+    from concept_talker.data.collators import symbol_tokens
 
     rows = []
     for text, total in zip(replies, frames):

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from modeling_concept_talker.audio import load_audio, prepare_audio, resample
-from trainers.asr import (
+from concept_talker.evaluation.asr import (
     PocketsphinxRecognizer,
     build_arpa,
     char_error_rate,
@@ -180,7 +180,7 @@ def test_a_bad_language_model_path_says_what_to_pass():
 def test_spoken_replies_reports_what_the_judge_heard_against_the_text(assets):
     """`benchmarks/spoken_replies.py` on the embedded model: every reply is judged, and the WER is the judge's."""
     from benchmarks.spoken_replies import spoken_replies
-    from trainers.loading import EMBEDDED_MODEL
+    from concept_talker.loading import EMBEDDED_MODEL
 
     results = spoken_replies(str(EMBEDDED_MODEL), questions=("What does brave mean?",),
                              judge=str(assets / "whisper-base"), max_new_tokens=12)

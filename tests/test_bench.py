@@ -12,9 +12,9 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from benchmarks.bench import CompiledForward, kernels_to_measure
+from benchmarks.engines import CompiledForward, kernels_to_measure
 from benchmarks.thinker_decode import time_generate
-from trainers.cli import main
+from concept_talker.cli import main
 
 
 def test_bench_writes_its_report_and_plot(tmp_path, capsys):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import soundfile
 
-from trainers.cli import main
+from concept_talker.cli import main
 
 
 def question_file(assets) -> str:
@@ -33,10 +33,10 @@ def test_chat_writes_the_reply_and_its_timings(assets, tmp_path, capsys):
 
 
 def test_without_a_real_codec_the_default_says_it_is_random(tmp_path, assets, capsys, monkeypatch):
-    import trainers.loading
+    import concept_talker.loading
 
     monkeypatch.delenv("CONCEPT_TALKER_LYRA_DIR", raising=False)
-    monkeypatch.setattr(trainers.loading, "OFFLINE_LYRA", tmp_path / "no-lyra-here")
+    monkeypatch.setattr(concept_talker.loading, "OFFLINE_LYRA", tmp_path / "no-lyra-here")
     code = main(["chat", "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"), "--max-new-tokens", "4",
                  "--max-audio-seconds", "0.5"])
     assert code == 0
@@ -48,10 +48,10 @@ def test_without_a_real_codec_the_default_says_it_is_random(tmp_path, assets, ca
 
 def test_a_checkpoint_finds_the_lyra_models_given_on_the_command_line(tmp_path, assets, capsys, monkeypatch):
     """The embedded checkpoint stores no machine-specific Lyra folder; --lyra-dir (or the default) supplies it."""
-    import trainers.loading
+    import concept_talker.loading
 
-    monkeypatch.setattr(trainers.loading, "OFFLINE_LYRA", tmp_path / "no-lyra-here")
-    code = main(["chat", "--model", str(trainers.loading.EMBEDDED_MODEL), "--lyra-dir",
+    monkeypatch.setattr(concept_talker.loading, "OFFLINE_LYRA", tmp_path / "no-lyra-here")
+    code = main(["chat", "--model", str(concept_talker.loading.EMBEDDED_MODEL), "--lyra-dir",
                  str(assets / "lyra-soundstream"), "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"),
                  "--max-new-tokens", "4", "--max-audio-seconds", "0.5"])
     assert code == 0 and "the embedded default" in capsys.readouterr().out
@@ -84,7 +84,7 @@ def test_chat_refuses_a_bad_setting_before_any_work(assets, tmp_path):
 
 def test_the_installed_command_runs(assets, tmp_path):
     command = shutil.which("concept-talker") or sys.executable
-    args = [command] if command.endswith("concept-talker") else [command, "-m", "trainers.cli"]
+    args = [command] if command.endswith("concept-talker") else [command, "-m", "concept_talker.cli"]
     result = subprocess.run(
         args + ["chat", "--audio", question_file(assets), "--out", str(tmp_path / "r.wav"), "--max-new-tokens", "4",
                 "--max-audio-seconds", "0.5"],
@@ -95,12 +95,12 @@ def test_the_installed_command_runs(assets, tmp_path):
 
 
 def test_refreshing_the_embedded_model_keeps_its_replies(tmp_path, assets):
-    """`python -m trainers.embedded FINAL` writes a checkpoint that answers exactly as its source does."""
+    """`python -m concept_talker.hub.embedded FINAL` writes a checkpoint that answers exactly as its source does."""
     import torch
 
     from modeling_concept_talker import build_prompt
-    from trainers.embedded import export_embedded
-    from trainers.loading import EMBEDDED_MODEL, load_model
+    from concept_talker.hub.embedded import export_embedded
+    from concept_talker.loading import EMBEDDED_MODEL, load_model
 
     out = export_embedded(str(EMBEDDED_MODEL), str(tmp_path / "tiny-lyra"))
     assert not [p for p in tmp_path.iterdir() if p.name != "tiny-lyra"]  # no staging folder left behind

@@ -44,7 +44,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     """Spoken questions from the project's TTS, and bad inputs, as files."""
-    from trainers.tts import default_tts
+    from concept_talker.data.tts import default_tts
 
     folder = tmp_path_factory.mktemp("clips")
     tts = default_tts()
@@ -74,7 +74,7 @@ def server(tmp_path_factory):
     log = open(folder / "server.log", "w")
     env = {**os.environ, "GRADIO_TEMP_DIR": str(folder / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainers.cli", "demo", "--port", str(port), "--max-new-tokens", "24",
+        [sys.executable, "-m", "concept_talker.cli", "demo", "--port", str(port), "--max-new-tokens", "24",
          "--max-audio-seconds", str(MAX_AUDIO_SECONDS)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
@@ -276,7 +276,7 @@ def test_app_py_serves_the_same_page(monkeypatch, tmp_path):
 
 def test_without_ffmpeg_the_whole_reply_is_handed_over_at_the_end(assets):
     """Where ffmpeg is missing the page cannot stream; the last update then holds the whole reply."""
-    from trainers.demo import Tutor
+    from concept_talker.app.demo import Tutor
 
     tutor = Tutor(max_new_tokens=8, max_audio_seconds=1.0)
     question = assets / "speech" / "ljspeech-dev" / "wavs" / "LJ001-0002.flac"
@@ -288,7 +288,7 @@ def test_without_ffmpeg_the_whole_reply_is_handed_over_at_the_end(assets):
 
 
 def test_a_model_with_random_weights_says_so(assets):
-    from trainers.demo import Tutor
+    from concept_talker.app.demo import Tutor
 
     tutor = Tutor("tiny", max_new_tokens=4, max_audio_seconds=0.5)
     assert "RANDOM weights" in tutor.model_markdown()

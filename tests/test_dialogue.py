@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from trainers import dialogue
-from trainers.dialogue import (
+from concept_talker.data import dialogue
+from concept_talker.data.dialogue import (
     SKILLS,
     SPLITS,
     STYLES,

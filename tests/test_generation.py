@@ -217,6 +217,22 @@ def test_repetition_penalty_is_ctrls_over_the_reply_tokens():
     assert penalize_repeats(logits, [[0], [1]], 1.0) is logits
 
 
+def test_sampling_keeps_to_top_k_and_top_p():
+    from modeling_concept_talker.generation import choose_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 40)
+    assert choose_tokens(logits, False, 0.7).equal(logits.argmax(-1))  # greedy: the argmax, whatever the settings
+    top3 = logits.topk(3, dim=-1).indices
+    for _ in range(20):
+        chosen = choose_tokens(logits, True, 1.5, top_k=3, generator=generator)
+        assert chosen.shape == (2, 3) and bool((chosen[..., None] == top3).any(-1).all())
+    # one token holding 90% of the probability is the whole top-p 0.5 nucleus
+    peaked = torch.zeros(4, 10)
+    peaked[:, 7] = 10.0
+    assert choose_tokens(peaked, True, 1.0, top_p=0.5, generator=generator).tolist() == [7, 7, 7, 7]
+
+
 def test_repetition_penalty_breaks_a_greedy_loop(tiny_model, tiny_processor):
     settings = dict(GREEDY, thinker_max_new_tokens=24)
     plain = tiny_model.generate(**ask(tiny_processor), **settings).sequences[0].tolist()

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor, build_prompt
 from modeling_concept_talker.configuration_concept_talker import ConfigFormatError
+from concept_talker.hub.push import push_model
 
 REPO_ID = "me/ct-tiny"
 
@@ -31,7 +32,7 @@ STRANGER = textwrap.dedent(
     import importlib.abc, sys
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_concept_talker", "configuration", "trainers", "benchmarks",
+            if name.split(".")[0] in ("modeling_concept_talker", "configuration", "concept_talker", "benchmarks",
                                       "model_cards"):
                 raise ModuleNotFoundError(f"blocked: {name}")
     sys.meta_path.insert(0, Block())
@@ -130,7 +131,7 @@ def stranger_process(run, tmp_path_factory):
     root = tmp_path_factory.mktemp("stranger")
     run_folder, model, processor = run
     for kind in ("trainable", "merged"):
-        model.push_to_hub(REPO_ID, dry_run=str(root / kind), merged=kind == "merged", processor=processor,
+        push_model(model, REPO_ID, dry_run=str(root / kind), merged=kind == "merged", processor=processor,
                           model_dir=str(run_folder), verify=False)
     # The Hub cache layout (models--ORG--NAME/refs/main + snapshots/<commit>/...), read offline by repo id.
     commit = "0123456789abcdef0123456789abcdef01234567"

@@ -9,7 +9,7 @@ import torch
 from conftest import liven
 
 from modeling_concept_talker import build_prompt
-from trainers.collators import concept_slot_labels
+from concept_talker.data.collators import concept_slot_labels
 
 BLANK = 151668
 
@@ -78,7 +78,7 @@ def test_the_ear_hears_the_question_at_its_own_length(assets):
 
     from modeling_concept_talker.audio import resample
     from modeling_concept_talker.ear import WhisperEar
-    from trainers.ljspeech import read_metadata
+    from concept_talker.data.ljspeech import read_metadata
 
     folder = assets / "whisper-base"
     whisper = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor
-from trainers.cli import main as cli
+from concept_talker.cli import main as cli
+from concept_talker.hub.push import push_model
 
 EVAL_RESULTS = {"stage1_cer": 0.25, "stage2_reply_accuracy": 0.5, "wer": 0.31, "ceiling_wer": 0.12,
                 "rate_duration_ratio": 1.4,
@@ -72,7 +73,7 @@ def dry_trainable(run, tmp_path_factory):
 
 
 def repo_files(folder) -> dict[str, int]:
-    from trainers.push import list_files
+    from concept_talker.hub.push import list_files
 
     return dict(list_files(str(folder)))
 
@@ -112,7 +113,7 @@ def test_dry_run_writes_a_complete_trainable_only_repository(run, dry_trainable)
 def test_dry_run_merged_has_every_weight_and_no_adapters(run, tmp_path):
     folder, model, processor = run
     out = tmp_path / "merged"
-    staged = model.push_to_hub("me/ct-tiny", merged=True, dry_run=str(out), processor=processor, model_dir=str(folder))
+    staged = push_model(model, "me/ct-tiny", merged=True, dry_run=str(out), processor=processor, model_dir=str(folder))
     assert staged.kind == "merged" and staged.folder == str(out)  # and it loaded back, computing the same logits
     files = repo_files(out)
     assert not any(p.startswith("thinker/") for p in files)
@@ -126,7 +127,7 @@ def test_dry_run_merged_has_every_weight_and_no_adapters(run, tmp_path):
     assert "pipeline_concept_talker.py" in files and "README.md" in files
 
     # The load-back check catches a repository that does not compute what the model computes.
-    from trainers.push import PushError, verify_staged
+    from concept_talker.hub.push import PushError, verify_staged
 
     heads = model.talker.heads.detach().clone()
     try:
@@ -219,7 +220,7 @@ def test_push_to_hub_uploads_the_staged_folder_through_hfapi(run, monkeypatch):
             return "https://huggingface.co/me/ct-tiny/commit/abc"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    result = model.push_to_hub("me/ct-tiny", processor=processor, private=True, token="hf_x", model_dir=str(folder),
+    result = push_model(model, "me/ct-tiny", processor=processor, private=True, token="hf_x", model_dir=str(folder),
                                verify=False)
     assert result.endswith("/commit/abc")
     assert calls[0] == ("init", "hf_x")
@@ -235,7 +236,7 @@ def test_push_to_hub_uploads_the_staged_folder_through_hfapi(run, monkeypatch):
 def test_push_says_what_to_do_when_it_cannot(run, tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    from trainers.push import PushError
+    from concept_talker.hub.push import PushError
 
     folder, model, processor = run
     (tmp_path / "busy").mkdir()
@@ -256,4 +257,4 @@ def test_push_says_what_to_do_when_it_cannot(run, tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
     with pytest.raises(PushError, match=r"(?s)network unreachable.*hf auth login.*dry run"):
-        model.push_to_hub("me/x", processor=processor, verify=False)
+        push_model(model, "me/x", processor=processor, verify=False)

@@ -20,7 +20,7 @@ import torch
 from modeling_concept_talker import ConceptTalkerConfig, ConceptTalkerForConditionalGeneration, build_prompt
 from modeling_concept_talker.generation import SpokenGenerationConfig
 from modeling_concept_talker.streaming import SpokenTurn
-from trainers.cli import main
+from concept_talker.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "checkpoints" / "tiny-lyra"
@@ -80,7 +80,7 @@ def test_synth_overwrite_never_deletes_a_folder_that_is_not_our_dataset(tmp_path
 
 
 def test_what_counts_as_a_dataset_of_ours(tmp_path):
-    from trainers.synth import FORMAT, check_output_dir
+    from concept_talker.data.dataset import FORMAT, check_output_dir
 
     ours = tmp_path / "ours"
     ours.mkdir()
@@ -117,14 +117,14 @@ def test_what_counts_as_a_dataset_of_ours(tmp_path):
     (["--eval.max_examples", "all"], r"eval.max_examples must be a whole number >= 1"),
 ])
 def test_bad_recipe_values_fail_when_the_recipe_is_read(override, message):
-    from trainers.recipes import RecipeError, load_recipe
+    from concept_talker.training.recipes import RecipeError, load_recipe
 
     with pytest.raises(RecipeError, match=message):
         load_recipe(str(REPO / "configuration" / "tiny.yaml"), override)
 
 
 def test_recipe_numbers_written_as_text_still_read(tmp_path):
-    from trainers.recipes import load_recipe
+    from concept_talker.training.recipes import load_recipe
 
     recipe = load_recipe(str(REPO / "configuration" / "tiny.yaml"),
                          ["--data.synth.n", "2e3", "--stages.reply.adapter_learning_rate", "1e-4"])
@@ -140,8 +140,8 @@ def test_the_train_command_refuses_a_typo_before_any_work(tmp_path, capsys):
 
 
 def test_resume_accepts_changes_to_unfinished_stages_only(tmp_path):
-    from trainers.recipes import load_recipe
-    from trainers.train import RUN_FILE, TrainingRun
+    from concept_talker.training.recipes import load_recipe
+    from concept_talker.training.train import RUN_FILE, TrainingRun
 
     out = tmp_path / "run"
     path = str(REPO / "configuration" / "tiny.yaml")
@@ -249,7 +249,7 @@ def test_a_long_question_names_the_setting_that_limits_questions(tiny_processor)
     ("README.md", r"--model 'README.md' is a file, not a checkpoint folder"),
 ])
 def test_a_model_path_that_does_not_exist_is_not_looked_up_on_the_hub(spec, message, monkeypatch):
-    from trainers.loading import load_model
+    from concept_talker.loading import load_model
 
     def no_hub(*args, **kwargs):
         raise AssertionError("looked up on the Hub")
@@ -261,7 +261,7 @@ def test_a_model_path_that_does_not_exist_is_not_looked_up_on_the_hub(spec, mess
 
 
 def test_a_hub_id_that_cannot_be_reached_says_so(monkeypatch):
-    from trainers.loading import load_model
+    from concept_talker.loading import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match=r"'nobody/no-such-model' is neither a folder here nor a Hub repository that "
@@ -324,7 +324,7 @@ def test_the_embedded_checkpoint_records_its_training_instructions():
 def test_reply_wavs_get_the_users_umask(tmp_path):
     from modeling_concept_talker.audio import save_audio
     from modeling_concept_talker.generation import AudioChunk
-    from trainers.chat import WavChunkWriter
+    from concept_talker.app.chat import WavChunkWriter
 
     previous = os.umask(0o022)
     try:

@@ -22,7 +22,7 @@ from modeling_concept_talker import build_prompt
 LOADER = textwrap.dedent(
     """
     import importlib.abc, sys
-    BLOCKED = ["modeling_concept_talker", "configuration", "trainers", "benchmarks"] + sys.argv[2:]
+    BLOCKED = ["modeling_concept_talker", "configuration", "concept_talker", "benchmarks"] + sys.argv[2:]
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:

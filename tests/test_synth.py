@@ -16,15 +16,9 @@ import pytest
 import torch
 
 from modeling_concept_talker.pitch import median_f0
-from trainers.codecs import check_codec_matches, codec_fingerprint, describe_codec, resolve_codec
-from trainers.synth import (
-    STYLE_RATES,
-    SynthConfig,
-    build_synthetic_dataset,
-    check_dataset_codec,
-    dataset_features,
-    load_synth_info,
-)
+from concept_talker.data.codecs import check_codec_matches, codec_fingerprint, describe_codec, resolve_codec
+from concept_talker.data.dataset import check_dataset_codec, dataset_features, load_synth_info
+from concept_talker.data.synth import STYLE_RATES, SynthConfig, build_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,7 +155,7 @@ def test_a_changed_setting_does_not_resume_someone_elses_shards(tmp_path):
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "trainers.cli", "synth", "--out", str(out), "--n", "12", "--validation-size", "1",
+    return [sys.executable, "-m", "concept_talker.cli", "synth", "--out", str(out), "--n", "12", "--validation-size", "1",
             "--test-size", "1", "--skills", "arithmetic", "--shard-size", "2", "--batch-size", "2", "--audio",
             "--keep-work-dir", *extra]
 
@@ -210,7 +204,7 @@ def test_killed_build_resumes_without_redoing_finished_shards(tmp_path, tiny_cod
         plan = json.load(f)["rows"]
     assert dataset["train"]["question_text"] == [row["question_text"] for row in plan["train"]]
     # Rows from a shard made before the kill and from one made after it both hold the right codes.
-    from trainers.tts import load_tts, render
+    from concept_talker.data.tts import load_tts, render
 
     house = load_tts("piper")
     for index in (0, 9):
@@ -234,7 +228,8 @@ def test_a_crash_while_saving_leaves_no_dataset_and_the_rerun_reuses_every_shard
     monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         build_synthetic_dataset(config, str(out), shard_size=1)
-    assert not out.exists() and list(tmp_path.glob("data.tmp-*"))  # the half-saved copy is not at `out`
+    assert not out.exists() and not list(tmp_path.glob("data.tmp-*"))  # an interrupted save removes its copy
+    (tmp_path / "data.tmp-99999").mkdir()  # what a save killed outright leaves: the rerun clears it
     monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", real_save)
     with caplog.at_level("INFO", logger="concept_talker.synth"):
         dataset = build_synthetic_dataset(config, str(out), shard_size=1)
@@ -244,7 +239,8 @@ def test_a_crash_while_saving_leaves_no_dataset_and_the_rerun_reuses_every_shard
 
 
 def test_cli_without_espeak_says_how_to_install(monkeypatch, tmp_path, capsys):
-    from trainers import cli, tts
+    from concept_talker import cli
+    from concept_talker.data import tts
 
     def missing():
         raise tts.TTSUnavailableError(f"espeak-ng is not installed. {tts.INSTALL_HINT}")
@@ -281,7 +277,7 @@ def small_ljspeech(assets, tmp_path):
 def test_ljspeech_folder_loads_into_the_same_schema(small_ljspeech, tiny_codec):
     import soundfile
 
-    from trainers.ljspeech import load_ljspeech
+    from concept_talker.data.ljspeech import load_ljspeech
 
     folder, lines = small_ljspeech
     dataset = load_ljspeech(str(folder), codec="tiny", validation_size=0.0, test_size=0.0)
@@ -300,7 +296,7 @@ def test_ljspeech_folder_loads_into_the_same_schema(small_ljspeech, tiny_codec):
 
 
 def test_ljspeech_errors_name_the_missing_file(tmp_path):
-    from trainers.ljspeech import load_ljspeech
+    from concept_talker.data.ljspeech import load_ljspeech
 
     with pytest.raises(FileNotFoundError, match="metadata.csv"):
         load_ljspeech(str(tmp_path))

@@ -106,7 +106,7 @@ def test_phonemes_as_the_text_grows_are_the_phonemes_of_the_whole_text():
 
 def test_symbols_find_the_token_generation_finds(voice_processor, voice_model):
     """The collator's symbol -> token map is the one the streaming talker builds from the tokens as they come."""
-    from trainers.collators import symbol_tokens
+    from concept_talker.data.collators import symbol_tokens
 
     text = "The word brave means not afraid."
     answer = voice_processor.tokenizer(text + "<|im_end|>", add_special_tokens=False).input_ids

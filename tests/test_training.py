@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from trainers.collators import TRANSCRIBE_TASK, SpokenTurnCollator, is_transcription_row
-from trainers.recipes import RecipeError, load_recipe
-from trainers.train import _changed_keys
+from concept_talker.data.collators import TRANSCRIBE_TASK, SpokenTurnCollator, is_transcription_row
+from concept_talker.training.recipes import RecipeError, load_recipe
+from concept_talker.training.train import _changed_keys
 from modeling_concept_talker.talker import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = [sys.executable, "-m", "trainers.cli", "train"]
+TRAIN = [sys.executable, "-m", "concept_talker.cli", "train"]
 
 
 def micro_overrides(data: str, steps: int = 6) -> list[str]:
@@ -41,7 +41,7 @@ def micro_dataset(tmp_path_factory):
     from transformers import WhisperModel
 
     from configuration import load_preset
-    from trainers.synth import SynthConfig, build_synthetic_dataset
+    from concept_talker.data.synth import SynthConfig, build_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data")
     torch.manual_seed(0)
@@ -127,7 +127,7 @@ def test_recipe_overrides_and_their_errors(tmp_path):
 def rows(micro_dataset):
     from datasets import load_from_disk
 
-    from trainers.evaluation import with_features
+    from concept_talker.evaluation.evaluate import with_features
 
     train = with_features(load_from_disk(micro_dataset)["train"])
     return [train[i] for i in range(4)]
@@ -188,7 +188,7 @@ def test_collator_refuses_codes_of_another_codec(rows, tiny_processor, tiny_conf
 def test_stage_trainers_train_the_right_parts(tiny_model, tiny_processor, tiny_config, rows, tmp_path):
     from transformers import TrainingArguments
 
-    from trainers.trainer import AlignmentTrainer, SpokenReplyTrainer, ThinkerTextTrainer
+    from concept_talker.training.trainers import AlignmentTrainer, SpokenReplyTrainer, ThinkerTextTrainer
 
     cases = [(ThinkerTextTrainer, "text", lambda n: n.startswith("thinker.") and "lora_" not in n),
              (AlignmentTrainer, "transcribe", lambda n: n.startswith("concept_adapter.")),
@@ -209,7 +209,7 @@ def test_stage_trainers_train_the_right_parts(tiny_model, tiny_processor, tiny_c
 def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_processor, tiny_config, rows, tmp_path):
     from transformers import TrainingArguments
 
-    from trainers.trainer import SpokenReplyTrainer
+    from concept_talker.training.trainers import SpokenReplyTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, logging_steps=1, report_to="none",
                              remove_unused_columns=False, per_device_train_batch_size=2, per_device_eval_batch_size=2)
@@ -276,7 +276,7 @@ def test_bad_recipes_fail_at_start(micro_dataset, tmp_path, assets):
     assert result.returncode != 0 and "Unknown setting(s) ['lr'] in stages.reply" in result.stderr
 
     # A dataset of recordings has no replies: the reply stage cannot run, and that is known before any training.
-    from trainers.ljspeech import build_ljspeech_dataset
+    from concept_talker.data.ljspeech import build_ljspeech_dataset
 
     recordings = tmp_path / "recordings"
     build_ljspeech_dataset(str(assets / "speech" / "ljspeech-dev"), str(recordings), codec="tiny", audio_columns=())
@@ -297,7 +297,7 @@ def test_two_processes_with_accelerate_launch(micro_dataset, tmp_path):
     """DDP over gloo on CPU: `accelerate launch --num_processes 2` runs the same recipe."""
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     out = tmp_path / "ddp"
-    command = [launcher, "launch", "--config_file", "configuration/accelerate/ddp-cpu.yaml", "-m", "trainers.cli", "train",
+    command = [launcher, "launch", "--config_file", "configuration/accelerate/ddp-cpu.yaml", "-m", "concept_talker.cli", "train",
                "--recipe", "configuration/tiny.yaml", "--output_dir", str(out)] + micro_overrides(micro_dataset, steps=4)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import tts as tts_module
-from trainers.tts import (
+from concept_talker.data import tts as tts_module
+from concept_talker.data.tts import (
     Utterance,
     render_utterance,
     EspeakBackend,
@@ -24,7 +24,7 @@ from trainers.tts import (
     render,
     words_per_minute,
 )
-from trainers.tutor_metrics import median_f0  # the pitch measure the tutor metrics use
+from concept_talker.evaluation.tutor_metrics import median_f0  # the pitch measure the tutor metrics use
 
 SENTENCE = "The morning light came slowly through the window."
 
@@ -263,7 +263,7 @@ def test_espeak_reports_where_each_word_is(espeak):
 
 @pytest.fixture(scope="module")
 def house_voice():
-    from trainers.tts import PiperBackend
+    from concept_talker.data.tts import PiperBackend
 
     return PiperBackend()
 
@@ -299,7 +299,7 @@ def test_house_voice_pitch_variants_move_the_pitch_and_keep_the_pace(house_voice
 
 
 def test_a_missing_or_foreign_voice_file_says_what_to_do(tmp_path):
-    from trainers.tts import PiperBackend
+    from concept_talker.data.tts import PiperBackend
 
     with pytest.raises(ValueError, match="does not exist"):
         PiperBackend(str(tmp_path / "none.onnx"))

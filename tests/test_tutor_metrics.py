@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modeling_concept_talker.pitch import estimate_f0, median_f0
-from trainers.tutor_metrics import distinct_voice_references, speech_seconds
+from concept_talker.evaluation.tutor_metrics import distinct_voice_references, speech_seconds
 
 RATE = 16000
 

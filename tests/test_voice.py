@@ -10,7 +10,7 @@ import torch
 
 from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor, build_prompt
 from modeling_concept_talker.pitch import voice_pitch_features
-from trainers.collators import SpokenTurnCollator
+from concept_talker.data.collators import SpokenTurnCollator
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ the model heard (its own transcript of the question) and the timings. The page s
 `--model` it is the embedded default, offline. Turns are queued and answered one at a time, each to its own page.
 
 `build_demo(model_dir)` returns the `gr.Blocks`, so a Hugging Face Space can run it as its `app.py` (see `app.py`
-at the repository root). Loading the model and answering a turn are `chat`'s helpers (`trainers/chat.py`).
+at the repository root). Loading the model and answering a turn are `chat`'s helpers (`concept_talker/app/chat.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from trainers.chat import (
+from concept_talker.app.chat import (
     answer,
     check_question,
     describe_timings,
@@ -39,7 +39,7 @@ TRANSCRIPT_MAX_TOKENS = 48
 
 
 def add_arguments(parser) -> None:
-    from trainers.chat import DEFAULT_MODEL
+    from concept_talker.app.chat import DEFAULT_MODEL
 
     parser.add_argument("--model", help=f"checkpoint folder, Hub id, or preset name (default: {DEFAULT_MODEL})")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
@@ -102,7 +102,7 @@ class Tutor:
         self.lock = threading.Lock()
 
     def model_markdown(self) -> str:
-        from trainers.loading import REPO_ROOT
+        from concept_talker.loading import REPO_ROOT
 
         description = self.description.replace(f"{REPO_ROOT}{os.sep}", "")  # checkpoints/tiny-lyra, not /home/...
         lines = [f"**Model loaded:** {description}."]
@@ -117,7 +117,7 @@ class Tutor:
 
         from modeling_concept_talker import build_prompt
         from modeling_concept_talker.generation import greedy_text
-        from trainers.collators import TRANSCRIBE_TASK
+        from concept_talker.data.collators import TRANSCRIBE_TASK
 
         if not self.trained:
             return "(none: the model's weights are random)"

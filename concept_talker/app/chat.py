@@ -56,7 +56,7 @@ def question_audio(args) -> tuple[np.ndarray, int]:
     from modeling_concept_talker.audio import load_audio
 
     if args.say:
-        from trainers.tts import default_tts
+        from concept_talker.data.tts import default_tts
 
         tts = default_tts()
         wave, rate = tts.synthesize(args.say)
@@ -106,7 +106,7 @@ def load_chat_model(spec: str | None = None, tokenizer: str | None = None, lyra_
     Returns `(LoadedModel, note)`: `note` says why the default fell back to the random `tiny` preset, else None.
     """
     from configuration import preset_names
-    from trainers.loading import default_model, load_model
+    from concept_talker.loading import default_model, load_model
 
     overrides = {}
     if lyra_dir:

@@ -122,7 +122,7 @@ def processor_for(model, model_dir: str | None = None, tokenizer: str | None = N
         processor = ConceptTalkerProcessor.from_pretrained(model_dir)
         check_processor(processor, model.config)
         return processor
-    from trainers.loading import default_tokenizer
+    from concept_talker.loading import default_tokenizer
 
     return ConceptTalkerProcessor.from_config(model.config, tokenizer or default_tokenizer())
 
@@ -404,14 +404,19 @@ def upload(staged: StagedRepository, repo_id: str, *, private: bool | None = Non
         raise PushError(
             f"The upload to {repo_id} failed: {err}\nLog in with `hf auth login` (or pass a token), check that you "
             "may write to that namespace, or look at the files first with a dry run (--dry-run OUT_DIR, or "
-            "push_to_hub(..., dry_run=OUT_DIR))."
+            "push_model(model, repo_id, dry_run=OUT_DIR))."
         ) from err
 
 
 def push_model(model, repo_id: str, *, processor=None, merged: bool = False, private: bool | None = None,
                token=None, commit_message: str | None = None, revision: str | None = None, create_pr: bool = False,
                dry_run: str | None = None, replace: bool = True, **stage_kwargs):
-    """Stage `model` as a Hub repository and upload it (`model.push_to_hub` calls this).
+    """Stage `model` as a complete Hub repository that loads with `trust_remote_code=True` anywhere, and upload it.
+
+    The repository holds the config, safetensors weights (trainable-only, with the base thinker included under
+    `thinker/` when it is a local folder; or every weight with LoRA merged, `merged=True`), the processor and
+    tokenizer, the remote code and a model card (`stage_kwargs`: see `stage_repository`). `concept-talker push` runs
+    this. (transformers' own `model.push_to_hub` uploads the config, weights and remote code only.)
 
     Returns the commit info, or with `dry_run` (a folder) the `StagedRepository` written there without uploading.
     """

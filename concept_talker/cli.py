@@ -15,13 +15,13 @@ import sys
 import warnings
 
 SUBCOMMANDS = {
-    "chat": ("trainers.chat", "answer a spoken question with a spoken reply (streaming), printing the timings"),
-    "demo": ("trainers.demo", "the tutor in a browser page (Gradio): speak or upload a question, hear the reply stream"),
+    "chat": ("concept_talker.app.chat", "answer a spoken question with a spoken reply (streaming), printing the timings"),
+    "demo": ("concept_talker.app.demo", "the tutor in a browser page (Gradio): speak or upload a question, hear the reply stream"),
     "bench": ("benchmarks.bench", "latency and throughput benchmark against plain transformers generate()"),
-    "synth": ("trainers.synth", "build a synthetic spoken-tutoring dataset (TTS + codec codes)"),
-    "train": ("trainers.train", "train with a recipe: configuration/<recipe>.yaml [--key value ...]"),
-    "push": ("trainers.push", "push a checkpoint to the Hub with its model card (or --dry-run to a folder)"),
-    "eval-speech": ("trainers.eval_speech", "intelligibility of spoken replies (WER through pocketsphinx)"),
+    "synth": ("concept_talker.data.synth", "build a synthetic spoken-tutoring dataset (TTS + codec codes)"),
+    "train": ("concept_talker.training.train", "train with a recipe: configuration/<recipe>.yaml [--key value ...]"),
+    "push": ("concept_talker.hub.push", "push a checkpoint to the Hub with its model card (or --dry-run to a folder)"),
+    "eval-speech": ("concept_talker.evaluation.speech", "intelligibility of spoken replies (WER through pocketsphinx)"),
 }
 
 

@@ -1,9 +1,9 @@
 """Word and character error rates of transcripts or reply texts (an `evaluate` metric kept in the project).
 
-    metric = evaluate.load("trainers/metrics/error_rate/error_rate.py")
+    metric = evaluate.load("concept_talker/evaluation/metrics/error_rate/error_rate.py")
     metric.compute(predictions=["the cat sat"], references=["the cat sat down"])  # {"wer": 0.25, "cer": ...}
 
-Both sides are normalised as the offline recogniser writes text (lowercase, no punctuation; `trainers.asr`), and
+Both sides are normalised as the offline recogniser writes text (lowercase, no punctuation; `concept_talker.evaluation.asr`), and
 the rates are corpus rates: errors over all utterances / reference words (or characters).
 """
 
@@ -20,6 +20,6 @@ class ErrorRate(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        from trainers.asr import char_error_rate, word_error_rate
+        from concept_talker.evaluation.asr import char_error_rate, word_error_rate
 
         return {"wer": word_error_rate(references, predictions), "cer": char_error_rate(references, predictions)}

@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The shared offline copy of the Qwen2.5 tokenizer, where this project is checked out next to it.
-OFFLINE_TOKENIZER = REPO_ROOT.parent / "shared" / "assets" / "qwen2.5-tokenizer"
-HUB_TOKENIZER = "Qwen/Qwen2.5-0.5B"
 # The shared offline copy of the real Lyra v2 SoundStream models.
 OFFLINE_LYRA = REPO_ROOT.parent / "shared" / "assets" / "lyra-soundstream"
 # The embedded default model: what `configuration/tiny-lyra.yaml` trains (checkpoints/README.md says how it was made).
@@ -25,12 +22,11 @@ class LoadedModel:
 
 
 def default_tokenizer() -> str:
-    """`$CONCEPT_TALKER_TOKENIZER`, else the offline shared copy if present, else the Hub's Qwen2.5 tokenizer."""
-    if os.environ.get("CONCEPT_TALKER_TOKENIZER"):
-        return os.environ["CONCEPT_TALKER_TOKENIZER"]
-    if OFFLINE_TOKENIZER.is_dir():
-        return str(OFFLINE_TOKENIZER)
-    return HUB_TOKENIZER
+    """`$CONCEPT_TALKER_TOKENIZER`, else the offline shared copy if present, else the Hub's Qwen2.5 tokenizer (the
+    model package's `default_tokenizer_source`: a checkpoint without a tokenizer reads the same one)."""
+    from modeling_concept_talker.processing_concept_talker import default_tokenizer_source
+
+    return default_tokenizer_source()
 
 
 def default_lyra_dir() -> str | None:

@@ -23,6 +23,8 @@ import os
 import shutil
 import sys
 
+from concept_talker.files import write_directory, write_json
+
 logger = logging.getLogger("concept_talker.train")
 
 STAGE_TRAINERS = {"text": "ThinkerTextTrainer", "align": "AlignmentTrainer", "reply": "SpokenReplyTrainer"}
@@ -37,7 +39,7 @@ REQUIRED_COLUMNS = {
 # Stages that also learn from the question-only rows of general English (the `transcribe` split).
 LISTENING_STAGES = ("text", "align")
 RUN_FILE = "run.json"
-TAKES_OVERRIDES = True  # trainers.cli passes undeclared `--key value` pairs as recipe overrides
+TAKES_OVERRIDES = True  # concept_talker.cli passes undeclared `--key value` pairs as recipe overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +74,7 @@ class TrainingRun:
         return os.path.join(self.output_dir, *parts)
 
     def _prepare_output_dir(self) -> None:
-        from trainers.recipes import save_recipe
+        from concept_talker.training.recipes import save_recipe
 
         run_file = self.path(RUN_FILE)
         if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not self.resume:
@@ -98,9 +100,9 @@ class TrainingRun:
                 )
             if changed:
                 logger.info("Resuming with changed settings of unfinished work: %s", ", ".join(changed))
-                _write_json(run_file, {"recipe": self.recipe})
+                write_json(run_file, {"recipe": self.recipe}, sort_keys=True, default=str)
         else:
-            _write_json(run_file, {"recipe": self.recipe})
+            write_json(run_file, {"recipe": self.recipe}, sort_keys=True, default=str)
         save_recipe(self.recipe, self.path("training_recipe.yaml"))
 
     # ---- data ----------------------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ class TrainingRun:
         return dataset
 
     def _synthesise(self, path: str, config) -> None:
-        from trainers.synth import SynthConfig, build_synthetic_dataset
+        from concept_talker.data.synth import SynthConfig, build_synthetic_dataset
 
         synth = self.recipe["data"]["synth"]
         codec = self.codec_spec(config)
@@ -174,9 +176,7 @@ class TrainingRun:
                 logger.warning("The preset's ear names no Whisper model: a random one is saved in %s (it hears "
                                "nothing; set model.ear to a Whisper folder or Hub id for a model that listens).", folder)
                 torch.manual_seed(self.recipe["seed"])
-                partial = folder + ".partial"
-                WhisperModel(config.ear_config).save_pretrained(partial)
-                os.replace(partial, folder)
+                write_directory(WhisperModel(config.ear_config).save_pretrained, folder, replace=True)
         return folder
 
     def check_columns(self, dataset, stage: str, voice: bool) -> None:
@@ -229,8 +229,8 @@ class TrainingRun:
 
     def match_codec(self, model) -> None:
         """Give the model the codec that made the dataset's codes, and refuse data made by another codec or ear."""
-        from trainers.codecs import check_ear_matches, resolve_codec
-        from trainers.synth import check_dataset_codec
+        from concept_talker.data.codecs import check_ear_matches, resolve_codec
+        from concept_talker.data.dataset import check_dataset_codec
 
         try:
             data_codec = resolve_codec(self.data_path, model.config.codec_num_codebooks)
@@ -243,7 +243,7 @@ class TrainingRun:
 
     def load_processor(self, config):
         from modeling_concept_talker import ConceptTalkerProcessor
-        from trainers.loading import default_tokenizer
+        from concept_talker.loading import default_tokenizer
 
         tokenizer = self.model_spec["tokenizer"] or self.model_spec["thinker"] or default_tokenizer()
         return ConceptTalkerProcessor.from_config(config, tokenizer)
@@ -253,9 +253,9 @@ class TrainingRun:
         return os.path.isfile(self.path(stage, "model", "config.json"))
 
     def run_stage(self, stage: str, model, dataset):
-        import trainers.trainer as trainer_module
-        from trainers.collators import SpokenTurnCollator
-        from trainers.recipes import training_arguments
+        import concept_talker.training.trainers as trainer_module
+        from concept_talker.data.collators import SpokenTurnCollator
+        from concept_talker.training.recipes import training_arguments
 
         settings = self.recipe["stages"][stage]
         voice = bool(settings.get("voice", False))
@@ -270,7 +270,7 @@ class TrainingRun:
         )
         from datasets import concatenate_datasets
 
-        from trainers.evaluation import with_features
+        from concept_talker.evaluation.evaluate import with_features
 
         train = dataset["train"]
         if stage in LISTENING_STAGES and "transcribe" in dataset:
@@ -279,7 +279,7 @@ class TrainingRun:
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
         vocabulary = None
         if settings.get("text_vocabulary") == "data":
-            from trainers.collators import data_vocabulary
+            from concept_talker.data.collators import data_vocabulary
 
             texts = [t for name in ("train", "transcribe") if name in dataset
                      for column in ("question_text", "reply_text") if column in dataset[name].column_names
@@ -302,9 +302,10 @@ class TrainingRun:
         logger.info("Stage %s: %s%s", stage, trainer_class.__name__, f" resuming from {checkpoint}" if checkpoint else "")
         result = trainer.train(resume_from_checkpoint=checkpoint)
         if trainer.args.should_save:
-            _write_json(os.path.join(stage_dir, "log_history.json"), trainer.state.log_history)
-            _write_json(os.path.join(stage_dir, "train_result.json"),
-                        {**result.metrics, "world_size": trainer.args.world_size})
+            write_json(os.path.join(stage_dir, "log_history.json"), trainer.state.log_history,
+                       sort_keys=True, default=str)
+            write_json(os.path.join(stage_dir, "train_result.json"),
+                       {**result.metrics, "world_size": trainer.args.world_size}, sort_keys=True, default=str)
         return trainer
 
     def save_stage_model(self, stage: str, model) -> None:
@@ -312,10 +313,10 @@ class TrainingRun:
         trained (<out>/text/thinker), which later checkpoints refer to instead of copying."""
         if stage == "text":
             if self.state.is_main_process:
-                _save_atomically(model.save_base_thinker, self.path("text", "thinker"))
+                write_directory(model.save_base_thinker, self.path("text", "thinker"))
             model.config.thinker_name_or_path = self.path("text", "thinker")
         if self.state.is_main_process:
-            _save_atomically(lambda d: model.save_pretrained(d), self.path(stage, "model"))
+            write_directory(lambda d: model.save_pretrained(d), self.path(stage, "model"))
         self.state.wait_for_everyone()
 
     def load_stage_model(self, stage: str):
@@ -383,20 +384,20 @@ class TrainingRun:
             self.processor.save_pretrained(directory)
             shutil.copy(self.path("training_recipe.yaml"), os.path.join(directory, "training_recipe.yaml"))
 
-        _save_atomically(write, final, replace=True)
+        write_directory(write, final, replace=True)
         return final
 
     def evaluate(self, final: str, dataset) -> dict:
-        from trainers.evaluation import evaluate_model
+        from concept_talker.evaluation.evaluate import evaluate_model
 
         results = evaluate_model(final, dataset, self.recipe["eval"], processor=self.processor)
         results["recipe"] = os.path.relpath(self.recipe["recipe_path"], os.getcwd())
-        _write_json(self.path("eval_results.json"), results)
+        write_json(self.path("eval_results.json"), results, sort_keys=True, default=str)
         shutil.copy(self.path("eval_results.json"), os.path.join(final, "eval_results.json"))
         return results
 
     def plot(self, stages: list[str]) -> None:
-        from trainers.evaluation import plot_loss_curves
+        from concept_talker.evaluation.evaluate import plot_loss_curves
 
         histories = {}
         for stage in stages:
@@ -434,29 +435,10 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
-def _save_atomically(write, directory: str, replace: bool = False) -> None:
-    """Run `write(tmp_dir)`, then rename `tmp_dir` to `directory`: it is either absent or complete."""
-    tmp = directory + ".tmp"
-    if os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    write(tmp)
-    if os.path.isdir(directory):
-        if not replace:
-            shutil.rmtree(tmp)
-            raise FileExistsError(f"{directory} exists already")
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
 
 
 def run(args) -> int:
-    from trainers.recipes import RecipeError, load_recipe
+    from concept_talker.training.recipes import RecipeError, load_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = [o for o in getattr(args, "overrides", []) if o != "--"]

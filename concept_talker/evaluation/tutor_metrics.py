@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from modeling_concept_talker.pitch import median_f0
+from concept_talker.evaluation.turns import greedy_texts, normalized, reference_codes, spoken_turn_inputs
 
 SLOW, FAST = "Speak slowly.", "Speak quickly."
 
@@ -39,7 +40,6 @@ def speech_seconds(audio: np.ndarray, sampling_rate: int, floor_db: float = 35.0
 
 
 def _speak(model, processor, row: dict, instruction: str | None, reply_text: str, style=None, seed: int = 0):
-    from trainers.evaluation import spoken_turn_inputs
 
     inputs = spoken_turn_inputs(processor, [{**row, "instruction": instruction or ""}], model.config, "reply")
     ids = processor.tokenizer(reply_text + "<|im_end|>", add_special_tokens=False).input_ids
@@ -60,13 +60,6 @@ def rate_duration_ratio(model, processor, rows: list[dict], style_for=None) -> d
         if fast > 0:
             ratios.append(slow / fast)
     return {"rate_duration_ratio": float(np.median(ratios)) if ratios else None, "rate_items": len(ratios)}
-
-
-def reference_codes(model, row: dict) -> torch.Tensor:
-    """A row's reference clip as codes `[1, codebooks, frames]`."""
-    from trainers.collators import codes_tensor
-
-    return codes_tensor(row["reference_codes"], "reference_codes", model.config.codec_num_codebooks)[None]
 
 
 def reference_f0(model, row: dict) -> float | None:
@@ -132,7 +125,6 @@ def voice_f0_match(model, processor, rows: list[dict], references: dict[str, dic
 
 def repeat_exact(model, processor, rows: list[dict], max_new_tokens: int = 48) -> dict:
     """Fraction of "repeat after me" rows whose greedy reply is the user's sentence."""
-    from trainers.evaluation import greedy_texts, normalized
 
     repeat_rows = [row for row in rows if row["skill"] == "repeat"]
     if not repeat_rows:

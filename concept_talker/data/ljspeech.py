@@ -24,20 +24,20 @@ import torch
 from modeling_concept_talker.audio import load_audio, prepare_audio
 
 from .dialogue import SPLITS, stable_fraction
-from .synth import (
+from .dataset import (
     DEFAULT_AUDIO,
     FORMAT,
     FORMAT_VERSION,
-    _plan_features,
-    _rendered_features,
-    _set_info,
     check_output_dir,
     dataset_features,
     empty_dataset,
     encode_audio_columns,
     load_synth_info,
+    plan_features,
     process_codec,
+    rendered_features,
     save_atomically,
+    set_info,
 )
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -122,7 +122,7 @@ def load_ljspeech(
 
     Args:
         folder: holds `metadata.csv` and `wavs/`.
-        codec: codec spec (see `trainers.codecs.resolve_codec`); audio is resampled to its rate and encoded.
+        codec: codec spec (see `concept_talker.data.codecs.resolve_codec`); audio is resampled to its rate and encoded.
         num_codebooks: codebooks to keep (default: the codec's).
         validation_size, test_size: fractions of utterances for validation and test (by a hash of the id).
         speaker: the name stored as `question_voice`.
@@ -144,7 +144,7 @@ def load_ljspeech(
     codec_module = process_codec(codec, num_codebooks)
     codec_info = describe_codec(codec_module, codec)
     features = dataset_features(audio_columns)
-    input_features = Features({**_plan_features(), **_rendered_features(("question",))})
+    input_features = Features({**plan_features(), **rendered_features(("question",))})
     by_split = {split: [e for e in entries if _split_of(e[0], validation_size, test_size) == split] for split in SPLITS}
     info = {
         "format": FORMAT,
@@ -159,7 +159,7 @@ def load_ljspeech(
     splits = {}
     for split, split_entries in by_split.items():
         if not split_entries:
-            splits[split] = _set_info(empty_dataset(features), info)
+            splits[split] = set_info(empty_dataset(features), info)
             continue
         dataset = Dataset.from_generator(
             _rows, features=input_features,
@@ -174,7 +174,7 @@ def load_ljspeech(
         for name in features:
             if name not in encoded.column_names:
                 encoded = encoded.add_column(name, [None] * len(encoded), feature=features[name])
-        splits[split] = _set_info(encoded.select_columns(list(features)).cast(features), info)
+        splits[split] = set_info(encoded.select_columns(list(features)).cast(features), info)
     return DatasetDict(splits)
 
 

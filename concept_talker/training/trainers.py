@@ -23,6 +23,8 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from concept_talker.files import move_into_place
+
 STAGING_DIR = ".staging"
 
 
@@ -110,10 +112,7 @@ class ConceptTalkerTrainer(Trainer):
             self._get_output_dir = original
         self.accelerator.wait_for_everyone()  # every process has written its RNG state
         if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
+            move_into_place(os.path.join(staging, name), os.path.join(run_dir, name), replace=True)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
@@ -133,7 +132,7 @@ class ConceptTalkerTrainer(Trainer):
 
 def audio_code_metrics(eval_prediction) -> dict[str, float]:
     """`compute_metrics` for `SpokenReplyTrainer`: teacher-forced code accuracy per codebook."""
-    from trainers.metrics import load_metric
+    from concept_talker.evaluation.metrics import load_metric
 
     predictions, targets = eval_prediction.predictions, eval_prediction.label_ids  # [rows, steps, codebooks]
     metric = load_metric("code_accuracy")

@@ -1,6 +1,6 @@
 """Refresh the embedded default model (`checkpoints/tiny-lyra/`) from a training run's `final` folder.
 
-    python -m trainers.embedded runs/tiny-lyra/final [--out checkpoints/tiny-lyra]
+    python -m concept_talker.hub.embedded runs/tiny-lyra/final [--out checkpoints/tiny-lyra]
 
 Keeps what `chat` needs and nothing machine-specific: the config (with the Lyra folder cleared: it is found at
 load time), the trainable weights, the base thinker in bf16 (half the bytes; it loads back in the config's dtype),
@@ -17,7 +17,8 @@ import os
 import shutil
 import tempfile
 
-from trainers.loading import EMBEDDED_MODEL
+from concept_talker.files import move_into_place
+from concept_talker.loading import EMBEDDED_MODEL
 
 KEPT_FILES = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json",
               "chat_template.jinja")
@@ -28,7 +29,7 @@ def export_embedded(final_dir: str, out_dir: str = str(EMBEDDED_MODEL), eval_res
     import yaml
     from safetensors.torch import load_file, save_file
 
-    from trainers.push import read_eval_results, read_recipe, redact_local_paths
+    from concept_talker.hub.push import read_eval_results, read_recipe, redact_local_paths
 
     with open(os.path.join(final_dir, "config.json")) as f:
         config = json.load(f)
@@ -68,14 +69,7 @@ def export_embedded(final_dir: str, out_dir: str = str(EMBEDDED_MODEL), eval_res
         weights = load_file(os.path.join(final_dir, "thinker", "model.safetensors"))
         save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()},
                   os.path.join(staging, "thinker", "model.safetensors"), metadata={"format": "pt"})
-        old = None
-        if os.path.isdir(out_dir):
-            old = out_dir + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        if old:
-            shutil.rmtree(old)
+        move_into_place(staging, out_dir, replace=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -27,6 +27,10 @@ import os
 
 import torch
 
+from concept_talker.data.collators import codes_tensor
+from concept_talker.files import write_json
+from concept_talker.evaluation.turns import reference_codes, spoken_turn_inputs
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a trained checkpoint folder (e.g. runs/tiny-lyra/final)")
     parser.add_argument("--data", required=True, help="a dataset made with concept-talker synth (its test split is used)")
@@ -42,7 +46,7 @@ class PocketsphinxJudge:
     """The offline pocketsphinx recogniser with a trigram LM of the dataset's replies, behind the judge's interface."""
 
     def __init__(self, sentences: list[str]):
-        from trainers.asr import PocketsphinxRecognizer
+        from concept_talker.evaluation.asr import PocketsphinxRecognizer
 
         self.recognizer = PocketsphinxRecognizer.from_corpus(sentences, order=3)
 
@@ -53,7 +57,7 @@ class PocketsphinxJudge:
         return [self.recognizer.transcribe(c, sampling_rate) if len(c) else "" for c in clips]
 
     def word_error_rate(self, references, hypotheses) -> float:
-        from trainers.asr import word_error_rate
+        from concept_talker.evaluation.asr import word_error_rate
 
         return word_error_rate(references, hypotheses)
 
@@ -63,7 +67,7 @@ def build_judge(spec: str | None, sentences: list[str]):
     or `"pocketsphinx"`."""
     if spec == "pocketsphinx":
         return PocketsphinxJudge(sentences)
-    from trainers.asr import WhisperRecognizer
+    from concept_talker.evaluation.asr import WhisperRecognizer
 
     return WhisperRecognizer(spec)
 
@@ -78,9 +82,6 @@ def unseen_words(references: list[str], training_replies: list[str], judge) -> l
 def speech_intelligibility(model, processor, rows: list[dict], judge, voice: bool = False, seed: int = 0,
                            training_replies: list[str] | None = None) -> dict:
     """WERs of the ceiling, the model on the reference texts, the model's free replies, and the garbage control."""
-    from trainers.collators import codes_tensor
-    from trainers.evaluation import spoken_turn_inputs
-    from trainers.tutor_metrics import reference_codes
 
     codec, k = model.codec, model.config.codec_num_codebooks
     rate = codec.sampling_rate
@@ -158,11 +159,7 @@ def run(args) -> int:
     results.update({"examples_scored": len(rows), "codec": model.config.codec_type,
                     "model": os.path.abspath(args.model), "split": args.split,
                     "talker_sampling": talker_sampling(model)})
-    directory = os.path.dirname(os.path.abspath(args.json))
-    os.makedirs(directory, exist_ok=True)
-    with open(args.json + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(args.json + ".tmp", args.json)
+    write_json(args.json, results)
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
     if model.config.codec_type != "lyra_soundstream":
         print("Note: this model's codec is not Lyra; unless it holds pretrained EnCodec weights its audio is not speech.")

@@ -15,7 +15,7 @@
                             each codebook's most frequent code (`audio_unigram_accuracy`)
 
 Text metrics go through the project's `error_rate` metric and code accuracy through `code_accuracy`
-(`trainers/metrics`, loaded with `evaluate`); spoken replies are judged by Whisper (`trainers.eval_speech`).
+(`concept_talker/evaluation/metrics`, loaded with `evaluate`); spoken replies are judged by Whisper (`concept_talker.evaluation.speech`).
 """
 
 from __future__ import annotations
@@ -26,62 +26,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from modeling_concept_talker import build_prompt
-from trainers.collators import TRANSCRIBE_TASK, SpokenTurnCollator, codes_tensor
-
-
-def spoken_turn_inputs(processor, rows: list[dict], config, task: str, waves: list | None = None,
-                       sampling_rate: int | None = None) -> dict:
-    """Left-padded generation inputs for rows' spoken questions, for `task` "transcribe" or "reply".
-
-    The questions are the rows' stored ear frames (`question_features`) or codec codes (`question_codes`), or, with
-    `waves` (one clip per row at `sampling_rate`), those recordings heard through the model's own ear.
-    """
-    from trainers.collators import pad_codes, pad_frames
-
-    prompts = [build_prompt(task=TRANSCRIBE_TASK) if task == "transcribe" else build_prompt(row.get("instruction") or None)
-               for row in rows]
-    if waves is not None:
-        inputs = processor(text=prompts, audio=list(waves), sampling_rate=sampling_rate, padding_side="left")
-        return dict(inputs)
-    if config.ear_type != "codec":
-        clips = [np.asarray(row["question_features"]) for row in rows]
-        frames = [c.shape[0] for c in clips]
-    else:
-        clips = [codes_tensor(row["question_codes"], "question_codes", config.codec_num_codebooks) for row in rows]
-        frames = [c.shape[1] for c in clips]
-    texts = processor.expand_audio_placeholders(prompts, frames)
-    batch = dict(processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
-                                     add_special_tokens=False))
-    if config.ear_type != "codec":
-        batch["input_features"], batch["input_features_mask"] = pad_frames(clips)
-    else:
-        batch["input_audio_codes"], batch["input_audio_codes_mask"] = pad_codes(clips, 0)
-    return batch
-
-
-def decode_replies(processor, token_rows: list[list[int]]) -> list[str]:
-    return [processor.decode(tokens, skip_special_tokens=True).strip() for tokens in token_rows]
-
-
-def greedy_texts(model, processor, rows: list[dict], task: str, max_new_tokens: int, batch_size: int = 16,
-                 waves: list | None = None, sampling_rate: int | None = None) -> list[str]:
-    """Greedy reply texts (or transcripts, `task="transcribe"`) of rows' spoken questions (see `spoken_turn_inputs`)."""
-    from modeling_concept_talker.generation import greedy_text
-
-    texts = []
-    for start in range(0, len(rows), batch_size):
-        chunk = None if waves is None else waves[start : start + batch_size]
-        batch = spoken_turn_inputs(processor, rows[start : start + batch_size], model.config, task, chunk,
-                                   sampling_rate)
-        texts += decode_replies(processor, greedy_text(model, batch, max_new_tokens))
-    return texts
-
-
-def normalized(text: str) -> str:
-    from trainers.asr import normalize_text
-
-    return normalize_text(text)
+from concept_talker.data.collators import SpokenTurnCollator
+from concept_talker.data.dataset import with_features
+from concept_talker.files import atomic_path
+from concept_talker.evaluation.turns import greedy_texts, normalized
 
 
 @torch.no_grad()
@@ -89,7 +37,7 @@ def audio_code_accuracy(model, processor, rows: list[dict], voice: bool = False,
     """Teacher-forced accuracy of the talker's codes per codebook, next to two trivial baselines over the same
     frames: the previous frame's code (`copy_previous`) and each codebook's most frequent code in these replies
     (`unigram`). A talker that learnt nothing scores about the better of the two."""
-    from trainers.metrics import load_metric
+    from concept_talker.evaluation.metrics import load_metric
 
     collator = SpokenTurnCollator(processor, "reply", model.config, voice=voice, concept_labels=False)
     predictions, references = [], []
@@ -143,7 +91,7 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
             recordings, transcribed).
     """
     from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor
-    from trainers.metrics import load_metric
+    from concept_talker.evaluation.metrics import load_metric
 
     model = ConceptTalkerForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = processor or ConceptTalkerProcessor.from_pretrained(model_dir)
@@ -183,17 +131,10 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
         if settings.get("voice"):
             results.update(tutor_metrics(model, processor, test_split, rows, settings, voice))
     if settings.get("speech") or settings.get("voice"):
-        from trainers.eval_speech import talker_sampling
+        from concept_talker.evaluation.speech import talker_sampling
 
         results["talker_sampling"] = talker_sampling(model)
     return results
-
-
-def with_features(split):
-    """A split whose ear frames (`question_features`) come as numpy arrays (fast), the other columns as they are."""
-    if "question_features" not in split.column_names:
-        return split
-    return split.with_format("numpy", columns=["question_features"], output_all_columns=True)
 
 
 def listening_elsewhere(model, processor, rows, settings, max_new_tokens: int, error_rate) -> dict:
@@ -203,7 +144,7 @@ def listening_elsewhere(model, processor, rows, settings, max_new_tokens: int, e
     results = {}
     count = int(settings.get("house_voice_questions") or 0)
     if count and model.ear is not None:
-        from trainers.tts import load_tts, render
+        from concept_talker.data.tts import load_tts, render
 
         voice = load_tts("piper")
         chosen = rows[:count]
@@ -215,7 +156,7 @@ def listening_elsewhere(model, processor, rows, settings, max_new_tokens: int, e
     folder = settings.get("real_speech")
     if folder and model.ear is not None and os.path.isdir(folder):
         from modeling_concept_talker.audio import load_audio
-        from trainers.ljspeech import _audio_path, read_metadata
+        from concept_talker.data.ljspeech import _audio_path, read_metadata
 
         entries = read_metadata(folder)[: int(settings.get("real_speech_examples", 40))]
         waves, texts = [], []
@@ -233,10 +174,10 @@ def listening_elsewhere(model, processor, rows, settings, max_new_tokens: int, e
 
 
 def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> dict:
-    """Spoken WER of the model and of the codec's ceiling, judged by Whisper (see `trainers.eval_speech`)."""
-    from trainers.eval_speech import build_judge, speech_intelligibility
+    """Spoken WER of the model and of the codec's ceiling, judged by Whisper (see `concept_talker.evaluation.speech`)."""
+    from concept_talker.evaluation.speech import build_judge, speech_intelligibility
 
-    from trainers.synth import HOUSE_PITCH
+    from concept_talker.data.synth import HOUSE_PITCH
 
     sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"] if text})
     judge = build_judge(settings.get("judge"), sentences)
@@ -251,8 +192,8 @@ def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> di
 
 
 def tutor_metrics(model, processor, test_split, rows, settings, voice: bool) -> dict:
-    """Speaking rate, reference voice and "repeat after me" (see `trainers.tutor_metrics`)."""
-    from trainers.tutor_metrics import (
+    """Speaking rate, reference voice and "repeat after me" (see `concept_talker.evaluation.tutor_metrics`)."""
+    from concept_talker.evaluation.tutor_metrics import (
         distinct_voice_references,
         rate_duration_ratio,
         reference_codes,
@@ -299,7 +240,6 @@ def plot_loss_curves(histories: dict[str, list[dict]], path: str) -> None:
         axis.legend(fontsize=8)
     axes[0][0].set_ylabel("cross-entropy (nats)")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
