@@ -1,7 +1,8 @@
 """`concept-talker`: one command line for the whole project.
 
-Each subcommand lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int`; modules are
-imported only when their subcommand runs, so `concept-talker chat` does not import the training stack.
+Each subcommand is a module of this package (`concept_talker/cli/<command>.py`) that parses arguments and nothing
+else: `add_arguments(parser)` and `run(args) -> int`, calling the library below. Modules are imported only when their
+subcommand runs, so `concept-talker chat` does not import the training stack.
 
 An error (bad audio, checkpoint or setting) is printed as one line, `concept-talker COMMAND: error: ...`, with exit
 status 1; `--debug` prints the traceback instead. Warnings are printed as one line each too.
@@ -15,13 +16,13 @@ import sys
 import warnings
 
 SUBCOMMANDS = {
-    "chat": ("concept_talker.app.chat", "answer a spoken question with a spoken reply (streaming), printing the timings"),
-    "demo": ("concept_talker.app.demo", "the tutor in a browser page (Gradio): speak or upload a question, hear the reply stream"),
+    "chat": ("concept_talker.cli.chat", "answer a spoken question with a spoken reply (streaming), printing the timings"),
+    "demo": ("concept_talker.cli.demo", "the tutor in a browser page (Gradio): speak or upload a question, hear the reply stream"),
     "bench": ("benchmarks.bench", "latency and throughput benchmark against plain transformers generate()"),
-    "synth": ("concept_talker.data.synth", "build a synthetic spoken-tutoring dataset (TTS + codec codes)"),
-    "train": ("concept_talker.training.train", "train with a recipe: configuration/<recipe>.yaml [--key value ...]"),
-    "push": ("concept_talker.hub.push", "push a checkpoint to the Hub with its model card (or --dry-run to a folder)"),
-    "eval-speech": ("concept_talker.evaluation.speech", "intelligibility of spoken replies (WER through pocketsphinx)"),
+    "synth": ("concept_talker.cli.synth", "build a synthetic spoken-tutoring dataset (TTS + codec codes)"),
+    "train": ("concept_talker.cli.train", "train with a recipe: configuration/<recipe>.yaml [--key value ...]"),
+    "push": ("concept_talker.cli.push", "push a checkpoint to the Hub with its model card (or --dry-run to a folder)"),
+    "eval-speech": ("concept_talker.cli.eval_speech", "intelligibility of spoken replies (WER through the Whisper judge)"),
 }
 
 
