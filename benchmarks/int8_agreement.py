@@ -19,7 +19,6 @@ rounding). Each native kernel this CPU runs (`--kernel`) is measured, and plain 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -137,9 +136,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     report = run(args.thinkers.split(","), args.positions, kernels_to_measure(args.kernel))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        from concept_talker.files import write_json
+
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ It also times the codec (real-time factor: seconds of compute per second of audi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -144,9 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     results = run(args.lyra_dir, args.data_dir, args.clips, args.quantizers, args.language_models)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        from concept_talker.files import write_json
+
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return results
 

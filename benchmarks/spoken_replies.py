@@ -11,7 +11,6 @@ the talking alone: whether the reply answers the question is the evaluation's bu
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -72,8 +71,9 @@ def main(argv=None) -> int:
         print(f"{row['wer']:.2f}  {row['reply']!r} -> heard {row['heard']!r}")
     print(f"WER of the spoken replies against their text: {results['wer']:.3f} ({results['judge']})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        from concept_talker.files import write_json
+
+        write_json(args.json, results)
     return 0
 
 

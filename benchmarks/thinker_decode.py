@@ -28,7 +28,6 @@ Engines run in interleaved rounds; the summary gives medians over rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -423,9 +422,9 @@ def main(argv=None) -> None:
     report = run(args.preset, args.rounds, args.prompt_length, args.new_tokens, tuple(args.engines.split(",")),
                  tuple(kernels_to_measure(args.kernels)), int8=not args.no_int8)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        from concept_talker.files import write_json
+
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ No GPU was lent to the sessions that built this, so there is no GPU figure (toke
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -124,9 +123,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = run_bench(args.steps, args.batch_size, args.bf16, args.preset)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        from concept_talker.files import write_json
+
+        write_json(args.json, result)
     return 0
 
 
