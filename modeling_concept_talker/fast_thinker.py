@@ -15,7 +15,7 @@ huge pages, owns a preallocated key/value cache, and runs each `append` in one o
   chosen at run time: AVX-512 (bf16 dot products on AVX512-BF16) or AVX2 + FMA + F16C. The kernel lives in the
   separate `concept_talker_kernels` package (installed with `concept-talker`, never part of a Hub repository's
   remote code), which builds it with `torch.utils.cpp_extension`, caches it per user and verifies it before loading.
-- **torch**: the same computation in plain PyTorch ops (oneDNN GEMMs, SDPA, `_weight_int8pack_mm` for int8), for
+- **torch**: the same computation in plain PyTorch ops (oneDNN GEMMs, SDPA, `_weight_int8pack_mm` or widened int8 weights), for
   longer appends and wherever the kernel is unavailable (the package not installed, no compiler, not x86-64 Linux,
   a CPU without AVX2, `CONCEPT_TALKER_KERNEL=torch`): same results within rounding.
 
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 NATIVE_MAX_TOKENS = 64  # the kernel's per-step limit (its stack buffers hold 64 tokens)
 LO_SPLIT_MAX_TOKENS = 4  # steps up to this many tokens use `lo_split`
+INT8_PACKED_MAX_ROWS = 4  # the torch path multiplies this many rows or fewer with `_weight_int8pack_mm`
 BACKENDS = ("auto", "native", "avx512", "avx2", "torch")
 WEIGHT_FORMATS = ("copy", "share", "int8")
 _W_BF16, _W_F32, _W_I8 = 0, 1, 2  # the kernel's weight formats
@@ -131,8 +132,11 @@ def quantize_rows(weight: torch.Tensor, out: torch.Tensor, scale: torch.Tensor, 
 
 
 def _int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """`x [m, in]` fp32 times the int8 `weight [out, in]` scaled per row by `scale [out]`: `[m, out]` fp32."""
-    if hasattr(torch, "_weight_int8pack_mm"):
+    """`x [m, in]` fp32 times the int8 `weight [out, in]` scaled per row by `scale [out]`: `[m, out]` fp32.
+
+    A few rows go through `torch._weight_int8pack_mm`; its cost grows with every row of `x` (on CPU 30x slower than
+    one fp32 GEMM at 32 rows), so more rows widen the weight to fp32 for one GEMM."""
+    if x.shape[0] <= INT8_PACKED_MAX_ROWS and hasattr(torch, "_weight_int8pack_mm"):
         try:
             return torch._weight_int8pack_mm(x, weight, scale)
         except RuntimeError:  # shapes the packed kernel does not take
@@ -508,11 +512,20 @@ class FastThinkerRunner:
             self.valid[:, start : start + n] = mask.to(torch.uint8)
         self._length = start + n
         x = embeds.to(device=self.device, dtype=torch.float32).reshape(batch * n, hidden).clone()
-        if self._kernel is not None and batch * n <= self.native_max_tokens:
-            logits, hidden_states = self._step_native(x, start, n, rope_positions)
-        else:
+        chunk = self.native_max_tokens // batch if self._kernel is not None else 0
+        if chunk == 0:
             logits, hidden_states = self._step_torch(x.view(batch, n, hidden), start, n, rope_positions)
-        return logits, hidden_states.view(batch, n, hidden).to(self.dtype)
+            return logits, hidden_states.view(batch, n, hidden).to(self.dtype)
+        # A longer append runs as native steps of `chunk` positions (each attends to the ones before it): the kernel
+        # keeps its speed, where the torch path is several times slower (and far slower with int8 weights).
+        rows = x.view(batch, n, hidden)
+        pieces = []
+        for offset in range(0, n, chunk):
+            size = min(chunk, n - offset)
+            piece = rows[:, offset : offset + size].reshape(batch * size, hidden)
+            logits, states = self._step_native(piece, start + offset, size, rope_positions[:, offset : offset + size])
+            pieces.append(states.view(batch, size, hidden))
+        return logits, torch.cat(pieces, dim=1).to(self.dtype)
 
     # ---- native path -------------------------------------------------------------------------------------------
     _arange_cache: torch.Tensor | None = None

@@ -151,11 +151,19 @@ def test_bf16_as_close_as_transformers_bf16(thinker, variant):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8"])
 def test_chunked_prefill_equals_one_shot(thinker, dtype, isa):
-    """Chunks of 7, 13 and 20 (native kernel) against one 40-position append (torch GEMMs), then one decode step."""
+    """Chunks of 7, 13 and 20, and one 40-position append (longer than a native step: it runs as native steps of
+    32 and 8), on the kernel, against one 40-position append through torch GEMMs; then one decode step."""
     prompt = torch.randint(0, thinker.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(3))
     kwargs = dict(weights="int8", dtype=torch.bfloat16) if dtype == "int8" else dict(dtype=dtype)
+    reference = FastThinkerRunner(thinker, max_length=64, backend="torch", **kwargs)
     one_shot = FastThinkerRunner(thinker, max_length=64, backend=_isa_or_skip(isa), **kwargs)
     chunked = FastThinkerRunner(thinker, max_length=64, backend=isa, **kwargs)
+
+    def no_torch_steps(*args):
+        raise AssertionError("an append on the kernel fell back to the torch path")
+
+    one_shot._step_torch = chunked._step_torch = no_torch_steps
+    logits_ref, hidden_ref = reference.append(reference.embed(prompt))
     logits_one, hidden_one = one_shot.append(one_shot.embed(prompt))
     hidden_chunks = []
     for piece in prompt.split([7, 13, 20], dim=1):
@@ -163,12 +171,14 @@ def test_chunked_prefill_equals_one_shot(thinker, dtype, isa):
         hidden_chunks.append(hidden)
     # fp32: summation order only; bf16 and int8: the two paths round intermediate values differently
     tol = FP32_ATOL if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(logits_chunked, logits_one, atol=tol, rtol=tol)
-    torch.testing.assert_close(torch.cat(hidden_chunks, 1).float(), hidden_one.float(), atol=tol, rtol=tol)
-    token = logits_one.argmax(-1, keepdim=True)
-    next_one, _ = one_shot.append(one_shot.embed(token))
-    next_chunked, _ = chunked.append(chunked.embed(token))
-    torch.testing.assert_close(next_chunked, next_one, atol=tol, rtol=tol)
+    for logits, hidden in ((logits_one, hidden_one), (logits_chunked, torch.cat(hidden_chunks, 1))):
+        torch.testing.assert_close(logits, logits_ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(hidden.float(), hidden_ref.float(), atol=tol, rtol=tol)
+    token = logits_ref.argmax(-1, keepdim=True)
+    next_ref, _ = reference.append(reference.embed(token))
+    for runner in (one_shot, chunked):
+        next_logits, _ = runner.append(runner.embed(token))
+        torch.testing.assert_close(next_logits, next_ref, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
