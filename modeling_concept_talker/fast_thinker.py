@@ -522,7 +522,7 @@ class FastThinkerRunner:
         pieces = []
         for offset in range(0, n, chunk):
             size = min(chunk, n - offset)
-            piece = rows[:, offset : offset + size].reshape(batch * size, hidden)
+            piece = rows[:, offset : offset + size].reshape(batch * size, hidden).contiguous()  # the kernel reads rows
             logits, states = self._step_native(piece, start + offset, size, rope_positions[:, offset : offset + size])
             pieces.append(states.view(batch, size, hidden))
         return logits, torch.cat(pieces, dim=1).to(self.dtype)

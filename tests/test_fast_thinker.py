@@ -181,6 +181,23 @@ def test_chunked_prefill_equals_one_shot(thinker, dtype, isa):
         torch.testing.assert_close(next_logits, next_ref, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch, positions", [(2, 17), (3, 31), (2, 40)])
+def test_long_batched_append_runs_natively_in_steps(thinker, isa, batch, positions):
+    """An append of more than `native_max_tokens` (batch x positions) runs as native steps, down to a last step of
+    one position per row, and equals the torch path."""
+    embeds = torch.randn(batch, positions, thinker.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(batch, positions, dtype=torch.long)
+    mask[1, :3] = 0  # left padding in one row
+    native = FastThinkerRunner(thinker, batch_size=batch, max_length=64, dtype=torch.float32, backend=_isa_or_skip(isa))
+    reference = FastThinkerRunner(thinker, batch_size=batch, max_length=64, dtype=torch.float32, backend="torch")
+    logits, hidden = native.append(embeds, mask)
+    ref_logits, ref_hidden = reference.append(embeds, mask)
+    torch.testing.assert_close(logits, ref_logits, atol=FP32_ATOL, rtol=FP32_ATOL)
+    keep = mask.bool()
+    torch.testing.assert_close(hidden[keep], ref_hidden[keep], atol=FP32_ATOL, rtol=FP32_ATOL)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_with_left_padding(thinker, backend):
     """Two conversations of different lengths, left padded, against each one alone and against ThinkerRunner."""
