@@ -107,6 +107,11 @@ def test_recipe_overrides_and_their_errors(tmp_path):
         load_recipe(path, ["--generation.talker_runner", "gpu"])
     with pytest.raises(RecipeError, match="has no value"):
         load_recipe(path, ["--stages.align.max_steps"])
+    assert load_recipe(path, ["--stages.text.copy_turns", "0.5"])["stages"]["text"]["copy_turns"] == 0.5
+    with pytest.raises(RecipeError, match=r"stages.text.copy_turns must be a share between 0 and 1, got 1.5"):
+        load_recipe(path, ["--stages.text.copy_turns", "1.5"])
+    with pytest.raises(RecipeError, match=r"stages.align.copy_turns: copy turns are text only"):
+        load_recipe(path, ["--stages.align.copy_turns", "0.5"])
     # YAML 1.1 reads 3e-3 as a string; on the command line and in files it must still be the number
     recipe = load_recipe(path, ["--stages.align.learning_rate", "3e-3", "--stages.reply.warmup_steps=1e1"])
     assert recipe["stages"]["align"]["learning_rate"] == 0.003 and recipe["stages"]["reply"]["warmup_steps"] == 10
@@ -175,6 +180,39 @@ def test_transcribe_and_text_collators(rows, tiny_processor, tiny_config):
         labelled = text["labels"][i][text["labels"][i] != IGNORE_INDEX]
         assert tokenizer.decode(labelled) == answer + "<|im_end|>"
         assert row["question_text"] in tokenizer.decode(text["input_ids"][i])
+
+
+def test_copy_turns_give_fresh_sentences_to_copy(rows, tiny_processor, tiny_config):
+    from concept_talker.data.collators import CopyTurns, data_vocabulary
+    from concept_talker.data.dialogue import REPEAT_INSTRUCTIONS
+
+    tokenizer = tiny_processor.tokenizer
+    turns = CopyTurns(1.0, seed=3)
+    train_phrasings = [text for _, text, held_out in REPEAT_INSTRUCTIONS if not held_out]
+    vocabulary = set(data_vocabulary(tokenizer, turns.vocabulary_texts(), tiny_config))
+    collator = SpokenTurnCollator(tiny_processor, "text", tiny_config, copy_turns=turns)
+    answers, tasks = set(), set()
+    for _ in range(10):
+        batch = collator(rows)
+        for i in range(len(rows)):
+            ids = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+            labelled = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX].tolist()
+            answer = tokenizer.decode(labelled).removesuffix("<|im_end|>")
+            prompt = tokenizer.decode(ids[: len(ids) - len(labelled)])
+            # the sentence is given as its tokens where the concepts go, and the answer copies it
+            assert f"<|audio_start|>{answer}<|audio_end|>" in prompt and answer not in [r["question_text"] for r in rows]
+            task = next(t for t in [TRANSCRIBE_TASK, *train_phrasings] if t in prompt)
+            tasks.add(task)
+            answers.add(answer)
+            assert set(labelled) <= vocabulary  # a thinker scored over the data's tokens can write every copy turn
+    assert len(answers) == 10 * len(rows) and TRANSCRIBE_TASK in tasks and len(tasks) >= 3
+    # share 0 keeps every row; copy turns are for the text stage only; a share is in [0, 1]
+    kept = SpokenTurnCollator(tiny_processor, "text", tiny_config, copy_turns=CopyTurns(0.0))(rows)
+    assert (kept["input_ids"] == SpokenTurnCollator(tiny_processor, "text", tiny_config)(rows)["input_ids"]).all()
+    with pytest.raises(ValueError, match="copy turns are text-stage turns"):
+        SpokenTurnCollator(tiny_processor, "transcribe", tiny_config, copy_turns=turns)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]; got 2"):
+        CopyTurns(2)
 
 
 def test_collator_refuses_codes_of_another_codec(rows, tiny_processor, tiny_config):

@@ -8,6 +8,9 @@ Tasks, and the formats they teach (the prompt is `build_prompt`'s, so training s
                   user: <tokens> "\\nTranscribe the audio."  -> assistant: "<question text>"
                   user: <tokens>["\\n<instruction>"]         -> assistant: "<reply text>"
                 (each dialogue row is one or the other, fixed by its id; general-English rows always transcribe).
+                With `copy_turns`, that share of the rows is replaced by fresh copy turns (`CopyTurns`): a new
+                sentence of random common words, to transcribe or to repeat. A thousand fixed sentences teach a small
+                thinker to fill templates; a stream of sentences it never saw before teaches it to copy.
     transcribe  stage 1, alignment. user: <|audio_pad|> "\\nTranscribe the audio." -> assistant: "<question text>",
                 and `concept_labels`: the token of each concept slot (the dense signal).
     reply       stage 2, generation. user: <|audio_pad|> ["\\n<instruction>"] -> assistant: "<reply text>", with
@@ -22,6 +25,7 @@ Padding is on the right; labels are -100 outside the assistant's answer (which e
 from __future__ import annotations
 
 import bisect
+import random
 import zlib
 
 import numpy as np
@@ -31,6 +35,7 @@ from modeling_concept_talker import build_prompt
 from modeling_concept_talker.configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_START_TOKEN, AUDIO_TOKEN
 from modeling_concept_talker.phonemes import symbol_ids
 from modeling_concept_talker.talker import IGNORE_INDEX
+from concept_talker.data.dialogue import english_words, repeat_instruction, word_sentence
 
 TRANSCRIBE_TASK = "Transcribe the audio."
 END_OF_TURN = "<|im_end|>"
@@ -108,6 +113,44 @@ def symbol_tokens(chars, answer_ids: list[int], tokenizer) -> list[int]:
     return [min(bisect.bisect_right(ends, int(c)), len(answer_ids) - 1) for c in chars]
 
 
+class CopyTurns:
+    """Copy turns for the text stage, drawn fresh for every batch: a sentence of 2-14 random common English words
+    (`english_words`), given as its tokens, to transcribe (half of them) or to repeat after a training phrasing of
+    "repeat after me"; the answer is the sentence.
+
+    Args:
+        share: the chance that a row of the batch is replaced by a copy turn, in [0, 1].
+        seed: seeds the stream (a resumed run draws new sentences, not the same ones again).
+    """
+
+    WORDS = (2, 14)
+    ENDS = (".", ".", ".", "?", "!")
+
+    def __init__(self, share: float, seed: int = 0):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"copy_turns is the share of text-stage rows replaced by copy turns, in [0, 1]; got {share}.")
+        self.share = float(share)
+        self.words = english_words()
+        self.rng = random.Random(f"concept-talker-copy-turns/{seed}")
+
+    def replaces(self) -> bool:
+        return self.share > 0 and self.rng.random() < self.share
+
+    def draw(self) -> tuple[str, str]:
+        """(the prompt, the sentence the answer copies)."""
+        rng = self.rng
+        sentence = word_sentence(rng, self.words, rng.randint(*self.WORDS), end=rng.choice(self.ENDS))
+        if rng.random() < 0.5:
+            return build_prompt(task=TRANSCRIBE_TASK), sentence
+        return build_prompt(repeat_instruction(rng, "train")[1]), sentence
+
+    def vocabulary_texts(self) -> list[str]:
+        """Texts holding every token a copy turn can write (each word bare, with a space before it, capitalised,
+        and with each ending), for `data_vocabulary`."""
+        forms = [form for word in self.words for form in (word, word.capitalize())]
+        return [" ".join(forms), *(form + end for form in forms for end in set(self.ENDS))]
+
+
 class SpokenTurnCollator:
     """Turns dataset rows into a batch for `ConceptTalkerForConditionalGeneration.forward`.
 
@@ -120,12 +163,16 @@ class SpokenTurnCollator:
             measured median F0 (`voice_f0`) where the rows carry `reference_f0`.
         concept_labels: with "transcribe" and "reply", give each concept slot its token (`concept_labels`).
         text_vocabulary: token ids the losses are scored over (`data_vocabulary`); None: the whole vocabulary.
+        copy_turns: with "text", a `CopyTurns` whose share of the rows it replaces by fresh copy turns.
     """
 
     def __init__(self, processor, task: str, config, voice: bool = False, concept_labels: bool = True,
-                 text_vocabulary: list[int] | None = None):
+                 text_vocabulary: list[int] | None = None, copy_turns: CopyTurns | None = None):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+        if copy_turns is not None and task != "text":
+            raise ValueError(f"copy turns are text-stage turns (no audio); the {task!r} task cannot use them.")
+        self.copy_turns = copy_turns
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.task = task
@@ -173,17 +220,21 @@ class SpokenTurnCollator:
         replies, symbols, voices, voice_f0, voice_given = [], [], [], [], []
         audio_id = self.config.audio_token_id
         for row in rows:
-            prompt, answer = self.prompt_and_answer(row)
-            windows = self.windows(row)
-            slots = self.slot_labels(row, windows)
-            if self.task == "text":
+            if self.copy_turns is not None and self.copy_turns.replaces():
+                prompt, answer = self.copy_turns.draw()
+                prompt_ids = self._prompt_ids(prompt, self.tokenizer(answer, add_special_tokens=False).input_ids)
+            elif self.task == "text":
+                prompt, answer = self.prompt_and_answer(row)
                 blank = self.config.concept_blank_token_id
+                slots = self.slot_labels(row, self.windows(row))
                 prompt_ids = self._prompt_ids(prompt, [token for token in slots if token != blank])
             else:
+                prompt, answer = self.prompt_and_answer(row)
+                windows = self.windows(row)
                 prompt_ids = self._prompt_ids(prompt, [audio_id] * (windows * self.per_window))
                 clips.append(row["question_features"] if self.heard_through_ear
                              else codes_tensor(row["question_codes"], "question_codes", self.num_codebooks))
-                concept_labels.append(slots)
+                concept_labels.append(self.slot_labels(row, windows))
             answer_ids = self.tokenizer(answer + END_OF_TURN, add_special_tokens=False).input_ids
             input_ids.append(prompt_ids + answer_ids)
             labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)

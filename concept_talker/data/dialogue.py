@@ -17,6 +17,7 @@ Nothing seen in evaluation is seen in training:
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,9 @@ STYLES = ("slow", "normal", "fast")
 STYLE_WEIGHTS = (0.25, 0.5, 0.25)
 # Share of items per split, by stable hash: train [0, 0.8), validation [0.8, 0.9), test [0.9, 1).
 ITEM_SPLIT_BOUNDS = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
+# Common English words (most frequent first): the general-English sentences of the listening data and of the text
+# stage's copy turns, so the small thinker hears and writes far more words than the tutoring dialogue holds.
+WORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "english_words.txt")
 
 
 @dataclass(frozen=True)
@@ -638,6 +642,25 @@ def _templates(options, split: str):
     return [t for t in options if split != "train" or not t[2]]
 
 
+def repeat_instruction(rng: random.Random, split: str) -> tuple[str, str]:
+    """A "repeat after me" phrasing `split` may use: (its template id, its text)."""
+    repeat_id, text, _ = rng.choice(_templates(REPEAT_INSTRUCTIONS, split))
+    return repeat_id, text
+
+
+def english_words() -> list[str]:
+    """The common English word list (`english_words.txt`), most frequent first."""
+    with open(WORDS_FILE, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+def word_sentence(rng: random.Random, words: Sequence[str], count: int, end: str = ".") -> str:
+    """`count` words drawn from `words` as a sentence: the first capitalised, `end` after the last
+    ("Emit incomplete hyper behavioral downtown.")."""
+    sentence = " ".join(rng.choice(words) for _ in range(count))
+    return sentence[0].upper() + sentence[1:] + end
+
+
 def reference_sentences(split: str) -> list[str]:
     """Sentences for reference-voice clips in `split` (held out like items)."""
     _check_split(split)
@@ -684,7 +707,7 @@ class DialogueGenerator:
         instruction_id = f"{style}.{style_id}"
         instruction = style_text
         if skill == "repeat":
-            repeat_id, repeat_text, _ = rng.choice(_templates(REPEAT_INSTRUCTIONS, self.split))
+            repeat_id, repeat_text = repeat_instruction(rng, self.split)
             instruction_id = f"repeat.{repeat_id}+{instruction_id}"
             instruction = f"{repeat_text} {style_text}".strip()
         return DialogueTurn(

@@ -84,7 +84,15 @@ from .dataset import (
     save_atomically,
     set_info,
 )
-from .dialogue import SKILLS, SPLITS, STYLE_WEIGHTS, generate_dialogues, reference_sentences
+from .dialogue import (
+    SKILLS,
+    SPLITS,
+    STYLE_WEIGHTS,
+    english_words,
+    generate_dialogues,
+    reference_sentences,
+    word_sentence,
+)
 
 logger = logging.getLogger("concept_talker.synth")
 
@@ -101,7 +109,6 @@ QUESTION_SNR_DB = (10.0, 30.0)  # perturbed questions: white noise at this signa
 TRANSCRIBE_WORDS = (3, 9)  # words per general-English utterance
 REFERENCE_SECONDS = (1.0, 5.0)
 MAX_CLIP_SECONDS = 30.0
-WORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "english_words.txt")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,12 +261,6 @@ def plan_split(config: SynthConfig, split: str, count: int, voices: Sequence[str
     return rows
 
 
-def english_words() -> list[str]:
-    """The word list of the general-English utterances (`english_words.txt`), most frequent first."""
-    with open(WORDS_FILE, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
-
-
 def plan_transcribe_rows(config: SynthConfig, count: int, voices: Sequence[str]) -> list[dict]:
     """Question-only rows: sentences of 3-8 random common English words, spoken like questions. They let the
     listening stages hear thousands of words the dialogue never says (the thinker copies what it hears, so a word
@@ -268,10 +269,10 @@ def plan_transcribe_rows(config: SynthConfig, count: int, voices: Sequence[str])
     rng = random.Random(f"concept-talker-transcribe/{config.seed}")
     rows = []
     for index in range(count):
-        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(*TRANSCRIBE_WORDS)))
+        sentence = word_sentence(rng, words, rng.randint(*TRANSCRIBE_WORDS))
         rows.append({
             "id": f"{EXTRA_SPLIT}-{index:06d}", "skill": "words", "item": f"words:{index}", "template": "words",
-            "instruction": "", "style": "normal", "question_text": sentence[0].upper() + sentence[1:] + ".",
+            "instruction": "", "style": "normal", "question_text": sentence,
             "reply_text": None, "reference_text": None, **_question_plan(rng, voices, config.perturb_share),
             "reply_voice": None, "reply_rate": None, "reply_pitch": None, "reference_rate": None,
             "voice_given": False,

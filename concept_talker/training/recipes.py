@@ -18,9 +18,10 @@ import yaml
 STAGES = ("text", "align", "reply")
 # Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
 # dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on) and
-# `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch).
+# `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch)
+# and `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`).
 STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
-                    "text_labels", "text_vocabulary"}
+                    "text_labels", "text_vocabulary", "copy_turns"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {
@@ -89,6 +90,7 @@ STAGE_EXTRA_RULES = {
     "concept_labels": ("bool", None),
     "text_labels": ("bool", None),
     "text_vocabulary": ("str?", None),
+    "copy_turns": ("share", None),
 }
 # `text_vocabulary` takes one value: "data" (or null, the whole vocabulary).
 TEXT_VOCABULARIES = ("data",)
@@ -271,6 +273,8 @@ def check_stage(name: str, stage: dict, seed: int = 0) -> None:
     if stage.get("text_vocabulary") not in (None, *TEXT_VOCABULARIES):
         raise RecipeError(f"stages.{name}.text_vocabulary must be one of {list(TEXT_VOCABULARIES)} or null, got "
                           f"{stage['text_vocabulary']!r}.")
+    if stage.get("copy_turns") and name != "text":
+        raise RecipeError(f"stages.{name}.copy_turns: copy turns are text only, for the text stage; remove it here.")
     coerce_numbers(name, stage)
     if stage.get("enabled", True):
         import warnings

@@ -242,6 +242,10 @@ class TrainingRun:
     def stage_done(self, stage: str) -> bool:
         return os.path.isfile(self.path(stage, "model", "config.json"))
 
+    def copy_turn_words(self) -> bool:
+        """Whether a stage of the recipe trains on copy turns (then every stage scores their words)."""
+        return any(settings.get("copy_turns") for settings in self.recipe["stages"].values())
+
     def run_stage(self, stage: str, model, dataset):
         import concept_talker.training.trainers as trainer_module
         from concept_talker.data.collators import SpokenTurnCollator
@@ -267,6 +271,9 @@ class TrainingRun:
             train = concatenate_datasets([train, dataset["transcribe"]]).shuffle(seed=self.recipe["seed"])
         if settings.get("max_train_examples"):
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
+        from concept_talker.data.collators import CopyTurns
+
+        copy_turns = CopyTurns(settings["copy_turns"], seed=self.recipe["seed"]) if settings.get("copy_turns") else None
         vocabulary = None
         if settings.get("text_vocabulary") == "data":
             from concept_talker.data.collators import data_vocabulary
@@ -274,11 +281,14 @@ class TrainingRun:
             texts = [t for name in ("train", "transcribe") if name in dataset
                      for column in ("question_text", "reply_text") if column in dataset[name].column_names
                      for t in dataset[name][column]]
+            # Every stage reads the same words: the copy turns' words are scored in all of them, or none.
+            if self.copy_turn_words():
+                texts += CopyTurns(0.0).vocabulary_texts()
             vocabulary = data_vocabulary(self.processor.tokenizer, texts, model.config)
             logger.info("Stage %s scores its losses over the %d tokens of the data", stage, len(vocabulary))
         collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config, voice=voice,
                                       concept_labels=bool(settings.get("concept_labels", True)),
-                                      text_vocabulary=vocabulary)
+                                      text_vocabulary=vocabulary, copy_turns=copy_turns)
         trainer_class = getattr(trainer_module, STAGE_TRAINERS[stage])
         trainer = trainer_class(
             model=model, args=args, train_dataset=with_features(train), eval_dataset=with_features(dataset["validation"]),
