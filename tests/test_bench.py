@@ -75,3 +75,13 @@ def test_bench_refuses_an_unknown_kernel():
         assert "--kernel takes" in str(exit)
     else:
         raise AssertionError("expected SystemExit")
+
+
+def test_thinker_copy_probe_switches_to_the_prefix_after_the_bare_steps():
+    from benchmarks.thinker_copy import batch, run
+
+    ids, n = batch(torch.Generator().manual_seed(0), rows=2, vocab=50, prefix=5)
+    assert ids.shape == (2, 5 + 2 * n + 3) and torch.equal(ids[:, 6 : 6 + n], ids[:, 7 + n : 7 + 2 * n])
+    report = run(vocab=50, prefix=5, steps=4, bare_steps=2, every=2, log=lambda line: None)
+    assert [point["prefix"] for point in report["curve"]] == [0, 5]
+    assert all(0.0 <= point["copy_accuracy"] <= 1.0 for point in report["curve"])
