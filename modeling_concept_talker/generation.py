@@ -16,6 +16,7 @@ place of the true ones), so streaming is not an approximation of the trained mod
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import numbers
 import queue
@@ -195,8 +196,10 @@ class StreamClosed(Exception):
     """Raised inside generation when the consumer of a stream has gone away; generation then stops cleanly."""
 
 
+@functools.lru_cache(maxsize=16)
 def sampling_processors(temperature: float, top_k: int = 0, top_p: float = 1.0):
-    """transformers' logits warpers for temperature, top-k and top-p, in the order `generate()` applies them."""
+    """transformers' logits warpers for temperature, top-k and top-p, in the order `generate()` applies them (built
+    once per setting: they hold no state, and the talker asks for them every frame)."""
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     processors = LogitsProcessorList()

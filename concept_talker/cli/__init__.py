@@ -78,7 +78,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
-
-
-if __name__ == "__main__":
-    sys.exit(main())

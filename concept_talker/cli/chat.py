@@ -112,9 +112,3 @@ def run(args) -> int:
     if args.json:
         write_json(args.json, {"text": text, "model": loaded.description, "stream": args.stream, **timings})
     return 0
-
-
-def main(argv=None) -> int:  # pragma: no cover - convenience
-    parser = argparse.ArgumentParser(prog="concept-talker chat")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

@@ -83,9 +83,3 @@ def run(args) -> int:
     except PushError as err:
         print(f"concept-talker push: {err}", file=sys.stderr)
         return 2
-
-
-def main(argv=None) -> int:  # pragma: no cover - convenience
-    parser = argparse.ArgumentParser(prog="concept-talker push", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

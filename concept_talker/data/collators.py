@@ -144,11 +144,12 @@ class CopyTurns:
             return build_prompt(task=TRANSCRIBE_TASK), sentence
         return build_prompt(repeat_instruction(rng, "train")[1]), sentence
 
-    def vocabulary_texts(self) -> list[str]:
+    @classmethod
+    def vocabulary_texts(cls) -> list[str]:
         """Texts holding every token a copy turn can write (each word bare, with a space before it, capitalised,
         and with each ending), for `data_vocabulary`."""
-        forms = [form for word in self.words for form in (word, word.capitalize())]
-        return [" ".join(forms), *(form + end for form in forms for end in set(self.ENDS))]
+        forms = [form for word in english_words() for form in (word, word.capitalize())]
+        return [" ".join(forms), *(form + end for form in forms for end in dict.fromkeys(cls.ENDS))]
 
 
 class SpokenTurnCollator:

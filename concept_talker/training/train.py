@@ -271,19 +271,17 @@ class TrainingRun:
             train = concatenate_datasets([train, dataset["transcribe"]]).shuffle(seed=self.recipe["seed"])
         if settings.get("max_train_examples"):
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
-        from concept_talker.data.collators import CopyTurns
+        from concept_talker.data.collators import CopyTurns, data_vocabulary
 
         copy_turns = CopyTurns(settings["copy_turns"], seed=self.recipe["seed"]) if settings.get("copy_turns") else None
         vocabulary = None
         if settings.get("text_vocabulary") == "data":
-            from concept_talker.data.collators import data_vocabulary
-
             texts = [t for name in ("train", "transcribe") if name in dataset
                      for column in ("question_text", "reply_text") if column in dataset[name].column_names
                      for t in dataset[name][column]]
             # Every stage reads the same words: the copy turns' words are scored in all of them, or none.
             if self.copy_turn_words():
-                texts += CopyTurns(0.0).vocabulary_texts()
+                texts += CopyTurns.vocabulary_texts()
             vocabulary = data_vocabulary(self.processor.tokenizer, texts, model.config)
             logger.info("Stage %s scores its losses over the %d tokens of the data", stage, len(vocabulary))
         collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config, voice=voice,
