@@ -138,6 +138,9 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
             voice_window_frames=int(round(config.adapter_config.window_seconds * config.frame_rate)),
         )
         self.thinker = AutoModelForCausalLM.from_config(config.thinker_config)
+        if config.thinker_embedding_std is not None:  # the thinker initialised itself; only this is ours to choose
+            with torch.no_grad():
+                self.thinker.get_input_embeddings().weight.normal_(0.0, config.thinker_embedding_std)
         self.talker = Talker(config.talker_config, thinker_hidden)
         self.post_init()
         if config.lora_r > 0:

@@ -116,7 +116,7 @@ def warn_if_unfamiliar_instruction(config, instruction: str | None) -> list[str]
 def build_prompt(
     instruction: str | None = None,
     history: list[tuple[str, str]] | None = None,
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     task: str | None = None,
 ) -> str:
     """The thinker's prompt for one spoken user turn, ending where the assistant's reply begins.
@@ -124,7 +124,7 @@ def build_prompt(
     Args:
         instruction: a tutor instruction given as text with the spoken turn ("Speak slowly.", "Repeat after me.").
         history: earlier turns as (user text, assistant text) pairs.
-        system_prompt: the tutor's standing instruction.
+        system_prompt: the tutor's standing instruction; None: no system turn.
         task: replaces the whole user text after the audio (e.g. "Transcribe the audio." for alignment).
 
     Returns:
@@ -132,7 +132,7 @@ def build_prompt(
         `<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n<|audio_pad|>\\nSpeak slowly.<|im_end|>\\n<|im_start|>assistant\\n`
     """
     check_instruction(instruction)
-    turns = [f"<|im_start|>system\n{system_prompt}<|im_end|>\n"]
+    turns = [] if system_prompt is None else [f"<|im_start|>system\n{system_prompt}<|im_end|>\n"]
     for user, assistant in history or []:
         turns.append(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n")
     extra = task if task is not None else instruction

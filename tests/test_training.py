@@ -24,10 +24,10 @@ TRAIN = [sys.executable, "-m", "concept_talker.cli", "train"]
 
 def micro_overrides(data: str, steps: int = 6) -> list[str]:
     """A whole run in seconds: the tiny recipe on a small dataset (and the random ear that made its frames) with a
-    few steps per stage."""
+    few steps per stage (the optional copy stage included)."""
     overrides = ["--data.path", data, "--model.ear", str(Path(data).parent / "ear"), "--eval.max_examples", "3",
                  "--eval.max_new_tokens", "8"]
-    for stage in ("text", "align", "reply"):
+    for stage in ("copy", "text", "align", "reply"):
         overrides += [f"--stages.{stage}.max_steps", str(steps), f"--stages.{stage}.save_steps", "2",
                       f"--stages.{stage}.logging_steps", "1", f"--stages.{stage}.per_device_train_batch_size", "4"]
     return overrides
@@ -67,7 +67,7 @@ def final_loss(run_dir: Path) -> float:
 def test_recipe_files_parse():
     for name in ("tiny", "tiny-lyra", "0.5b"):
         recipe = load_recipe(str(REPO / "configuration" / f"{name}.yaml"))
-        assert set(recipe["stages"]) == {"text", "align", "reply"}
+        assert set(recipe["stages"]) == {"copy", "text", "align", "reply"}
 
 
 def test_a_nested_model_override_changes_only_its_field():
@@ -110,8 +110,11 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     assert load_recipe(path, ["--stages.text.copy_turns", "0.5"])["stages"]["text"]["copy_turns"] == 0.5
     with pytest.raises(RecipeError, match=r"stages.text.copy_turns must be a share between 0 and 1, got 1.5"):
         load_recipe(path, ["--stages.text.copy_turns", "1.5"])
-    with pytest.raises(RecipeError, match=r"stages.align.copy_turns: copy turns are text only"):
+    with pytest.raises(RecipeError, match=r"stages.align.copy_turns: a share of copy turns is for the text stage"):
         load_recipe(path, ["--stages.align.copy_turns", "0.5"])
+    # the copy stage runs only where a recipe names it
+    assert load_recipe(path)["stages"]["copy"] == {"enabled": False}
+    assert load_recipe(path, ["--stages.copy.max_steps", "5"])["stages"]["copy"] == {"max_steps": 5}
     # YAML 1.1 reads 3e-3 as a string; on the command line and in files it must still be the number
     recipe = load_recipe(path, ["--stages.align.learning_rate", "3e-3", "--stages.reply.warmup_steps=1e1"])
     assert recipe["stages"]["align"]["learning_rate"] == 0.003 and recipe["stages"]["reply"]["warmup_steps"] == 10
@@ -213,6 +216,10 @@ def test_copy_turns_give_fresh_sentences_to_copy(rows, tiny_processor, tiny_conf
         SpokenTurnCollator(tiny_processor, "transcribe", tiny_config, copy_turns=turns)
     with pytest.raises(ValueError, match=r"in \[0, 1\]; got 2"):
         CopyTurns(2)
+    # the copy stage's turns leave out the system turn; the text stage's keep it
+    bare = [CopyTurns(1.0, seed=seed, system_turn=False).draw()[0] for seed in range(4)]
+    assert all(prompt.startswith("<|im_start|>user\n") for prompt in bare)
+    assert CopyTurns(1.0).draw()[0].startswith("<|im_start|>system\n")
 
 
 def test_collator_refuses_codes_of_another_codec(rows, tiny_processor, tiny_config):
@@ -281,6 +288,9 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
     for key in ("stage1_cer", "stage2_reply_accuracy", "audio_code_accuracy", "stage2_reply_accuracy_by_skill"):
         assert key in results
     assert (whole / "loss_curves.png").stat().st_size > 1000
+    assert (whole / "copy" / "model" / "config.json").exists()  # the copy stage ran, before the text stage
+    copy_done = (whole / "copy" / "model" / "config.json").stat().st_mtime
+    assert copy_done < (whole / "text" / "model" / "config.json").stat().st_mtime
     final = whole / "final"
     assert (final / "model.safetensors").exists() and (final / "thinker" / "config.json").exists()
     assert json.loads((final / "config.json").read_text())["thinker_name_or_path"] == "thinker"

@@ -31,7 +31,7 @@ import zlib
 import numpy as np
 import torch
 
-from modeling_concept_talker import build_prompt
+from modeling_concept_talker import DEFAULT_SYSTEM_PROMPT, build_prompt
 from modeling_concept_talker.configuration_concept_talker import AUDIO_END_TOKEN, AUDIO_START_TOKEN, AUDIO_TOKEN
 from modeling_concept_talker.phonemes import symbol_ids
 from modeling_concept_talker.talker import IGNORE_INDEX
@@ -121,15 +121,20 @@ class CopyTurns:
     Args:
         share: the chance that a row of the batch is replaced by a copy turn, in [0, 1].
         seed: seeds the stream (a resumed run draws new sentences, not the same ones again).
+        system_turn: whether the prompt has the tutor's system turn. The copy stage leaves it out: a from-scratch
+            thinker learns to copy within a few hundred steps when little comes before the tokens it copies, and
+            not in 1,000 steps behind a 24-token system turn (`benchmarks/thinker_copy.py`); once learnt, the skill
+            carries over to the full prompt.
     """
 
     WORDS = (2, 14)
     ENDS = (".", ".", ".", "?", "!")
 
-    def __init__(self, share: float, seed: int = 0):
+    def __init__(self, share: float, seed: int = 0, system_turn: bool = True):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"copy_turns is the share of text-stage rows replaced by copy turns, in [0, 1]; got {share}.")
         self.share = float(share)
+        self.system_prompt = DEFAULT_SYSTEM_PROMPT if system_turn else None
         self.words = english_words()
         self.rng = random.Random(f"concept-talker-copy-turns/{seed}")
 
@@ -141,8 +146,8 @@ class CopyTurns:
         rng = self.rng
         sentence = word_sentence(rng, self.words, rng.randint(*self.WORDS), end=rng.choice(self.ENDS))
         if rng.random() < 0.5:
-            return build_prompt(task=TRANSCRIBE_TASK), sentence
-        return build_prompt(repeat_instruction(rng, "train")[1]), sentence
+            return build_prompt(task=TRANSCRIBE_TASK, system_prompt=self.system_prompt), sentence
+        return build_prompt(repeat_instruction(rng, "train")[1], system_prompt=self.system_prompt), sentence
 
     @classmethod
     def vocabulary_texts(cls) -> list[str]:

@@ -15,7 +15,10 @@ from dataclasses import fields
 
 import yaml
 
-STAGES = ("text", "align", "reply")
+STAGES = ("copy", "text", "align", "reply")
+# Stages that run only when the recipe names them (the others run unless `enabled: false`). `copy`: a from-scratch
+# thinker learns to copy, on copy turns alone, before the text stage (see `CopyTurns`).
+OPTIONAL_STAGES = ("copy",)
 # Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
 # dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on) and
 # `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch)
@@ -226,7 +229,8 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> dict:
     recipe["recipe_path"] = os.path.abspath(path)
     check_values(recipe)
     for name in STAGES:
-        stage = recipe["stages"].get(name) or {}
+        stage = recipe["stages"].get(name)
+        stage = {"enabled": False} if stage is None and name in OPTIONAL_STAGES else stage or {}
         if not isinstance(stage, dict):
             raise RecipeError(f"stages.{name} must be a mapping of TrainingArguments fields.")
         check_stage(name, stage, recipe["seed"])
@@ -274,7 +278,8 @@ def check_stage(name: str, stage: dict, seed: int = 0) -> None:
         raise RecipeError(f"stages.{name}.text_vocabulary must be one of {list(TEXT_VOCABULARIES)} or null, got "
                           f"{stage['text_vocabulary']!r}.")
     if stage.get("copy_turns") and name != "text":
-        raise RecipeError(f"stages.{name}.copy_turns: copy turns are text only, for the text stage; remove it here.")
+        raise RecipeError(f"stages.{name}.copy_turns: a share of copy turns is for the text stage (the copy stage "
+                          "trains on nothing else); remove it here.")
     coerce_numbers(name, stage)
     if stage.get("enabled", True):
         import warnings

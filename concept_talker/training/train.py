@@ -25,10 +25,14 @@ from concept_talker.files import write_directory, write_json
 
 logger = logging.getLogger("concept_talker.train")
 
-STAGE_TRAINERS = {"text": "ThinkerTextTrainer", "align": "AlignmentTrainer", "reply": "SpokenReplyTrainer"}
-STAGE_TASKS = {"text": "text", "align": "transcribe", "reply": "reply"}
+STAGE_TRAINERS = {"copy": "ThinkerTextTrainer", "text": "ThinkerTextTrainer", "align": "AlignmentTrainer",
+                  "reply": "SpokenReplyTrainer"}
+STAGE_TASKS = {"copy": "text", "text": "text", "align": "transcribe", "reply": "reply"}
+# Stages that train the thinker's own weights: a pretrained thinker skips them.
+THINKER_STAGES = ("copy", "text")
 QUESTION_TIMINGS = ("question_text", "question_word_spans", "question_word_seconds")
 REQUIRED_COLUMNS = {
+    "copy": (),  # every row is replaced by a copy turn
     "text": ("id", "reply_text", "instruction") + QUESTION_TIMINGS,
     "align": QUESTION_TIMINGS,
     "reply": ("reply_text", "reply_codes", "instruction", "reply_phonemes", "reply_phoneme_chars",
@@ -244,7 +248,8 @@ class TrainingRun:
 
     def copy_turn_words(self) -> bool:
         """Whether a stage of the recipe trains on copy turns (then every stage scores their words)."""
-        return any(settings.get("copy_turns") for settings in self.recipe["stages"].values())
+        stages = self.recipe["stages"]
+        return stages["copy"].get("enabled", True) or any(settings.get("copy_turns") for settings in stages.values())
 
     def run_stage(self, stage: str, model, dataset):
         import concept_talker.training.trainers as trainer_module
@@ -273,7 +278,12 @@ class TrainingRun:
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
         from concept_talker.data.collators import CopyTurns, data_vocabulary
 
-        copy_turns = CopyTurns(settings["copy_turns"], seed=self.recipe["seed"]) if settings.get("copy_turns") else None
+        if stage == "copy":
+            copy_turns = CopyTurns(1.0, seed=self.recipe["seed"], system_turn=False)
+        elif settings.get("copy_turns"):
+            copy_turns = CopyTurns(settings["copy_turns"], seed=self.recipe["seed"])
+        else:
+            copy_turns = None
         vocabulary = None
         if settings.get("text_vocabulary") == "data":
             texts = [t for name in ("train", "transcribe") if name in dataset
@@ -330,9 +340,9 @@ class TrainingRun:
         config = self.config()
         self.processor = self.load_processor(config)
         dataset = self.data(config)
-        stages = [s for s in ("text", "align", "reply") if self.recipe["stages"][s].get("enabled", True)]
-        if self.model_spec["thinker"] and "text" in stages:
-            stages.remove("text")  # a pretrained thinker already reads and writes text
+        stages = [s for s in STAGE_TRAINERS if self.recipe["stages"][s].get("enabled", True)]
+        if self.model_spec["thinker"]:  # a pretrained thinker already reads, writes and copies text
+            stages = [s for s in stages if s not in THINKER_STAGES]
         # Everything that can be wrong with the data is checked before the first step of the first stage.
         for stage in stages:
             self.check_columns(dataset, stage, bool(self.recipe["stages"][stage].get("voice", False)))

@@ -1,6 +1,7 @@
 """`Trainer` subclasses for Concept-Talker's training stages.
 
-    ThinkerTextTrainer     stage 0 (tiny recipe only): the thinker's own weights on dialogue text
+    ThinkerTextTrainer     stage 0 (tiny recipes only): the thinker's own weights on dialogue text; also the
+                           copy stage before it (copy turns alone)
     AlignmentTrainer       stage 1: the concept adapter, so that the frozen thinker reads concepts as words
     SpokenReplyTrainer     stage 2: reply text through the thinker's LoRA, reply audio through the talker
                            (the concept adapter at a lower learning rate, or frozen)
@@ -146,8 +147,8 @@ def audio_code_metrics(eval_prediction) -> dict[str, float]:
 
 
 class ThinkerTextTrainer(ConceptTalkerTrainer):
-    """Stage 0: the thinker's own weights (not LoRA) learn the dialogue text. Tiny recipe only: the real recipe
-    starts from Qwen2.5-0.5B's pretrained weights."""
+    """Stage 0: the thinker's own weights (not LoRA) learn the dialogue text, or (the copy stage) to copy. Tiny
+    recipes only: the real recipe starts from Qwen2.5-0.5B's pretrained weights."""
 
     thinker_mode = "base"
     train_adapter = False
