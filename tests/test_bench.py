@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -85,3 +86,8 @@ def test_thinker_copy_probe_switches_to_the_prefix_after_the_bare_steps():
     report = run(vocab=50, prefix=5, steps=4, bare_steps=2, every=2, log=lambda line: None)
     assert [point["prefix"] for point in report["curve"]] == [0, 5]
     assert all(0.0 <= point["copy_accuracy"] <= 1.0 for point in report["curve"])
+    # the embedding scale the tiny presets start from; the default is transformers' 0.02
+    from benchmarks.thinker_copy import tiny_lyra_thinker
+
+    assert tiny_lyra_thinker(500, 0.1).get_input_embeddings().weight.std().item() == pytest.approx(0.1, rel=0.05)
+    assert tiny_lyra_thinker(500).get_input_embeddings().weight.std().item() == pytest.approx(0.02, rel=0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import reply_symbol_inputs
 
@@ -86,6 +87,15 @@ def test_overfits_one_small_batch(tiny_model, tiny_processor):
             break
     assert out.text_loss.item() < 0.1 < first[0]
     assert out.audio_loss.item() < 0.1 < first[1]
+
+
+def test_thinker_embedding_std_sets_only_the_token_embeddings(tiny_config):
+    tiny_config.thinker_embedding_std = 0.1
+    torch.manual_seed(0)
+    thinker = ConceptTalkerForConditionalGeneration(tiny_config).thinker
+    assert thinker.get_input_embeddings().weight.std().item() == pytest.approx(0.1, rel=0.05)  # tied: the output layer too
+    assert thinker.get_output_embeddings().weight.std().item() == pytest.approx(0.1, rel=0.05)
+    assert thinker.model.layers[0].mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
 def test_fresh_lora_leaves_thinker_logits_unchanged(tiny_config, tiny_processor):
