@@ -16,6 +16,7 @@ from .modeling_concept_talker import (
 )
 from .pipeline_concept_talker import PIPELINE_TASK, ConceptTalkerPipeline
 from .processing_concept_talker import DEFAULT_SYSTEM_PROMPT, ConceptTalkerProcessor, build_prompt
+from .talker import ConceptTalkerTalkerModel
 
 def _register_auto_classes() -> None:
     """Let AutoConfig / AutoModel / AutoProcessor find Concept-Talker when this package is imported."""
@@ -41,6 +42,7 @@ __all__ = [
     "ConceptTalkerPipeline",
     "ConceptTalkerPreTrainedModel",
     "ConceptTalkerProcessor",
+    "ConceptTalkerTalkerModel",
     "PIPELINE_TASK",
     "DEFAULT_SYSTEM_PROMPT",
     "build_prompt",

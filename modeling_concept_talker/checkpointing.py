@@ -1,15 +1,67 @@
 """Checkpoint plumbing of `ConceptTalkerForConditionalGeneration`, in one place: building from pretrained parts,
 saving (every weight, or only the trained ones with references to the base thinker, codec and ear), loading both
-kinds from a folder or the Hub (a base thinker inside the checkpoint's `thinker/` folder), refusing pickled weights
-unless asked, and naming a damaged safetensors file. The model class mixes `CheckpointMixin` in.
+kinds from a folder or the Hub (a base thinker inside the checkpoint's `thinker/` folder), reading talker weights
+saved before format version 4 (`split_fused_talker_weights`), refusing pickled weights unless asked, and naming a
+damaged safetensors file. The model class mixes `CheckpointMixin` in.
 """
 
 from __future__ import annotations
+
+import re
+from collections import OrderedDict
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from .configuration_concept_talker import ConceptTalkerConfig
+
+
+# A weight of the talker's own decoder, saved before format version 4: `{prefix}blocks.{layer}.{name}.weight`.
+_FUSED_TALKER_WEIGHT = re.compile(r"blocks\.(\d+)\.(attention\.qkv_proj|attention\.o_proj|gate_up_proj|down_proj|"
+                                  r"attention_norm|mlp_norm)\.weight")
+# Its parts in the Llama decoder's layer `decoder.layers.{layer}.` (rows of the fused matrices in this order).
+_DECODER_LAYER_NAMES = {
+    "attention.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "attention.o_proj": ("self_attn.o_proj",),
+    "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "down_proj": ("mlp.down_proj",),
+    "attention_norm": ("input_layernorm",),
+    "mlp_norm": ("post_attention_layernorm",),
+}
+
+
+def _holds_fused_talker_weights(names, prefix: str = "talker.") -> bool:
+    """Whether weight `names` hold a talker saved before format version 4."""
+    return any(name.startswith(prefix) and _FUSED_TALKER_WEIGHT.fullmatch(name[len(prefix):]) for name in names)
+
+
+def split_fused_talker_weights(state_dict: dict, prefix: str = "talker.") -> bool:
+    """Rename and split, in `state_dict`, the talker weights of a checkpoint saved before format version 4 (its own
+    decoder) into those of its Llama decoder; other keys are left as they are.
+
+    `{prefix}blocks.{i}.attention.qkv_proj.weight` `[3 width, width]` becomes `{prefix}decoder.layers.{i}.self_attn.`
+    `{q,k,v}_proj.weight` (its row thirds, in that order), `blocks.{i}.gate_up_proj.weight` `[2 intermediate, width]`
+    becomes `mlp.{gate,up}_proj.weight` (its row halves), `attention.o_proj`, `down_proj`, `attention_norm` and
+    `mlp_norm` become `self_attn.o_proj`, `mlp.down_proj`, `input_layernorm` and `post_attention_layernorm`, and
+    `{prefix}norm.weight` becomes `{prefix}decoder.norm.weight`. The split tensors are views of the saved ones.
+
+    Returns:
+        whether it found any such weight.
+    """
+    found = False
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        match = _FUSED_TALKER_WEIGHT.fullmatch(key[len(prefix):])
+        if match is None:
+            continue
+        layer, name = match.groups()
+        parts = _DECODER_LAYER_NAMES[name]
+        for part, tensor in zip(parts, state_dict.pop(key).chunk(len(parts), dim=0)):
+            state_dict[f"{prefix}decoder.layers.{layer}.{part}.weight"] = tensor
+        found = True
+    if prefix + "norm.weight" in state_dict:
+        state_dict[prefix + "decoder.norm.weight"] = state_dict.pop(prefix + "norm.weight")
+        found = True
+    return found
 
 
 class CheckpointMixin:
@@ -131,6 +183,17 @@ class CheckpointMixin:
             )
         self.ear.encoder.load_state_dict(encoder.state_dict())
         self.ear.requires_grad_(False)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """`nn.Module.load_state_dict`, reading talker weights saved before format version 4 too (renamed and split
+        by `split_fused_talker_weights` in a copy of `state_dict`): the Trainer resumes from its checkpoints so."""
+        if _holds_fused_talker_weights(state_dict):
+            metadata = getattr(state_dict, "_metadata", None)
+            state_dict = OrderedDict(state_dict)
+            split_fused_talker_weights(state_dict)
+            if metadata is not None:
+                state_dict._metadata = metadata
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     def trainable_state_keys(self) -> set[str]:
         """Weights a trainable-only checkpoint holds: concept adapter, talker, LoRA, and the codec's and the ear's
@@ -272,7 +335,14 @@ class CheckpointMixin:
                 raise cls._pickle_refusal("This checkpoint", location, pickled)
             if not allow_pickle:
                 kwargs["use_safetensors"] = True
-            model = super().from_pretrained(location, *args, **kwargs)
+            weights = _weights_with_fused_talker(location, subfolder, hub_kwargs)
+            if weights is None:
+                model = super().from_pretrained(location, *args, **kwargs)
+            else:  # saved before format version 4: its weights, renamed and split, are loaded as given
+                kwargs = {k: v for k, v in kwargs.items() if k not in cls._HUB_KWARGS and k != "subfolder"}
+                model = super().from_pretrained(None, *args, state_dict=weights, **kwargs)
+                model.config.name_or_path = location
+                _read_generation_config(model, location, subfolder, hub_kwargs)
         else:
             model = cls._from_trainable_checkpoint(
                 location, config, kwargs.get("dtype"), hub_kwargs, subfolder, allow_pickle
@@ -359,6 +429,7 @@ class CheckpointMixin:
         weights_file = cached_file(location, "model.safetensors", subfolder=subfolder, **hub_kwargs)
         check_safetensors_files(weights_file)
         weights = load_file(weights_file)
+        split_fused_talker_weights(weights)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         expected = model.trainable_state_keys()
         if unexpected or set(weights) != expected:
@@ -376,10 +447,7 @@ class CheckpointMixin:
             model.config.ear_name_or_path = ear_inside
         model.config.saved_weights = "full"
         model.config.name_or_path = location
-        try:  # the checkpoint's reply defaults (set_reply_defaults), as transformers' own loading reads them
-            model.generation_config = GenerationConfig.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
-        except OSError:  # older checkpoints have none: keep the one derived from the config
-            pass
+        _read_generation_config(model, location, subfolder, hub_kwargs)
         return model.eval()
 
     @staticmethod
@@ -470,6 +538,50 @@ def check_safetensors_files(path) -> None:
                 f"download or copy ({os.path.getsize(file):,} bytes). Download or copy the checkpoint again, or re-save "
                 "it with save_pretrained."
             ) from err
+
+
+def _weights_with_fused_talker(location: str, subfolder: str, hub_kwargs: dict) -> dict | None:
+    """Every weight of a checkpoint whose talker was saved before format version 4, with the talker's renamed and
+    split (`split_fused_talker_weights`); None for a checkpoint in today's layout (or without safetensors weights).
+    Reads the files' headers first, and their tensors only for such a checkpoint."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    def local(name: str) -> str | None:
+        return cached_file(location, name, subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
+                           **hub_kwargs)
+
+    single, index = local("model.safetensors"), None
+    if single is None:
+        index = local("model.safetensors.index.json")
+    if index is not None:
+        with open(index) as f:
+            files = [local(name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    else:
+        files = [single] if single is not None else []
+    names = []
+    for file in files:
+        with safe_open(file, framework="pt") as opened:
+            names += opened.keys()
+    if not _holds_fused_talker_weights(names):
+        return None
+    weights = {}
+    for file in files:
+        weights.update(load_file(file))
+    split_fused_talker_weights(weights)
+    return weights
+
+
+def _read_generation_config(model, location: str, subfolder: str, hub_kwargs: dict) -> None:
+    """The checkpoint's reply defaults (`set_reply_defaults`) as `model.generation_config`, as transformers' own
+    loading reads them; a checkpoint without a generation_config.json keeps the one derived from the config."""
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(location, subfolder=subfolder, **hub_kwargs)
+    except OSError:
+        pass
 
 
 def _checkpoint_tokenizer(location: str, subfolder: str, hub_kwargs: dict):

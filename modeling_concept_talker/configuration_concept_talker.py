@@ -25,9 +25,9 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from .phonemes import DEFAULT_SYMBOLS
 
 # Bumped whenever a saved config can no longer be read by this code without a change of meaning.
-CONFIG_FORMAT_VERSION = 3
+CONFIG_FORMAT_VERSION = 4
 # The concept-talker release that first wrote each format version (for error messages).
-CONFIG_FORMAT_RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.3.0"}
+CONFIG_FORMAT_RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.3.0", 4: "0.4.0"}
 # When the format changes, CONFIG_MIGRATIONS[v] turns a saved version-v config dict into a version v + 1 dict, so that
 # older checkpoints keep loading; a version with no path up to CONFIG_FORMAT_VERSION fails with a message saying which
 # release reads it.
@@ -40,9 +40,18 @@ def _v1_voice_from_content_concepts(config_dict: dict) -> dict:
     return config_dict
 
 
+def _v3_talker_decoder_weights(config_dict: dict) -> dict:
+    """Version 4's talker decoder is transformers' Llama decoder; version-3 checkpoints hold the talker's own decoder
+    (fused [q; k; v] and [gate; up] matrices), whose weights `checkpointing.split_fused_talker_weights` renames and
+    splits when they load. The config reads the same: nothing changes here. (The version says it to older code, which
+    refuses a version-4 checkpoint instead of loading it with a random talker decoder.)"""
+    return config_dict
+
+
 # Version 3 talkers read the reply's phonemes on a timeline; a version-2 talker (read R thinker states, write W
 # frames) has other weights and other inputs, so version 2 has no migration: its error names the release that reads it.
-CONFIG_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_voice_from_content_concepts}
+CONFIG_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_voice_from_content_concepts,
+                                                        3: _v3_talker_decoder_weights}
 
 
 class ConfigFormatError(ValueError):
@@ -147,7 +156,8 @@ class ConceptAdapterConfig(PreTrainedConfig):
 
 
 class TalkerConfig(PreTrainedConfig):
-    r"""The talker: a small causal transformer that writes audio codes from the reply's phonemes and thinker states.
+    r"""The talker ([`ConceptTalkerTalkerModel`]): a small causal transformer (transformers' Llama decoder) that writes
+    audio codes from the reply's phonemes and thinker states.
 
     It reads the reply as symbols (espeak-ng phonemes, word spaces, punctuation; `phonemes.py`) laid out on a
     timeline by their lengths in frames (`schedule.py`): true lengths in training, its own predictions when
@@ -155,7 +165,10 @@ class TalkerConfig(PreTrainedConfig):
     predicted at each audio step, with MusicGen's delay pattern (codebook k lags k steps).
 
     Args:
-        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer size.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer size (full multi-head
+            attention, no biases, SiLU-gated MLP; `rope_theta`, `rms_norm_eps` as in Llama).
+        thinker_hidden_size (`int`, *optional*): width of the thinker's hidden states and token embeddings, which the
+            talker reads; must equal the thinker's `hidden_size` (filled in from it when left unset).
         num_codebooks (`int`, *optional*): codebooks predicted; must equal the codec's `codec_num_codebooks`
             (filled in from it when left unset).
         codebook_size (`int`, *optional*): entries per codebook; must equal the codec's (filled in when unset).
@@ -176,6 +189,8 @@ class TalkerConfig(PreTrainedConfig):
         duration_loss_weight (`float`): weight of the symbol-length loss (squared error of `log(1 + frames)`) in
             the audio loss.
         max_position_embeddings (`int`): longest talker sequence (prefix + symbols + audio steps) it is built for.
+        dropout (`float`): attention dropout in training (the decoder's `attention_dropout`). Talkers before
+            format version 4 also dropped out each block's residual branches; no preset trained with dropout.
         detach_thinker_states (`bool`): stop the talker's loss from flowing back into the thinker.
         history_dropout (`float`): in training, the fraction of audio steps whose input codes are hidden (replaced by
             the filler id), so the talker leans on the timeline and the voice rather than only on the codes so far.
@@ -187,6 +202,7 @@ class TalkerConfig(PreTrainedConfig):
     num_hidden_layers: int = 4
     num_attention_heads: int = 6
     intermediate_size: int = 1024
+    thinker_hidden_size: int | None = None
     num_codebooks: int | None = None
     codebook_size: int | None = None
     phoneme_symbols: str = DEFAULT_SYMBOLS
@@ -439,6 +455,14 @@ class ConceptTalkerConfig(PreTrainedConfig):
                 f"{max(1, math.ceil(frames)) / self.input_frame_rate:g})."
             )
         talker = self.talker_config
+        if talker.thinker_hidden_size is None:
+            talker.thinker_hidden_size = self.thinker_config.hidden_size
+        if talker.thinker_hidden_size != self.thinker_config.hidden_size:
+            raise ValueError(
+                f"The talker reads {talker.thinker_hidden_size}-wide thinker states but the thinker is "
+                f"{self.thinker_config.hidden_size} wide: set talker_config.thinker_hidden_size="
+                f"{self.thinker_config.hidden_size}, or leave it unset to follow the thinker."
+            )
         if talker.num_codebooks is None:
             talker.num_codebooks = self.codec_num_codebooks
         if talker.codebook_size is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import mmap
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -218,7 +219,8 @@ class FastThinkerRunner:
 
     Args:
         thinker: a `Qwen2ForCausalLM` (or a Llama-style causal LM with the same layer structure), on the CPU for the
-            native kernel; with unmerged peft LoRA adapters or plain.
+            native kernel; with unmerged peft LoRA adapters or plain. A decoder without a token table
+            (`model.embed_tokens` None, the talker's: `talker_as_causal_lm`) is fed embeddings only.
         batch_size: conversations run together.
         max_length: positions the cache holds (padding included); `append` beyond it raises a ValueError.
         dtype: compute dtype of the weights and the key/value cache, `torch.bfloat16` (default) or `torch.float32`
@@ -285,10 +287,10 @@ class FastThinkerRunner:
         backbone = thinker.model
         device = thinker.lm_head.weight.device if hasattr(thinker.lm_head, "weight") else torch.device("cpu")
         self.device = device
-        embed = backbone.embed_tokens
-        if _is_lora_layer(embed) or not isinstance(embed, nn.Embedding):
+        embed = backbone.embed_tokens  # None for a decoder fed embeddings only (the talker's)
+        if embed is not None and (_is_lora_layer(embed) or not isinstance(embed, nn.Embedding)):
             raise NotImplementedError("Adapters on the input embedding are not supported: merge them first.")
-        tied = thinker.lm_head.weight is embed.weight and not _is_lora_layer(thinker.lm_head)
+        tied = embed is not None and thinker.lm_head.weight is embed.weight and not _is_lora_layer(thinker.lm_head)
 
         # The matrices a decode step streams, in reading order: [q; k; v], o, gate, up, down per layer, then lm_head.
         projections = [
@@ -352,7 +354,10 @@ class FastThinkerRunner:
         self.lm_weight, self.lm_scale = matrix([lm_w])
         del lm_w
         # tied: one matrix serves both; else only one row of the input embedding is read per token (kept in dtype)
-        self.embed_weight = self.lm_weight if tied else embed.weight.detach().to(dtype).contiguous()
+        if tied:
+            self.embed_weight = self.lm_weight
+        else:
+            self.embed_weight = None if embed is None else embed.weight.detach().to(dtype).contiguous()
         self.embed_scale = self.lm_scale if tied else None
         self.tied = tied
         self._arena = arena
@@ -468,6 +473,8 @@ class FastThinkerRunner:
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token ids `[batch, n]` -> input embeddings `[batch, n, hidden]` (compute dtype)."""
+        if self.embed_weight is None:
+            raise ValueError("This decoder has no token table: it is fed embeddings (append).")
         rows = F.embedding(token_ids, self.embed_weight)
         if self.embed_scale is None:
             return rows
@@ -671,56 +678,27 @@ class FastThinkerRunner:
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one decoded token reads, as stored here: every layer's matrices, biases and norms, the
-        final norm, the whole lm_head matrix, and the token's embedding row."""
-        tensors = [self.norm, self.lm_weight, self.embed_weight[0], self.lm_scale]
+        final norm, the whole lm_head matrix, and the token's embedding row (if it has a token table)."""
+        tensors = [self.norm, self.lm_weight, self.lm_scale]
+        if self.embed_weight is not None:
+            tensors.append(self.embed_weight[0])
         for layer in self.layers:
             tensors += [t for t in layer.values() if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def talker_as_causal_lm(talker: nn.Module) -> nn.Module:
-    """The talker's decoder as a `Qwen2ForCausalLM` with the same weights, so `FastThinkerRunner` can run it.
-
-    The talker's blocks are Qwen2's (RMSNorm, RoPE with rotate-half, full multi-head attention, SiLU-gated MLP) with
-    fused [q; k; v] and [gate; up] matrices and no biases; its per-codebook heads `[codebooks, codebook_size + 1,
-    width]` become one lm_head of `codebooks x (codebook_size + 1)` rows, so the runner's logits reshape to
-    `[codebooks, codebook_size + 1]`. Inputs are given as embeddings (`Talker.embed_*`); the embedding table here
-    is unused. The copy shares no storage with the talker.
-    """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = talker.config
-    width, heads = config.hidden_size, config.num_attention_heads
-    codebooks, rows = talker.heads.shape[0], talker.heads.shape[1]
-    qwen = Qwen2Config(
-        vocab_size=codebooks * rows, hidden_size=width, intermediate_size=config.intermediate_size,
-        num_hidden_layers=len(talker.blocks), num_attention_heads=heads, num_key_value_heads=heads,
-        rms_norm_eps=talker.norm.eps if talker.norm.eps is not None else config.rms_norm_eps,
-        rope_theta=float(talker.rotary.theta), max_position_embeddings=1 << 20, tie_word_embeddings=False,
-        hidden_act="silu",
-    )
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(qwen)
-    state = {"model.norm.weight": talker.norm.weight, "lm_head.weight": talker.heads.reshape(codebooks * rows, width),
-             "model.embed_tokens.weight": torch.zeros(1, width).expand(codebooks * rows, width)}
-    for i, block in enumerate(talker.blocks):
-        prefix = f"model.layers.{i}."
-        q, k, v = block.attention.qkv_proj.weight.chunk(3, dim=0)
-        gate, up = block.gate_up_proj.weight.chunk(2, dim=0)
-        state.update({
-            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k,
-            prefix + "self_attn.v_proj.weight": v, prefix + "self_attn.o_proj.weight": block.attention.o_proj.weight,
-            prefix + "mlp.gate_proj.weight": gate, prefix + "mlp.up_proj.weight": up,
-            prefix + "mlp.down_proj.weight": block.down_proj.weight,
-            prefix + "input_layernorm.weight": block.attention_norm.weight,
-            prefix + "post_attention_layernorm.weight": block.mlp_norm.weight,
-        })
-        for name in ("q_proj", "k_proj", "v_proj"):
-            state[prefix + f"self_attn.{name}.bias"] = torch.zeros(width)
-    dtype = talker.heads.dtype
-    model.load_state_dict({k: v.detach().to(dtype) for k, v in state.items()}, assign=True, strict=True)
-    model.model.rotary_emb = type(model.model.rotary_emb)(qwen)  # its inv_freq buffer, computed on the CPU
-    return model.eval()
+def talker_as_causal_lm(talker: nn.Module) -> SimpleNamespace:
+    """The talker's decoder and heads as the causal LM `FastThinkerRunner` reads: `.model` is the talker's own
+    decoder (a `LlamaModel` without a token table, fed `ConceptTalkerTalkerModel.embed_*`), `.lm_head` its
+    per-codebook heads `[codebooks, codebook_size, width]` viewed as one `[codebooks * codebook_size, width]` matrix
+    (so the runner's logits view as `[codebooks, codebook_size]`), `.config` the decoder's with that many rows as its
+    vocabulary. Every tensor is the talker's own."""
+    codebooks, rows, width = talker.heads.shape
+    lm_head = nn.Linear(width, codebooks * rows, bias=False, device="meta")
+    lm_head.weight = nn.Parameter(talker.heads.detach().view(codebooks * rows, width), requires_grad=False)
+    config = copy.copy(talker.decoder.config)
+    config.vocab_size = codebooks * rows
+    return SimpleNamespace(config=config, model=talker.decoder, lm_head=lm_head)
 
 
 __all__ = ["FastThinkerRunner", "effective_linear", "load_native_kernel", "native_read_bandwidth", "quantize_rows",

@@ -274,7 +274,7 @@ class TalkerStream:
         # Symbols: about 15 per second of speech, with room for pauses.
         length = (0 if prefix is None else prefix.shape[1]) + 2 * (self.max_frames + self.num_codebooks) + 64
         self.runner = fast_talker_runner(model, settings, length)
-        self.cache = None if self.runner is not None else talker.new_cache(1, length, dtype, device)
+        self.cache = None if self.runner is not None else talker.new_cache()
         if prefix is not None:
             self._read(prefix)
         self.prefix_summary = talker.prefix_summary(prefix)

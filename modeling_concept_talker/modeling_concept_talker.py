@@ -7,7 +7,7 @@
       -> written into the thinker's input embeddings at the <|audio_pad|> placeholders
       -> thinker (Qwen2 + LoRA)                 reply text logits; hidden states of the reply tokens
       -> the reply's phonemes (espeak-ng), each symbol with its token's thinker state and its length in frames
-      -> Talker (symbols on a timeline)         audio code logits [batch, steps, codebooks, codebook_size]
+      -> talker (symbols on a timeline)         audio code logits [batch, steps, codebooks, codebook_size]
       -> codec decoder                          reply audio
 """
 
@@ -29,7 +29,7 @@ from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerCo
 from .ear import WhisperEar
 from .lyra import LyraCodec  # noqa: F401  (registers the Lyra codec with build_codec)
 from .pitch import clips_median_f0
-from .talker import IGNORE_INDEX, RotaryEmbedding, Talker, build_delay_pattern, prompt_states
+from .talker import IGNORE_INDEX, ConceptTalkerTalkerModel, build_delay_pattern, prompt_states
 
 
 @dataclass
@@ -72,7 +72,7 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["Qwen2DecoderLayer", "PerceiverBlock", "TalkerBlock"]
+    _no_split_modules = ["Qwen2DecoderLayer", "PerceiverBlock", "LlamaDecoderLayer"]
 
     def _init_weights(self, module):
         std = 0.02
@@ -83,22 +83,14 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
             init.normal_(module.frame_position, std=std)
             if module.voice_frame_position is not None:
                 init.normal_(module.voice_frame_position, std=std)
-        elif isinstance(module, Talker):
-            init.normal_(module.heads, std=std)
-            if module.house_voice is not None:
-                init.normal_(module.house_voice, std=std)
         elif isinstance(module, WhisperEar):
             mel_filters, stft_window = module.compute_buffers()  # not saved: rebuilt on load
             init.copy_(module.mel_filters, mel_filters)
             init.copy_(module.stft_window, stft_window)
-        elif isinstance(module, RotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq())  # not saved: rebuilt on load
         elif _is_lora_layer(module):
             for name in module.lora_A:
                 init.kaiming_uniform_(module.lora_A[name].weight, a=5**0.5)
                 init.zeros_(module.lora_B[name].weight)
-        elif isinstance(module, nn.RMSNorm):
-            init.ones_(module.weight)
         else:
             super()._init_weights(module)
 
@@ -141,7 +133,7 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
         if config.thinker_embedding_std is not None:  # the thinker initialised itself; only this is ours to choose
             with torch.no_grad():
                 self.thinker.get_input_embeddings().weight.normal_(0.0, config.thinker_embedding_std)
-        self.talker = Talker(config.talker_config, thinker_hidden)
+        self.talker = ConceptTalkerTalkerModel(config.talker_config)
         self.post_init()
         if config.lora_r > 0:
             self._inject_lora()

@@ -1,4 +1,5 @@
-"""The talker: a small causal transformer that writes audio codes, reading the reply's phonemes on a timeline.
+"""The talker (`ConceptTalkerTalkerModel`): a small causal transformer, transformers' Llama decoder, that writes audio
+codes, reading the reply's phonemes on a timeline.
 
 Its sequence is a prefix (the reference voice's style concepts and pitch, the thinker's states of the prompt's end)
 and then the reply's symbols (phonemes, spaces, punctuation; `phonemes.py`) and audio steps interleaved by the
@@ -6,7 +7,8 @@ phoneme timeline (`schedule.py`): each symbol is read just before the step where
 each audio step is told which symbol it speaks and how far into it it is. Each symbol also carries the thinker's
 state of the reply token it comes from. The alignment of text and audio therefore comes from outside the talker's
 attention: from the symbols' lengths, true ones (from the voice that rendered the data) in training and predicted
-ones (`Talker.symbol_frames`, from the symbols, their thinker states and the prefix) when generating.
+ones (`ConceptTalkerTalkerModel.symbol_log_frames`, from the symbols, their thinker states and the prefix) when
+generating.
 
 At each audio step it predicts every codebook at once, one head per codebook, with MusicGen's delay pattern:
 codebook k lags k steps, so a frame is complete K - 1 steps after its first codebook. The reply's length is the sum
@@ -21,9 +23,10 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedModel
+from transformers import initialization as init
 
+from .configuration_concept_talker import TalkerConfig
 from .pitch import VOICE_PITCH_FEATURES, voice_pitch_features
 from .schedule import SymbolLayout, layout
 
@@ -107,91 +110,23 @@ def frames_from_log(log_frames: torch.Tensor) -> torch.Tensor:
     return torch.diff(ends, dim=-1, prepend=torch.zeros_like(ends[..., :1])).long()
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat([-second, first], dim=-1)
+def decoder_config(config: TalkerConfig) -> LlamaConfig:
+    """The talker's decoder as transformers' Llama: full multi-head attention (as many key/value heads as heads), no
+    biases, RMSNorm, RoPE, a SiLU-gated MLP, sized by the `TalkerConfig`. The talker feeds it embeddings and drops
+    the token table `LlamaModel` builds, so that table is given one row."""
+    return LlamaConfig(
+        vocab_size=1, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_attention_heads, hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        attention_bias=False, mlp_bias=False, attention_dropout=config.dropout,
+        pad_token_id=None, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False,
+        attn_implementation=config._attn_implementation,  # the model's choice (`attn_implementation=`), else SDPA
+    )
 
 
-class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, theta: float):
-        super().__init__()
-        self.head_dim, self.theta = head_dim, theta
-        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
-
-    def compute_inv_freq(self) -> torch.Tensor:
-        return 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
-
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions `[seq]` -> cos, sin `[seq, head_dim]`."""
-        angles = positions.float()[:, None] * self.inv_freq[None, :]
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-class TalkerCache:
-    """A preallocated key/value cache for one talker sequence (batch 1 or several in lock step).
-
-    `keys[layer]`, `values[layer]`: `[batch, heads, max_length, head_dim]`; `length` positions are filled.
-    """
-
-    def __init__(self, num_layers: int, batch: int, heads: int, max_length: int, head_dim: int, dtype, device):
-        shape = (batch, heads, max_length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.length = 0
-        self.max_length = max_length
-
-
-class TalkerAttention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.dropout = config.dropout
-
-    def forward(self, hidden, cos, sin, cache: TalkerCache | None = None, layer: int = 0) -> torch.Tensor:
-        batch, length, width = hidden.shape
-        q, k, v = self.qkv_proj(hidden).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        if cache is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
-        else:
-            start = cache.length
-            cache.keys[layer][:, :, start : start + length] = k
-            cache.values[layer][:, :, start : start + length] = v
-            keys = cache.keys[layer][:, :, : start + length]
-            values = cache.values[layer][:, :, : start + length]
-            if length == 1:
-                out = F.scaled_dot_product_attention(q, keys, values)
-            else:
-                # New positions see the whole past and, among themselves, only earlier ones.
-                mask = torch.ones(length, start + length, dtype=torch.bool, device=hidden.device).tril(start)
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, width))
-
-
-class TalkerBlock(GradientCheckpointingLayer):
-    def __init__(self, config):
-        super().__init__()
-        self.attention_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.attention = TalkerAttention(config)
-        self.mlp_norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, hidden, cos, sin, cache: TalkerCache | None = None, layer: int = 0) -> torch.Tensor:
-        hidden = hidden + self.dropout(self.attention(self.attention_norm(hidden), cos, sin, cache, layer))
-        gate, up = self.gate_up_proj(self.mlp_norm(hidden)).chunk(2, dim=-1)
-        return hidden + self.dropout(self.down_proj(F.silu(gate) * up))
-
-
-class Talker(nn.Module):
+class ConceptTalkerTalkerModel(PreTrainedModel):
     """Reply symbols on a timeline (+ optional style concepts and prompt states) -> audio codes.
 
     Its sequence is a prefix, read once before the reply (the style concepts of a reference voice, or the learnt
@@ -199,14 +134,32 @@ class Talker(nn.Module):
     `prompt_states` positions), followed by the reply's symbols and audio steps interleaved by the timeline
     (`schedule.layout`). With `voice_every_step`, each audio step also gets the voice added to its input.
 
+    The talker builds every input embedding itself (`embed_*`), so its network, `decoder`, is a transformers
+    `LlamaModel` fed `inputs_embeds`, its token table dropped (`decoder.embed_tokens` is None). The whole model
+    rather than its decoder layers: it already derives the positions and the causal mask from its cache for each way
+    the talker reads (the prefix at once, a run of symbols, one audio step after a cached past, a whole sequence in
+    training), and the fast runner reads it as it reads a thinker (`fast_thinker.talker_as_causal_lm`).
+    Built by `ConceptTalkerForConditionalGeneration` from `config.talker_config`, or alone from a `TalkerConfig`.
+
     Args:
-        config: the `TalkerConfig` (`num_codebooks` and `codebook_size` filled in from the codec).
-        thinker_hidden_size: width of the thinker's hidden states and token embeddings.
+        config: the `TalkerConfig` (`num_codebooks`, `codebook_size` and `thinker_hidden_size` filled in from the
+            codec and the thinker).
     """
 
-    def __init__(self, config, thinker_hidden_size: int):
-        super().__init__()
-        self.config = config
+    config_class = TalkerConfig
+    config: TalkerConfig
+    base_model_prefix = "talker"
+    main_input_name = "symbol_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["LlamaDecoderLayer"]
+
+    def __init__(self, config: TalkerConfig):
+        super().__init__(config)
+        if config.num_codebooks is None or config.codebook_size is None or config.thinker_hidden_size is None:
+            raise ValueError("The talker's num_codebooks, codebook_size and thinker_hidden_size come from the codec "
+                             "and the thinker: build it from a ConceptTalkerConfig's talker_config.")
+        thinker_hidden_size = config.thinker_hidden_size
         self.num_codebooks = config.num_codebooks
         self.codebook_size = config.codebook_size
         self.bos_id = config.codebook_size
@@ -232,14 +185,21 @@ class Talker(nn.Module):
             nn.Embedding(config.codebook_size + 1, width) for _ in range(config.num_codebooks)
         )
         self.kind_embedding = nn.Embedding(3, width)  # 0 prefix, 1 symbol, 2 audio step
-        self.rotary = RotaryEmbedding(width // config.num_attention_heads, config.rope_theta)
-        self.blocks = nn.ModuleList(TalkerBlock(config) for _ in range(config.num_hidden_layers))
-        self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
+        self.decoder = LlamaModel(decoder_config(config))
+        self.decoder.embed_tokens = None  # inputs are embeddings (`embed_*`)
         # One head per codebook, stored as one weight so a step is a single batched matmul.
         self.heads = nn.Parameter(torch.empty(config.num_codebooks, config.codebook_size, width))
         # Each symbol's length from its neighbours, its thinker state and the prefix (voice, instruction).
         self.duration_embedding = nn.Embedding(self.num_symbols, width)
         self.duration_head = nn.Sequential(nn.Linear(5 * width, width), nn.GELU(), nn.Linear(width, 1))
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # linear layers and embeddings N(0, 0.02), norms 1
+        if isinstance(module, ConceptTalkerTalkerModel):
+            init.normal_(module.heads, std=0.02)
+            if module.house_voice is not None:
+                init.normal_(module.house_voice, std=0.02)
 
     # ---- embeddings ------------------------------------------------------------------------------------
     def embed_text(self, states: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
@@ -326,25 +286,19 @@ class Talker(nn.Module):
         return self.duration_head(features).squeeze(-1) + SYMBOL_FRAMES_OFFSET
 
     # ---- the network -----------------------------------------------------------------------------------
-    def run(self, embeds: torch.Tensor, cache: TalkerCache | None = None) -> torch.Tensor:
-        """Transformer over `[batch, length, width]` (continuing `cache` if given) -> normalised states, same shape."""
-        start = 0 if cache is None else cache.length
-        positions = torch.arange(start, start + embeds.shape[1], device=embeds.device)
-        cos, sin = self.rotary(positions, embeds.dtype)
-        hidden = embeds
-        for index, block in enumerate(self.blocks):
-            hidden = block(hidden, cos, sin, cache, index)
-        if cache is not None:
-            cache.length += embeds.shape[1]
-        return self.norm(hidden)
+    def run(self, embeds: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+        """The decoder over `[batch, length, width]` (after what `cache` holds, which it extends, if given) ->
+        normalised states, same shape."""
+        return self.decoder(inputs_embeds=embeds, cache=cache, use_cache=cache is not None).last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """`[batch, steps, width]` -> `[batch, steps, codebooks, codebook_size]`."""
         return torch.einsum("bsd,kvd->bskv", hidden, self.heads)
 
-    def new_cache(self, batch: int, max_length: int, dtype, device) -> TalkerCache:
-        heads = self.config.num_attention_heads
-        return TalkerCache(len(self.blocks), batch, heads, max_length, self.config.hidden_size // heads, dtype, device)
+    def new_cache(self) -> DynamicCache:
+        """An empty key/value cache for `run`, growing as the talker reads (a `StaticCache` of the reply's length
+        made each step slower: its attention reads every slot)."""
+        return DynamicCache(config=self.decoder.config)
 
     def timeline(self, frames: torch.Tensor) -> SymbolLayout:
         """The layout of one reply whose symbols last `frames` `[symbols]` (`schedule.layout`)."""

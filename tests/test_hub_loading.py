@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor, build_prompt
-from modeling_concept_talker.configuration_concept_talker import ConfigFormatError
+from modeling_concept_talker.configuration_concept_talker import CONFIG_FORMAT_VERSION, ConfigFormatError
 from concept_talker.hub.push import push_model
 
 REPO_ID = "me/ct-tiny"
@@ -253,7 +253,8 @@ def saved_with_version(model, folder, version, rename=None):
 
 def test_config_from_a_newer_format_says_to_upgrade_or_use_its_own_code(run, tmp_path):
     saved_with_version(run[1], tmp_path, 99)
-    with pytest.raises(ConfigFormatError, match=r"version 99.*up to 3.*trust_remote_code=True.*pip install -U"):
+    with pytest.raises(ConfigFormatError, match=rf"version 99.*up to {CONFIG_FORMAT_VERSION}.*trust_remote_code=True"
+                                                r".*pip install -U"):
         ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
 
 
@@ -276,7 +277,7 @@ def test_config_from_an_older_format_migrates_or_says_which_release_reads_it(run
 
     monkeypatch.setitem(configuration.CONFIG_MIGRATIONS, 2, from_2)
     loaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
-    assert loaded.config.audio_loss_weight == 2.5 and loaded.config.config_format_version == 3
+    assert loaded.config.audio_loss_weight == 2.5 and loaded.config.config_format_version == CONFIG_FORMAT_VERSION
     assert torch.equal(loaded.talker.heads, model.talker.heads)
 
 

@@ -75,7 +75,9 @@ def test_overfits_one_small_batch(tiny_model, tiny_processor):
     tiny_model.set_trainable(thinker="full")
     tiny_model.train()
     params = [p for p in tiny_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    # At 1e-2 the text loss spiked and whether it got under 0.1 in 300 steps depended on the random init's seed
+    # (seeds 0-4: done in 46-60 steps at 5e-3).
+    optimizer = torch.optim.AdamW(params, lr=5e-3, weight_decay=0.0)
     first = None
     for step in range(300):
         out = tiny_model(**batch)

@@ -4,6 +4,8 @@ training (teacher forcing) as in generation."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -292,3 +294,103 @@ def test_negative_prompt_states_are_refused():
 
     with pytest.raises(ValueError, match="prompt_states=-1.*0 \\(off\\) or positive"):
         load_preset("tiny", talker_config={"prompt_states": -1})
+
+
+# ---- checkpoints saved before format version 4 (the talker's own decoder, fused matrices) --------------------------
+def saved_before_format_4(state_dict: dict) -> dict:
+    """`state_dict` as concept-talker saved it before format version 4: each talker layer as the talker's own block,
+    [q; k; v] and [gate; up] fused by rows in that order, and the final norm as the talker's."""
+    old = {k: v for k, v in state_dict.items() if not k.startswith("talker.decoder.")}
+    layers = {int(k.split(".")[3]) for k in state_dict if k.startswith("talker.decoder.layers.")}
+    for i in layers:
+        new, block = f"talker.decoder.layers.{i}.", f"talker.blocks.{i}."
+        weight = lambda name: state_dict[new + name + ".weight"]  # noqa: E731
+        old[block + "attention.qkv_proj.weight"] = torch.cat([weight(f"self_attn.{n}_proj") for n in "qkv"])
+        old[block + "attention.o_proj.weight"] = weight("self_attn.o_proj")
+        old[block + "gate_up_proj.weight"] = torch.cat([weight("mlp.gate_proj"), weight("mlp.up_proj")])
+        old[block + "down_proj.weight"] = weight("mlp.down_proj")
+        old[block + "attention_norm.weight"] = weight("input_layernorm")
+        old[block + "mlp_norm.weight"] = weight("post_attention_layernorm")
+    old["talker.norm.weight"] = state_dict["talker.decoder.norm.weight"]
+    assert len(old) == len(state_dict) - 3 * len(layers)  # each layer's 9 decoder weights are a block's 6
+    return old
+
+
+def talker_logits(model) -> torch.Tensor:
+    """Teacher-forced logits of the talker for two replies (7 and 5 symbols) read after a voice and prompt states,
+    all drawn from a fixed generator: `[2, steps, codebooks, codebook_size]`."""
+    talker, width = model.talker, model.config.thinker_config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    symbol_ids = torch.randint(3, talker.num_symbols, (2, 7), generator=generator)
+    symbol_frames = torch.randint(1, 6, (2, 7), generator=generator)
+    symbol_frames[1, 5:] = 0
+    states, tokens, prompt, prompt_tokens = (torch.randn(2, n, width, generator=generator) for n in (7, 7, 8, 8))
+    frames = symbol_frames.sum(-1)
+    codes = torch.randint(0, talker.codebook_size, (2, talker.num_codebooks, int(frames.max())), generator=generator)
+    with torch.no_grad():
+        style = talker.voice_or_house(None, batch=2)
+        prefix = talker.embed_prefix(style, (prompt, prompt_tokens))
+        audio_inputs, _ = build_delay_pattern(codes, frames, talker.codebook_size)
+        return talker(symbol_ids, talker.embed_text(states, tokens), symbol_frames, torch.tensor([7, 5]),
+                      audio_inputs, prefix, talker.embed_voice_step(style))
+
+
+@pytest.mark.parametrize("saved", ["full", "trainable", "state_dict"])
+def test_a_talker_saved_before_format_4_gives_the_same_outputs(voice_model, voice_processor, tmp_path, saved):
+    """Talker weights saved before the talker's decoder became transformers' Llama load, split, into it: a full or
+    trainable-only checkpoint (config format 3) through `from_pretrained`, or a state dict through `load_state_dict`
+    (the Trainer resuming from its checkpoint). The talker then computes what it computed: same teacher-forced
+    logits, same greedy codes."""
+    from safetensors.torch import load_file, save_file
+
+    with torch.no_grad():  # weights large enough that a misplaced row of a split matrix shows in the outputs
+        for p in voice_model.talker.decoder.parameters():
+            p.normal_(std=0.3) if p.ndim == 2 else p.uniform_(0.5, 1.5)
+    inputs = voice_processor(text=build_prompt("Speak slowly."), audio=question(), sampling_rate=16000)
+    reply = voice_processor.tokenizer("Nine.<|im_end|>", add_special_tokens=False).input_ids
+    expected_logits = talker_logits(voice_model)
+    expected_codes = voice_model.generate(**inputs, reply_token_ids=[reply], **GREEDY,
+                                          talker_runner="reference").audio_codes[0]
+    if saved == "state_dict":
+        torch.manual_seed(1)
+        loaded = ConceptTalkerForConditionalGeneration(voice_model.config).eval()
+        loaded.tokenizer = voice_processor.tokenizer
+        missing, unexpected = loaded.load_state_dict(saved_before_format_4(voice_model.state_dict()), strict=False)
+        assert not missing and not unexpected
+    else:
+        if saved == "trainable":
+            voice_model.save_base_thinker(tmp_path / "thinker")
+            voice_model.config.thinker_name_or_path = "thinker"
+        voice_model.save_pretrained(tmp_path, trainable_only=saved == "trainable")
+        weights = load_file(tmp_path / "model.safetensors")
+        assert any(k.startswith("talker.decoder.layers.") for k in weights)
+        save_file(saved_before_format_4(weights), tmp_path / "model.safetensors", metadata={"format": "pt"})
+        config = json.loads((tmp_path / "config.json").read_text())
+        config["config_format_version"] = 3
+        config["talker_config"].pop("thinker_hidden_size")
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        loaded = ConceptTalkerForConditionalGeneration.from_pretrained(tmp_path)
+        loaded.tokenizer = voice_processor.tokenizer
+    for name, tensor in voice_model.talker.state_dict().items():
+        assert torch.equal(loaded.talker.state_dict()[name], tensor), name
+    assert torch.equal(talker_logits(loaded), expected_logits)
+    codes = loaded.generate(**inputs, reply_token_ids=[reply], **GREEDY, talker_runner="reference").audio_codes[0]
+    assert torch.equal(codes, expected_codes)
+
+
+def test_the_embedded_checkpoint_keeps_its_saved_talker(assets):
+    """`checkpoints/tiny-lyra` was saved before format version 4: its talker loads into the Llama decoder with every
+    saved weight in place (fused back, they are the file's tensors)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-lyra"
+    saved = {k: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith("talker.")}
+    assert "talker.blocks.0.attention.qkv_proj.weight" in saved  # the old layout, left as committed
+    model = ConceptTalkerForConditionalGeneration.from_pretrained(folder,
+                                                                  codec_model_dir=str(assets / "lyra-soundstream"))
+    fused = saved_before_format_4({f"talker.{k}": v for k, v in model.talker.state_dict().items()})
+    assert fused.keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(fused[name], tensor), name
