@@ -163,6 +163,12 @@ def test_resume_accepts_changes_to_unfinished_stages_only(tmp_path):
     with pytest.raises(SystemExit, match=r"stages.align.max_steps changed; finished stages: text, align.*"
                                          r"only the settings of its unfinished stages \(stages.reply\)"):
         TrainingRun(changed, str(out), resume=True)
+    # a stage before the finished ones (here the optional copy stage, which did not run) cannot be switched on
+    late = load_recipe(path, ["--stages.reply.adapter_learning_rate", "2e-4", "--eval.max_examples", "10",
+                              "--stages.copy.max_steps", "5"])
+    late["output_dir"] = str(out)
+    with pytest.raises(SystemExit, match=r"\(stages.copy.*changed; finished stages: text, align\)"):
+        TrainingRun(late, str(out), resume=True)
 
 
 # ---- 5. generation settings are range-checked ---------------------------------------------------------------------------

@@ -83,7 +83,10 @@ class TrainingRun:
                 previous = json.load(f)["recipe"]
             changed = _changed_keys(previous, self.recipe)
             finished = [stage for stage in STAGE_TRAINERS if self.stage_done(stage)]
-            may_change = [stage for stage in STAGE_TRAINERS if stage not in finished]
+            # Work still to do: the stages after the last finished one (a stage before it, even one that did not run,
+            # would now run on a model that has passed it).
+            order = list(STAGE_TRAINERS)
+            may_change = order[order.index(finished[-1]) + 1:] if finished else order
             refused = [key for key in changed if not _changes_only_unfinished_work(key, may_change)]
             if refused:
                 raise SystemExit(
