@@ -277,9 +277,9 @@ class ConceptTalkerConfig(PreTrainedConfig):
         audio_loss_weight (`float`): weight of the talker's loss in the total loss.
         thinker_embedding_std (`float`, *optional*): standard deviation of a from-scratch thinker's token embeddings
             (tied to its output layer) at initialisation; None: the thinker config's `initializer_range`. The tiny
-            presets take 0.1: at 0.02 a 128-wide thinker over 8,000 tokens did not learn to copy a sequence in 800
-            steps (`benchmarks/thinker_copy.py`), at 0.1 it copied 0.98 of the tokens; copying is what transcribing
-            and "repeat after me" ask of it. Unused when a pretrained thinker is loaded.
+            presets take 0.1: a 128-wide thinker copying sequences of 8,000 random tokens begins to copy at step
+            200 instead of 600 and copies 0.81 of them at step 800 instead of 0.22 (`benchmarks/thinker_copy.py`);
+            copying is what transcribing and "repeat after me" ask of it. Unused when a pretrained thinker is loaded.
         thinker_name_or_path, codec_name_or_path, ear_name_or_path (`str`, *optional*): where the pretrained
             thinker, codec and ear came from (Hub id, or a folder; a relative folder is taken relative to the
             checkpoint); a checkpoint that stores only trainable weights reloads the rest from them.
