@@ -1,5 +1,6 @@
 """Concept-Talker: a small, fast speech-to-speech tutor (concept adapter + LoRA Qwen2.5 thinker + talker + codec)."""
 
+from .concept_adapter import ConceptTalkerAdapterModel
 from .configuration_concept_talker import (
     AUDIO_END_TOKEN,
     AUDIO_START_TOKEN,
@@ -36,6 +37,7 @@ __all__ = [
     "AUDIO_START_TOKEN",
     "AUDIO_TOKEN",
     "ConceptAdapterConfig",
+    "ConceptTalkerAdapterModel",
     "ConceptTalkerConfig",
     "ConceptTalkerForConditionalGeneration",
     "ConceptTalkerOutput",

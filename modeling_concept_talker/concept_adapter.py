@@ -1,4 +1,5 @@
-"""The concept adapter: a Perceiver that compresses the ear's frames into a few concept vectors per window.
+"""The concept adapter (`ConceptTalkerAdapterModel`): a Perceiver that compresses the ear's frames into a few concept
+vectors per window.
 
     the ear's frames [clips, frames, feature_size]       (Whisper's encoder: 50 frames/s, 512 wide for base)
       -> split into windows of `window_frames`            [clips * windows, window_frames, width]
@@ -19,7 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .configuration_concept_talker import ConceptAdapterConfig
 
 
 class MultiHeadAttention(nn.Module):
@@ -73,47 +78,67 @@ class PerceiverBlock(GradientCheckpointingLayer):
         return concepts + self.dropout(self.mlp(self.mlp_norm(concepts)))
 
 
-class ConceptAdapter(nn.Module):
-    """The ear's frames -> concept vectors in the thinker's embedding space.
+class ConceptTalkerAdapterModel(PreTrainedModel):
+    """The ear's frames -> concept vectors in the thinker's embedding space; a reference voice's codec latents ->
+    style concepts in the same space.
+
+    Built by `ConceptTalkerForConditionalGeneration` from `config.adapter_config`, or alone from a
+    `ConceptAdapterConfig`.
 
     Args:
-        config: the `ConceptAdapterConfig`.
-        latent_dim: width of the ear's frames (Whisper base 512; a codec's quantised latent: EnCodec 128, Mimi 512,
-            Lyra 64).
-        window_frames: codec frames per window (window_seconds x frame rate).
-        output_size: the thinker's hidden size.
-        num_style_concepts: learned style queries for a reference voice (`style`); 0 for none.
-        voice_latent_dim, voice_window_frames: where a reference voice comes as other frames than speech (a
-            codec's latents when the ear is a speech encoder), their width and frames per window; None: the same as
-            speech.
+        config: the `ConceptAdapterConfig`, its sizes from the other parts filled in (`feature_size`,
+            `window_frames` and `thinker_hidden_size`; `num_style_concepts`, `voice_feature_size` and
+            `voice_window_frames` where a voice is read; a `ConceptTalkerConfig` fills them in).
     """
 
-    def __init__(self, config, latent_dim: int, window_frames: int, output_size: int, num_style_concepts: int = 0,
-                 voice_latent_dim: int | None = None, voice_window_frames: int | None = None):
-        super().__init__()
-        self.window_frames = window_frames
-        self.concepts_per_window = config.concepts_per_window
+    config_class = ConceptAdapterConfig
+    config: ConceptAdapterConfig
+    base_model_prefix = "concept_adapter"
+    main_input_name = "latents"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["PerceiverBlock"]
+
+    def __init__(self, config: ConceptAdapterConfig):
+        super().__init__(config)
+        if config.feature_size is None or config.window_frames is None or config.thinker_hidden_size is None:
+            raise ValueError("The adapter's feature_size, window_frames and thinker_hidden_size come from the ear and "
+                             "the thinker: build it from a ConceptTalkerConfig's adapter_config.")
         width = config.hidden_size
         # Ears' frames come at very different scales (and a random codec's are tiny): normalise each frame.
-        self.latent_norm = nn.LayerNorm(latent_dim, eps=config.layer_norm_eps)
-        self.frame_proj = nn.Linear(latent_dim, width)
-        self.frame_position = nn.Parameter(torch.zeros(window_frames, width))
-        if voice_latent_dim is not None:
-            self.voice_window_frames = voice_window_frames or window_frames
-            self.voice_norm = nn.LayerNorm(voice_latent_dim, eps=config.layer_norm_eps)
-            self.voice_frame_proj = nn.Linear(voice_latent_dim, width)
-            self.voice_frame_position = nn.Parameter(torch.zeros(self.voice_window_frames, width))
+        self.latent_norm = nn.LayerNorm(config.feature_size, eps=config.layer_norm_eps)
+        self.frame_proj = nn.Linear(config.feature_size, width)
+        self.frame_position = nn.Parameter(torch.zeros(config.window_frames, width))
+        if config.voice_feature_size:
+            if config.voice_window_frames is None:
+                raise ValueError("A voice input of its own (voice_feature_size) needs voice_window_frames, the "
+                                 "codec's frames per window.")
+            self.voice_norm = nn.LayerNorm(config.voice_feature_size, eps=config.layer_norm_eps)
+            self.voice_frame_proj = nn.Linear(config.voice_feature_size, width)
+            self.voice_frame_position = nn.Parameter(torch.zeros(config.voice_window_frames, width))
         else:
-            self.voice_window_frames = window_frames
             self.voice_norm = self.voice_frame_proj = self.voice_frame_position = None
         self.queries = nn.Parameter(torch.zeros(config.concepts_per_window, width))
         # A voice is read by queries of its own: the content queries learn to drop what the thinker does not need
         # (pitch, timbre), which is exactly what the talker needs from a reference clip.
-        self.style_queries = nn.Parameter(torch.zeros(num_style_concepts, width)) if num_style_concepts else None
+        self.style_queries = (nn.Parameter(torch.zeros(config.num_style_concepts, width))
+                              if config.num_style_concepts else None)
         self.blocks = nn.ModuleList(PerceiverBlock(config) for _ in range(config.num_layers))
         self.out_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         # Into the thinker's embedding space: concepts are read there as if they were words.
+        output_size = config.thinker_hidden_size
         self.projection = nn.Sequential(nn.Linear(width, output_size), nn.GELU(), nn.Linear(output_size, output_size))
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # linear layers N(0, 0.02), layer norms 1
+        if isinstance(module, ConceptTalkerAdapterModel):
+            init.normal_(module.queries, std=0.02)
+            if module.style_queries is not None:
+                init.normal_(module.style_queries, std=0.02)
+            init.normal_(module.frame_position, std=0.02)
+            if module.voice_frame_position is not None:
+                init.normal_(module.voice_frame_position, std=0.02)
 
     def read_windows(self, latents: torch.Tensor, frame_mask: torch.Tensor | None, queries: torch.Tensor,
                      voice: bool = False):
@@ -126,7 +151,7 @@ class ConceptAdapter(nn.Module):
         """
         clips, frames, _ = latents.shape
         own_input = voice and self.voice_frame_proj is not None
-        window_frames = self.voice_window_frames if own_input else self.window_frames
+        window_frames = self.config.voice_window_frames if own_input else self.config.window_frames
         if frame_mask is None:
             frame_mask = torch.ones(clips, frames, dtype=torch.bool, device=latents.device)
         windows = -(-frames // window_frames)
@@ -156,30 +181,32 @@ class ConceptAdapter(nn.Module):
         """Concepts for each clip.
 
         Args:
-            latents: `[clips, frames, latent_dim]` the ear's frames.
+            latents: `[clips, frames, feature_size]` the ear's frames.
             frame_mask: `[clips, frames]` bool, True for real frames (clips are right-padded).
 
         Returns:
-            concepts `[clips, windows * concepts_per_window, output_size]` and their mask
+            concepts `[clips, windows * concepts_per_window, thinker_hidden_size]` and their mask
             `[clips, windows * concepts_per_window]`.
         """
         read, window_real = self.read_windows(latents, frame_mask, self.queries)
         clips, windows = window_real.shape
-        concepts = self.projection(self.out_norm(read)).reshape(clips, windows * self.concepts_per_window, -1)
-        return concepts, window_real.repeat_interleave(self.concepts_per_window, dim=1)
+        concepts = self.projection(self.out_norm(read)).reshape(clips, windows * self.config.concepts_per_window, -1)
+        return concepts, window_real.repeat_interleave(self.config.concepts_per_window, dim=1)
 
     def style(self, latents: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Style concepts of reference clips: every window read by the style queries, averaged over the clip's real
         windows, so a clip of any length gives the same number of vectors.
 
         Args:
-            latents: `[clips, frames, latent_dim]`; frame_mask: `[clips, frames]` (True = real frame).
+            latents: `[clips, frames, voice_feature_size]` a reference voice's codec latents (`[clips, frames,
+                feature_size]` where the voice is read through the speech input); frame_mask: `[clips, frames]`
+                (True = real frame).
 
         Returns:
-            `[clips, num_style_concepts, output_size]`.
+            `[clips, num_style_concepts, thinker_hidden_size]`.
         """
         if self.style_queries is None:
-            raise ValueError("This concept adapter has no style queries (built with num_style_concepts=0).")
+            raise ValueError("This concept adapter has no style queries (adapter_config.num_style_concepts=0).")
         read, window_real = self.read_windows(latents, frame_mask, self.style_queries, voice=True)
         weights = window_real.to(read.dtype)[:, :, None, None]
         pooled = (read * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -123,8 +123,16 @@ SMALL_THINKER_DEFAULTS = {
 THINKER_MODEL_TYPES = ("qwen2",)
 
 
+# The fields of the parts' configs that `ConceptTalkerConfig` fills in from the other parts (and checks against them).
+SIZES_FROM_OTHER_PARTS = {
+    "adapter_config": ("feature_size", "window_frames", "thinker_hidden_size", "num_style_concepts",
+                       "voice_feature_size", "voice_window_frames"),
+    "talker_config": ("thinker_hidden_size", "num_codebooks", "codebook_size"),
+}
+
+
 class ConceptAdapterConfig(PreTrainedConfig):
-    r"""The concept adapter: a Perceiver that reads fixed windows of the ear's frames.
+    r"""The concept adapter ([`ConceptTalkerAdapterModel`]): a Perceiver that reads fixed windows of the ear's frames.
 
     Each window of `window_seconds` of audio (the ear's frames: Whisper encoder states, or a codec's quantised
     latents) is read by `concepts_per_window` queries through `num_layers` blocks of cross-attention (queries ->
@@ -132,14 +140,28 @@ class ConceptAdapterConfig(PreTrainedConfig):
     its own share of the window (so the i-th concept is about the i-th stretch of time) plus a learnt vector. Windows
     are independent, so the adapter streams: a window's concepts are final as soon as the window is complete.
 
+    The sizes it takes from the other parts are fields too, filled in by [`ConceptTalkerConfig`] when left unset
+    (and checked against those parts when set), so that the adapter builds from this config alone.
+
     Args:
-        window_seconds (`float`): window length in seconds; `window_seconds * codec frame rate` must be whole.
+        window_seconds (`float`): window length in seconds; `window_seconds * ear frame rate` must be whole.
         concepts_per_window (`int`): concept tokens per window (4 per 1 s window = 4 concepts/s).
         hidden_size (`int`): width of the Perceiver.
         num_layers (`int`), num_attention_heads (`int`), intermediate_size (`int`): Perceiver depth and width.
         dropout (`float`): dropout inside the Perceiver blocks.
         style_queries (`bool`): read a reference voice with `talker_config.num_style_concepts` queries of its own
             (windows averaged); False pools the content concepts instead (how version-1 checkpoints read a voice).
+        feature_size (`int`, *optional*): width of the ear's frames (Whisper base 512; a codec's quantised latents:
+            EnCodec 128, Mimi 512, Lyra 64). Filled in from the ear, or the codec when it is the ear.
+        window_frames (`int`, *optional*): the ear's frames in one window (`window_seconds` x the ear's frame rate).
+        thinker_hidden_size (`int`, *optional*): width of the concepts, the thinker's embedding width.
+        num_style_concepts (`int`, *optional*): style queries (`talker_config.num_style_concepts`, or 0 when
+            `style_queries` is False; 0: no style queries).
+        voice_feature_size (`int`, *optional*): width of a reference voice's frames where they are not the ear's and
+            get an input of their own (the codec's latents when the ear is a speech encoder, and there are style
+            queries); 0: a voice is read through the speech input.
+        voice_window_frames (`int`, *optional*): codec frames in one window (`window_seconds` x the codec's frame
+            rate): a reference voice is read from its codec latents. Used where `voice_feature_size` > 0.
     """
 
     model_type = "concept_talker_adapter"
@@ -153,6 +175,12 @@ class ConceptAdapterConfig(PreTrainedConfig):
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     style_queries: bool = True
+    feature_size: int | None = None
+    window_frames: int | None = None
+    thinker_hidden_size: int | None = None
+    num_style_concepts: int | None = None
+    voice_feature_size: int | None = None
+    voice_window_frames: int | None = None
 
 
 class TalkerConfig(PreTrainedConfig):
@@ -390,6 +418,15 @@ class ConceptTalkerConfig(PreTrainedConfig):
             return int(self.codec_config.max_num_quantizers)
         return int(self.codec_config.num_quantizers)
 
+    @property
+    def codec_latent_dim(self) -> int:
+        """Width of the codec's quantised latents (`AudioCodec.embed_codes`): EnCodec 128, Mimi 512, Lyra 64."""
+        if self.codec_type == "lyra_soundstream":
+            return int(self.codec_config.latent_dim)
+        if self.codec_type == "mimi":
+            return int(self.codec_config.hidden_size)
+        return int(self.codec_config.codebook_dim)
+
     # ---- the ear's facts: what the user's audio becomes before the concept adapter ---------------------------
     @property
     def ear_type(self) -> str:
@@ -405,6 +442,11 @@ class ConceptTalkerConfig(PreTrainedConfig):
     def input_frame_rate(self) -> float:
         """The ear's frames per second (Whisper: 50; else the codec's frame rate)."""
         return 50.0 if self.ear_type == "whisper" else self.frame_rate
+
+    @property
+    def input_feature_size(self) -> int:
+        """Width of the ear's frames (Whisper: its `d_model`, 512 for base; else the codec's latent width)."""
+        return int(self.ear_config.d_model) if self.ear_type == "whisper" else self.codec_latent_dim
 
     @property
     def input_hop_length(self) -> int:
@@ -506,6 +548,7 @@ class ConceptTalkerConfig(PreTrainedConfig):
                 f"adapter_config.hidden_size={adapter.hidden_size} is not divisible by "
                 f"num_attention_heads={adapter.num_attention_heads}."
             )
+        self._fill_in_adapter_sizes()
         vocab = self.thinker_config.vocab_size
         for name in ("audio_start_token_id", "audio_token_id", "audio_end_token_id", "concept_blank_token_id"):
             if not 0 <= getattr(self, name) < vocab:
@@ -515,6 +558,38 @@ class ConceptTalkerConfig(PreTrainedConfig):
                 )
         if self.max_audio_seconds <= 0:
             raise ValueError(f"max_audio_seconds must be positive, got {self.max_audio_seconds}.")
+
+    def _fill_in_adapter_sizes(self) -> None:
+        """Set the adapter's sizes that come from the other parts where they are unset; raise a `ValueError` where a
+        set one disagrees with its part."""
+        adapter, window = self.adapter_config, self.adapter_config.window_seconds
+        style = self.talker_config.num_style_concepts if adapter.style_queries else 0
+        # A reference voice is read from its codec latents; they need an input of their own when the ear is not the
+        # codec (a speech encoder's frames are other frames).
+        voice_input = style > 0 and self.ear_type != "codec"
+        sizes = {
+            "feature_size": (self.input_feature_size, f"the {self.ear_type} ear's frames are that wide"),
+            "window_frames": (self.window_frames, f"a {window:g} s window holds that many frames of the "
+                                                  f"{self.input_frame_rate:g} Hz ear"),
+            "thinker_hidden_size": (self.thinker_config.hidden_size, "the thinker is that wide"),
+            "num_style_concepts": (style, "the talker reads that many style concepts" if adapter.style_queries
+                                   else "style_queries is False"),
+            "voice_feature_size": (self.codec_latent_dim if voice_input else 0,
+                                   "the codec's latents are that wide" if voice_input else
+                                   "there are no style queries to read a voice" if not style else
+                                   "the ear is the codec, so a voice is read through the speech input"),
+            "voice_window_frames": (int(round(window * self.frame_rate)),
+                                    f"a {window:g} s window holds that many frames of the {self.frame_rate:g} Hz codec"),
+        }
+        for name in SIZES_FROM_OTHER_PARTS["adapter_config"]:
+            size, reason = sizes[name]
+            if getattr(adapter, name) is None:
+                setattr(adapter, name, size)
+            elif getattr(adapter, name) != size:
+                raise ValueError(
+                    f"adapter_config.{name}={getattr(adapter, name)}, but it must be {size}: {reason}. Set it to "
+                    f"{size}, or leave it unset to follow the other parts."
+                )
 
 
 __all__ = ["ConceptTalkerConfig", "ConceptAdapterConfig", "TalkerConfig", "LyraCodecConfig"]

@@ -2,7 +2,7 @@
 
     user audio [clips, samples] (16 kHz)        or precomputed ear frames [clips, frames, ear width]
       -> the ear: Whisper's encoder (frozen)    frames, 50/s (or, without an ear_config, the codec's latents)
-      -> ConceptAdapter (Perceiver, windows)    concepts [clips, slots, thinker_hidden], e.g. 6 per second, each the
+      -> concept adapter (Perceiver, windows)   concepts [clips, slots, thinker_hidden], e.g. 6 per second, each the
                                                 thinker's embedding of the token spoken in its stretch (or a blank)
       -> written into the thinker's input embeddings at the <|audio_pad|> placeholders
       -> thinker (Qwen2 + LoRA)                 reply text logits; hidden states of the reply tokens
@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 
 from .checkpointing import CheckpointMixin
 from .codec import AudioCodec, build_codec
-from .concept_adapter import ConceptAdapter
+from .concept_adapter import ConceptTalkerAdapterModel
 from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerConfig
 from .ear import WhisperEar
 from .lyra import LyraCodec  # noqa: F401  (registers the Lyra codec with build_codec)
@@ -75,15 +75,7 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Qwen2DecoderLayer", "PerceiverBlock", "LlamaDecoderLayer"]
 
     def _init_weights(self, module):
-        std = 0.02
-        if isinstance(module, ConceptAdapter):
-            init.normal_(module.queries, std=std)
-            if module.style_queries is not None:
-                init.normal_(module.style_queries, std=std)
-            init.normal_(module.frame_position, std=std)
-            if module.voice_frame_position is not None:
-                init.normal_(module.voice_frame_position, std=std)
-        elif isinstance(module, WhisperEar):
+        if isinstance(module, WhisperEar):
             mel_filters, stft_window = module.compute_buffers()  # not saved: rebuilt on load
             init.copy_(module.mel_filters, mel_filters)
             init.copy_(module.stft_window, stft_window)
@@ -119,16 +111,10 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
         self.codec: AudioCodec = build_codec(config)
         self.ear = (WhisperEar(config.ear_config, config.adapter_config.window_seconds, config.ear_context_windows)
                     if config.ear_type == "whisper" else None)
-        thinker_hidden = config.thinker_config.hidden_size
-        style_queries = config.talker_config.num_style_concepts if config.adapter_config.style_queries else 0
         # Speech is heard through the ear; a reference voice is read from its codec latents whatever the ear (they
-        # keep the pitch and timbre that a speech encoder trained to transcribe learns to drop).
-        self.concept_adapter = ConceptAdapter(
-            config.adapter_config, self.ear.feature_size if self.ear is not None else self.codec.latent_dim,
-            config.window_frames, thinker_hidden, style_queries,
-            voice_latent_dim=self.codec.latent_dim if self.ear is not None and style_queries else None,
-            voice_window_frames=int(round(config.adapter_config.window_seconds * config.frame_rate)),
-        )
+        # keep the pitch and timbre that a speech encoder trained to transcribe learns to drop): the adapter's sizes
+        # for both are filled in from the ear and the codec by the config.
+        self.concept_adapter = ConceptTalkerAdapterModel(config.adapter_config)
         self.thinker = AutoModelForCausalLM.from_config(config.thinker_config)
         if config.thinker_embedding_std is not None:  # the thinker initialised itself; only this is ours to choose
             with torch.no_grad():

@@ -84,9 +84,11 @@ def test_window_not_a_whole_number_of_frames():
         ConceptTalkerConfig(codec_config={"model_type": "mimi"}, codec_num_codebooks=8)
 
 
-def test_audio_codes_out_of_range(tiny_config, tiny_processor):
-    tiny_config.ear_config = None  # a model that hears through its codec's codes
-    model = ConceptTalkerForConditionalGeneration(tiny_config).eval()
+def test_audio_codes_out_of_range(tiny_processor):
+    from configuration import load_preset
+
+    # A model that hears through its codec's codes (a config of its own: the adapter's sizes follow the ear).
+    model = ConceptTalkerForConditionalGeneration(load_preset("tiny", ear_config=None)).eval()
     batch = tiny_processor(text=build_prompt(), audio=np.zeros(16000, np.float32), sampling_rate=16000)
     batch.pop("input_values"), batch.pop("input_values_mask")
     batch["input_audio_codes"] = torch.full((1, 4, 75), 5000)

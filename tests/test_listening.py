@@ -104,11 +104,12 @@ def test_a_clip_longer_than_the_ear_is_refused_with_what_to_do(tiny_model):
         tiny_model.ear(torch.zeros(1, 16000 * 31))
 
 
-def test_a_checkpoint_heard_through_its_codec_refuses_ear_frames(tiny_config):
+def test_a_checkpoint_heard_through_its_codec_refuses_ear_frames():
+    from configuration import load_preset
     from modeling_concept_talker import ConceptTalkerForConditionalGeneration
 
-    tiny_config.ear_config = None
-    model = ConceptTalkerForConditionalGeneration(tiny_config)
+    # A config of its own, not the tiny one edited: the adapter's sizes follow the ear when the config is made.
+    model = ConceptTalkerForConditionalGeneration(load_preset("tiny", ear_config=None))
     with pytest.raises(ValueError, match="hears through its codec"):
         model.hear(input_features=torch.zeros(1, 50, 512))
 

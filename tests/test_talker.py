@@ -183,7 +183,9 @@ def test_the_house_voice_speaks_where_no_voice_is_given(voice_model, voice_proce
 
 
 def test_the_instruction_changes_the_predicted_lengths(voice_model, voice_processor):
-    """The symbols' lengths are predicted from the prompt's end too (where "Speak slowly." is)."""
+    """The symbols' lengths are predicted from the prompt's end too (where "Speak slowly." is). Compared before
+    rounding to whole frames: an untrained talker predicts about 4 frames a symbol, and whether the two instructions'
+    small differences cross a rounding boundary depends on the random weights, not on what the talker reads."""
     lengths = []
     for instruction in ("Speak slowly.", "Speak quickly."):
         inputs = voice_processor(text=build_prompt(instruction), audio=question(), sampling_rate=16000)
@@ -194,8 +196,8 @@ def test_the_instruction_changes_the_predicted_lengths(voice_model, voice_proces
         for i, token in enumerate(answer):
             last = i == len(answer) - 1
             stream.add_token(None if last else token, torch.zeros(hidden), torch.zeros(hidden), last)
-        lengths.append(list(stream.frames))
-    assert lengths[0] != lengths[1]
+        lengths.append(stream.exact_end)  # the reply's predicted length in frames, its symbols' lengths unrounded
+    assert abs(lengths[0] - lengths[1]) > 0.01
 
 
 def test_the_talker_learns_the_speaking_rate_from_the_instruction(voice_config, voice_processor):

@@ -207,13 +207,14 @@ class TrainingRun:
         import torch
 
         from modeling_concept_talker import ConceptTalkerForConditionalGeneration
+        from modeling_concept_talker.configuration_concept_talker import SIZES_FROM_OTHER_PARTS
 
         torch.manual_seed(self.recipe["seed"])
         if self.model_spec["thinker"]:
             fields = {k: v for k, v in config.to_dict().items()
                       if k in ("adapter_config", "talker_config", "codec_num_codebooks", "max_audio_seconds")}
-            fields["talker_config"] = {k: v for k, v in fields["talker_config"].items()
-                                       if k not in ("num_codebooks", "codebook_size")}
+            for part, sizes in SIZES_FROM_OTHER_PARTS.items():  # taken from the pretrained parts instead
+                fields[part] = {k: v for k, v in fields[part].items() if k not in sizes}
             model = ConceptTalkerForConditionalGeneration.from_pretrained_parts(
                 thinker=self.model_spec["thinker"], codec=self.model_spec["codec"] or "facebook/encodec_24khz",
                 lora_r=config.lora_r, lora_alpha=config.lora_alpha, **fields,
