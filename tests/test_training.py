@@ -352,3 +352,26 @@ def test_two_processes_with_accelerate_launch(micro_dataset, tmp_path):
     for stage in ("text", "align", "reply"):
         assert json.loads((out / stage / "train_result.json").read_text())["world_size"] == 2
     assert (out / "eval_results.json").exists() and (out / "final" / "model.safetensors").exists()
+
+
+def test_a_run_on_a_pretrained_thinker_hears_through_the_recipes_ear(tmp_path, tiny_config):
+    """With `model.thinker` (the 0.5b recipe's route), the model is built from pretrained parts around the ear the
+    recipe names, not a default Whisper from the Hub."""
+    import torch
+    from transformers import EncodecModel, Qwen2ForCausalLM, WhisperModel
+
+    from concept_talker.training.train import TrainingRun
+
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(tiny_config.thinker_config).save_pretrained(tmp_path / "thinker")
+    EncodecModel(tiny_config.codec_config).save_pretrained(tmp_path / "codec")
+    whisper = WhisperModel(tiny_config.ear_config)
+    whisper.save_pretrained(tmp_path / "whisper")
+    recipe = load_recipe(str(REPO / "configuration" / "tiny.yaml"),
+                         ["--model.thinker", str(tmp_path / "thinker"), "--model.codec", str(tmp_path / "codec"),
+                          "--model.ear", str(tmp_path / "whisper")])
+    run = TrainingRun(recipe, str(tmp_path / "run"))
+    model = run.new_model(run.config())
+    assert model.config.ear_name_or_path == str(tmp_path / "whisper")
+    for name, weight in whisper.encoder.state_dict().items():
+        assert torch.equal(model.ear.encoder.state_dict()[name], weight), name

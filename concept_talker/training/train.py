@@ -217,6 +217,7 @@ class TrainingRun:
                 fields[part] = {k: v for k, v in fields[part].items() if k not in sizes}
             model = ConceptTalkerForConditionalGeneration.from_pretrained_parts(
                 thinker=self.model_spec["thinker"], codec=self.model_spec["codec"] or "facebook/encodec_24khz",
+                speech_encoder=config.ear_name_or_path if config.ear_type != "codec" else None,
                 lora_r=config.lora_r, lora_alpha=config.lora_alpha, **fields,
             )
         else:
