@@ -304,7 +304,8 @@ class ConceptTalkerConfig(PreTrainedConfig):
         reply_end_token_ids (`list[int]`): thinker tokens that end a reply (default `<|im_end|>`, `<|endoftext|>`).
         audio_loss_weight (`float`): weight of the talker's loss in the total loss.
         thinker_embedding_std (`float`, *optional*): standard deviation of a from-scratch thinker's token embeddings
-            (tied to its output layer) at initialisation; None: the thinker config's `initializer_range`. The tiny
+            (tied to its output layer) of the tokens it trains on, drawn by the training run before its first stage
+            (`init_thinker_embeddings`); None: the thinker config's `initializer_range` throughout. The tiny
             presets take 0.1: a 128-wide thinker copying sequences of 8,000 random tokens begins to copy at step
             200 instead of 600 and copies 0.81 of them at step 800 instead of 0.22 (`benchmarks/thinker_copy.py`);
             copying is what transcribing and "repeat after me" ask of it. Unused when a pretrained thinker is loaded.

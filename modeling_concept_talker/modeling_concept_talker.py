@@ -116,9 +116,6 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
         # for both are filled in from the ear and the codec by the config.
         self.concept_adapter = ConceptTalkerAdapterModel(config.adapter_config)
         self.thinker = AutoModelForCausalLM.from_config(config.thinker_config)
-        if config.thinker_embedding_std is not None:  # the thinker initialised itself; only this is ours to choose
-            with torch.no_grad():
-                self.thinker.get_input_embeddings().weight.normal_(0.0, config.thinker_embedding_std)
         self.talker = ConceptTalkerTalkerModel(config.talker_config)
         self.post_init()
         if config.lora_r > 0:
@@ -126,6 +123,19 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
         self.set_trainable()
 
     # ---- parts ---------------------------------------------------------------------------------------------
+    def init_thinker_embeddings(self, token_ids: torch.Tensor | None = None) -> None:
+        """Draw a from-scratch thinker's token embeddings (tied to its output layer) of `token_ids` (default: every
+        token) at `config.thinker_embedding_std`, before its training. A thinker trained over the data's tokens only
+        (`text_vocabulary: data`) never moves the other rows: they keep transformers' small initialisation, so that it
+        never writes a token it did not learn (at std 0.1 everywhere, untrained tokens outscored learnt ones)."""
+        std = self.config.thinker_embedding_std
+        if std is None:
+            return
+        weight = self.thinker.get_input_embeddings().weight
+        rows = slice(None) if token_ids is None else token_ids.to(weight.device)
+        with torch.no_grad():
+            weight[rows] = torch.randn_like(weight[rows]) * std
+
     def _inject_lora(self) -> None:
         """Wrap the thinker's target projections in LoRA adapters (after `post_init`, so `lora_B` stays zero)."""
         try:

@@ -91,13 +91,21 @@ def test_overfits_one_small_batch(tiny_model, tiny_processor):
     assert out.audio_loss.item() < 0.1 < first[1]
 
 
-def test_thinker_embedding_std_sets_only_the_token_embeddings(tiny_config):
+def test_thinker_embedding_std_draws_the_embeddings_of_the_trained_tokens(tiny_config):
     tiny_config.thinker_embedding_std = 0.1
     torch.manual_seed(0)
-    thinker = ConceptTalkerForConditionalGeneration(tiny_config).thinker
-    assert thinker.get_input_embeddings().weight.std().item() == pytest.approx(0.1, rel=0.05)  # tied: the output layer too
-    assert thinker.get_output_embeddings().weight.std().item() == pytest.approx(0.1, rel=0.05)
+    model = ConceptTalkerForConditionalGeneration(tiny_config)
+    thinker = model.thinker
+    assert thinker.get_input_embeddings().weight.std().item() == pytest.approx(0.02, rel=0.05)  # built as transformers does
+    trained = torch.arange(1000, 6000)
+    model.init_thinker_embeddings(trained)
+    weight = thinker.get_input_embeddings().weight
+    assert weight[trained].std().item() == pytest.approx(0.1, rel=0.05)
+    assert thinker.get_output_embeddings().weight[trained].std().item() == pytest.approx(0.1, rel=0.05)  # tied
+    assert weight[6000:].std().item() == pytest.approx(0.02, rel=0.05)  # tokens it never trains on stay small
     assert thinker.model.layers[0].mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    model.init_thinker_embeddings()
+    assert weight.std().item() == pytest.approx(0.1, rel=0.05)
 
 
 def test_fresh_lora_leaves_thinker_logits_unchanged(tiny_config, tiny_processor):

@@ -274,8 +274,10 @@ def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_proces
 def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
     """The tiny recipe end to end; then the same run killed with SIGKILL mid-stage, resumed to the same final loss."""
     whole = tmp_path / "whole"
+    # as tiny-lyra does: the copy stage scores its losses over the data's tokens, whose embeddings start larger
+    thinker_init = ["--model.overrides.thinker_embedding_std", "0.1", "--stages.copy.text_vocabulary", "data"]
     result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(whole), "--generation.talker_temperature",
-                        "0.6"] + micro_overrides(micro_dataset))
+                        "0.6"] + thinker_init + micro_overrides(micro_dataset))
     assert result.returncode == 0, result.stderr[-3000:]
     # the recipe's reply settings are the checkpoint's defaults
     assert json.loads((whole / "final" / "generation_config.json").read_text())["talker_temperature"] == 0.6
@@ -289,6 +291,13 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
         assert key in results
     assert (whole / "loss_curves.png").stat().st_size > 1000
     assert (whole / "copy" / "model" / "config.json").exists()  # the copy stage ran, before the text stage
+    # the thinker's embeddings of the data's tokens were drawn at thinker_embedding_std, the rest left small
+    from safetensors.torch import load_file
+
+    thinker = load_file(whole / "final" / "thinker" / "model.safetensors")
+    embeddings = next(tensor for name, tensor in thinker.items() if "embed_tokens" in name).float()
+    norms = embeddings.norm(dim=-1)  # 128 wide: about 0.23 at std 0.02, 1.1 at 0.1
+    assert norms.median().item() < 0.3 and norms.max().item() > 0.8
     copy_done = (whole / "copy" / "model" / "config.json").stat().st_mtime
     assert copy_done < (whole / "text" / "model" / "config.json").stat().st_mtime
     final = whole / "final"
@@ -299,7 +308,7 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
     assert instructions and all(isinstance(text, str) and text for text in instructions)
 
     killed = tmp_path / "killed"
-    args = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed)] + micro_overrides(micro_dataset)
+    args = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed)] + thinker_init + micro_overrides(micro_dataset)
     process = subprocess.Popen(TRAIN + args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "align" / "checkpoint-2").is_dir():

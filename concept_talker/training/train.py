@@ -256,6 +256,18 @@ class TrainingRun:
         stages = self.recipe["stages"]
         return stages["copy"].get("enabled", True) or any(settings.get("copy_turns") for settings in stages.values())
 
+    def data_vocabulary(self, dataset, config) -> list[int]:
+        """The tokens of the data (`text_vocabulary: data`): every question and reply, and the copy turns' words when
+        a stage trains on them (every stage reads the same words: they are scored in all of them, or none)."""
+        from concept_talker.data.collators import CopyTurns, data_vocabulary
+
+        texts = [t for name in ("train", "transcribe") if name in dataset
+                 for column in ("question_text", "reply_text") if column in dataset[name].column_names
+                 for t in dataset[name][column]]
+        if self.copy_turn_words():
+            texts += CopyTurns.vocabulary_texts()
+        return data_vocabulary(self.processor.tokenizer, texts, config)
+
     def run_stage(self, stage: str, model, dataset):
         import concept_talker.training.trainers as trainer_module
         from concept_talker.data.collators import SpokenTurnCollator
@@ -281,7 +293,7 @@ class TrainingRun:
             train = concatenate_datasets([train, dataset["transcribe"]]).shuffle(seed=self.recipe["seed"])
         if settings.get("max_train_examples"):
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
-        from concept_talker.data.collators import CopyTurns, data_vocabulary
+        from concept_talker.data.collators import CopyTurns
 
         if stage == "copy":
             copy_turns = CopyTurns(1.0, seed=self.recipe["seed"], system_turn=False)
@@ -289,15 +301,8 @@ class TrainingRun:
             copy_turns = CopyTurns(settings["copy_turns"], seed=self.recipe["seed"])
         else:
             copy_turns = None
-        vocabulary = None
-        if settings.get("text_vocabulary") == "data":
-            texts = [t for name in ("train", "transcribe") if name in dataset
-                     for column in ("question_text", "reply_text") if column in dataset[name].column_names
-                     for t in dataset[name][column]]
-            # Every stage reads the same words: the copy turns' words are scored in all of them, or none.
-            if self.copy_turn_words():
-                texts += CopyTurns.vocabulary_texts()
-            vocabulary = data_vocabulary(self.processor.tokenizer, texts, model.config)
+        vocabulary = self.data_vocabulary(dataset, model.config) if settings.get("text_vocabulary") == "data" else None
+        if vocabulary is not None:
             logger.info("Stage %s scores its losses over the %d tokens of the data", stage, len(vocabulary))
         collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config, voice=voice,
                                       concept_labels=bool(settings.get("concept_labels", True)),
@@ -339,6 +344,7 @@ class TrainingRun:
 
     # ---- the whole run -------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        import torch
         from transformers import set_seed
 
         set_seed(self.recipe["seed"])
@@ -355,7 +361,14 @@ class TrainingRun:
         model = None
         if pending:
             done = [s for s in stages if self.stage_done(s)]
-            model = self.load_stage_model(done[-1]) if done else self.new_model(config)
+            if done:
+                model = self.load_stage_model(done[-1])
+            else:
+                model = self.new_model(config)
+                if any(stage in THINKER_STAGES for stage in stages):  # a from-scratch thinker
+                    first = self.recipe["stages"][next(s for s in stages if s in THINKER_STAGES)]
+                    scored = self.data_vocabulary(dataset, config) if first.get("text_vocabulary") == "data" else None
+                    model.init_thinker_embeddings(None if scored is None else torch.tensor(scored))
             self.match_codec(model)
         for stage in stages:
             if self.stage_done(stage):
