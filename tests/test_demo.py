@@ -144,14 +144,20 @@ def browser(playwright):
 
 def wait_for_reply(page, timeout_ms: int = 120_000) -> dict:
     """Wait until the page shows the reply audio (with a duration), its text and the timings; what they hold."""
-    page.wait_for_function(
-        """() => {
-            const value = id => (document.querySelector(`#${id} textarea`) || {}).value || "";
-            const audio = document.querySelector("#reply-audio audio");
-            return value("timings") && value("reply-text") && audio && audio.duration > 0 && isFinite(audio.duration);
-        }""",
-        timeout=timeout_ms,
-    )
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    try:
+        page.wait_for_function(
+            """() => {
+                const value = id => (document.querySelector(`#${id} textarea`) || {}).value || "";
+                const audio = document.querySelector("#reply-audio audio");
+                return value("timings") && value("reply-text") && audio && audio.duration > 0 && isFinite(audio.duration);
+            }""",
+            timeout=timeout_ms,
+        )
+    except PlaywrightTimeoutError:  # say what the page showed instead, so that a failure can be read
+        status = page.evaluate("() => (document.querySelector('#status') || {}).innerText || ''")
+        raise AssertionError(f"No reply shown within {timeout_ms / 1000:.0f} s; the page's status: {status!r}") from None
     return page.evaluate(
         """() => ({
             text: document.querySelector("#reply-text textarea").value,
@@ -202,7 +208,10 @@ def test_a_question_recorded_through_the_microphone(server, playwright, clips):
         page.click("#question button[aria-label='Record audio']")
         page.locator("#question button:has-text('Record')").first.click()
         time.sleep(2.0)
-        page.locator("#question button:has-text('Stop'):visible").first.click()
+        # The page uploads the recording when it stops; answering before that upload returns would send no
+        # question (on a loaded machine the upload can take a while).
+        with page.expect_response(lambda r: r.url.endswith("/gradio_api/upload") and r.ok, timeout=60_000):
+            page.locator("#question button:has-text('Stop'):visible").first.click()
         page.wait_for_selector("#question audio", state="attached", timeout=30_000)
         page.click("#answer")
         shown = wait_for_reply(page)
