@@ -271,7 +271,28 @@ def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_proces
 
 # ---- whole runs ----------------------------------------------------------------------------------------------------
 
-def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
+def check_learning_curve(run: Path, data: str, assets: Path) -> None:
+    """benchmarks.learning_curve reads the run's last align and reply checkpoints: listening figures for both, spoken
+    WER (judged by the offline Whisper) for the reply stage, on one step axis, with the baselines."""
+    from benchmarks.learning_curve import checkpoint_stage_and_step, main
+
+    curve = run / "curve"
+    main([str(run / "reply" / "checkpoint-6"), str(run / "align" / "checkpoint-6"), "--data", data, "--examples", "2",
+          "--speech-examples", "1", "--judge", str(assets / "whisper-base"), "--max-new-tokens", "4",
+          "--json", str(curve / "curve.json"), "--png", str(curve / "curve.png")])
+    results = json.loads((curve / "curve.json").read_text())
+    align, reply = results["checkpoints"]
+    assert (align["stage"], align["run_step"], reply["stage"], reply["run_step"]) == ("align", 6, "reply", 12)
+    assert "spoken_wer" not in align and 0 <= reply["spoken_wer"] and 0 <= reply["ceiling_wer"]
+    assert 0 <= align["stage1_cer"] and 0 <= reply["concept_accuracy"] <= 1
+    assert 0 < results["baselines"]["blank_concept_accuracy"] < 1 and results["baselines"]["prior_transcript_cer"] > 0
+    assert (curve / "curve.png").stat().st_size > 1000
+    assert checkpoint_stage_and_step(str(run / "align" / "checkpoint-6")) == ("align", 6)
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        checkpoint_stage_and_step(str(run / "final"))
+
+
+def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, assets):
     """The tiny recipe end to end; then the same run killed with SIGKILL mid-stage, resumed to the same final loss."""
     whole = tmp_path / "whole"
     # as tiny-lyra does: the copy stage scores its losses over the data's tokens, whose embeddings start larger
@@ -306,6 +327,7 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path):
     # the instructions the thinker read, so that an unfamiliar one is warned of at inference
     instructions = json.loads((final / "config.json").read_text())["trained_instructions"]
     assert instructions and all(isinstance(text, str) and text for text in instructions)
+    check_learning_curve(whole, micro_dataset, assets)
 
     killed = tmp_path / "killed"
     args = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed)] + thinker_init + micro_overrides(micro_dataset)

@@ -64,8 +64,10 @@ def unseen_words(references: list[str], training_replies: list[str], judge) -> l
 
 
 def speech_intelligibility(model, processor, rows: list[dict], judge, voice: bool = False, seed: int = 0,
-                           training_replies: list[str] | None = None) -> dict:
-    """WERs of the ceiling, the model on the reference texts, the model's free replies, and the garbage control."""
+                           training_replies: list[str] | None = None, free_replies: bool = True) -> dict:
+    """WERs of the ceiling, the model on the reference texts, the model's free replies, and the garbage control (the
+    free replies played backwards; with `free_replies=False` the model speaks only the reference texts, and the
+    garbage control plays those backwards)."""
 
     codec, k = model.codec, model.config.codec_num_codebooks
     rate = codec.sampling_rate
@@ -81,11 +83,17 @@ def speech_intelligibility(model, processor, rows: list[dict], judge, voice: boo
             inputs["style_embeds"] = model.get_voice_concepts(reference_codes(model, row))
         reply_ids = processor.tokenizer(reference + "<|im_end|>", add_special_tokens=False).input_ids
         forced_audio.append(model.generate(**inputs, reply_token_ids=[reply_ids], **settings).waveforms[0])
-        free = model.generate(**inputs, **settings)
-        free_texts.append(processor.decode(free.sequences[0], skip_special_tokens=True).strip())
-        free_audio.append(free.waveforms[0])
+        if free_replies:
+            free = model.generate(**inputs, **settings)
+            free_texts.append(processor.decode(free.sequences[0], skip_special_tokens=True).strip())
+            free_audio.append(free.waveforms[0])
     ceiling_heard = judge.transcribe_batch(ceiling_audio, rate)
     forced_heard = judge.transcribe_batch(forced_audio, rate)
+    if not free_replies:
+        backwards_heard = judge.transcribe_batch([w[::-1].copy() for w in forced_audio], rate)
+        return {"ceiling_wer": judge.word_error_rate(references, ceiling_heard),
+                "wer": judge.word_error_rate(references, forced_heard),
+                "garbage_wer": judge.word_error_rate(references, backwards_heard), "judge": judge.describe()}
     free_heard = judge.transcribe_batch(free_audio, rate)
     backwards_heard = judge.transcribe_batch([w[::-1].copy() for w in free_audio], rate)
     spoken = [i for i, text in enumerate(free_texts) if text.strip()]  # free replies with words to score
