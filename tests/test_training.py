@@ -288,6 +288,13 @@ def check_learning_curve(run: Path, data: str, assets: Path) -> None:
     assert 0 < results["baselines"]["blank_concept_accuracy"] < 1 and results["baselines"]["prior_transcript_cer"] > 0
     assert (curve / "curve.png").stat().st_size > 1000
     assert checkpoint_stage_and_step(str(run / "align" / "checkpoint-6")) == ("align", 6)
+    # a Trainer checkpoint holds the whole processor (its window and slot settings), not only the tokenizer
+    from modeling_concept_talker import ConceptTalkerConfig, ConceptTalkerProcessor
+
+    processor = ConceptTalkerProcessor.from_pretrained(run / "align" / "checkpoint-6")
+    config = ConceptTalkerConfig.from_pretrained(run / "align" / "checkpoint-6")
+    assert (processor.window_frames, processor.concepts_per_window) == (
+        config.window_frames, config.adapter_config.concepts_per_window)
     with pytest.raises(ValueError, match="not a checkpoint folder"):
         checkpoint_stage_and_step(str(run / "final"))
 

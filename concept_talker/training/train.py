@@ -310,7 +310,7 @@ class TrainingRun:
         trainer_class = getattr(trainer_module, STAGE_TRAINERS[stage])
         trainer = trainer_class(
             model=model, args=args, train_dataset=with_features(train), eval_dataset=with_features(dataset["validation"]),
-            data_collator=collator, processing_class=self.processor.tokenizer,
+            data_collator=collator, processing_class=self.processor,
             adapter_learning_rate=settings.get("adapter_learning_rate"),
             text_labels=bool(settings.get("text_labels", True)),
         )
