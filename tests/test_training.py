@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from concept_talker.data.collators import TRANSCRIBE_TASK, SpokenTurnCollator, is_transcription_row
 from concept_talker.training.recipes import RecipeError, load_recipe
@@ -299,6 +300,23 @@ def check_learning_curve(run: Path, data: str, assets: Path) -> None:
         checkpoint_stage_and_step(str(run / "final"))
 
 
+def check_adapter_alone(run: Path, data: str) -> None:
+    """benchmarks.adapter_alone trains a fresh adapter on the run's stored frames with each loss and reads the test
+    questions; the run's own adapter is left as it was."""
+    from safetensors.torch import load_file
+
+    from benchmarks.adapter_alone import main
+
+    before = {k: v.clone() for k, v in load_file(run / "final" / "model.safetensors").items() if "concept_adapter" in k}
+    main(["--checkpoint", str(run / "final"), "--data", data, "--steps", "3", "--loss", "slots", "ctc",
+          "--transcribe-rows", "-1", "0", "--examples", "2", "--json", str(run / "adapter_alone.json")])
+    runs = json.loads((run / "adapter_alone.json").read_text())["runs"]
+    assert [(r["loss"], r["steps"]) for r in runs] == [("slots", 3)] * 2 + [("ctc", 3)] * 2
+    assert all(r["test_cer"] >= 0 and r["curve"][-1]["step"] == 3 and r["test_examples"] == 2 for r in runs)
+    after = load_file(run / "final" / "model.safetensors")
+    assert before and all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, assets):
     """The tiny recipe end to end; then the same run killed with SIGKILL mid-stage, resumed to the same final loss."""
     whole = tmp_path / "whole"
@@ -335,6 +353,7 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, asse
     instructions = json.loads((final / "config.json").read_text())["trained_instructions"]
     assert instructions and all(isinstance(text, str) and text for text in instructions)
     check_learning_curve(whole, micro_dataset, assets)
+    check_adapter_alone(whole, micro_dataset)
 
     killed = tmp_path / "killed"
     args = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed)] + thinker_init + micro_overrides(micro_dataset)

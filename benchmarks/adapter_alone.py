@@ -1,0 +1,177 @@
+"""The concept adapter alone: how well a fresh adapter learns to read a run's spoken questions into concept slots, in
+minutes and without the thinker's forward pass. The quick way to try a listening idea before a whole align stage.
+
+A fresh `ConceptTalkerAdapterModel`, built from a checkpoint's config, reads the Whisper frames stored with the
+dataset's questions. The checkpoint's thinker gives the token embeddings the concepts are read against; it stays
+frozen. Each batch is scored one of two ways (`--loss`):
+- `slots`, as the align stage scores it (`concept_loss`): each slot against the token spoken in its stretch of time,
+  or the blank token;
+- `ctc`: CTC over the clip's slots, the blank token as CTC's blank, and the question's tokens as the target. The
+  timings then only bound the sequence; the adapter places the tokens itself.
+
+The transcript reads each slot as its nearest token over the data's tokens. Blanks are dropped, and under CTC repeated
+readings as well. CER is measured against the question on the test split (held-out voices and items).
+`--transcribe-rows` sets how many of the dataset's general-English sentences join the dialogue questions in training.
+
+    python -m benchmarks.adapter_alone --checkpoint runs/tiny-lyra/final --data runs/tiny-lyra/data --steps 800 \
+        --json benchmarks/results/adapter_alone.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+
+import torch
+from torch.nn import functional as F
+
+
+def slot_batch(rows: list[dict], collator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frames `[clips, frames, width]`, their mask and each slot's label `[clips, slots]` (blank where none spoken)."""
+    from concept_talker.data.collators import pad_frames
+
+    frames, mask = pad_frames([row["question_features"] for row in rows])
+    windows = -(-frames.shape[1] // collator.config.window_frames)
+    labels = torch.full((len(rows), windows * collator.per_window), -100, dtype=torch.long)
+    for i, row in enumerate(rows):
+        own = collator.slot_labels(row, collator.windows(row))
+        labels[i, : len(own)] = torch.tensor(own)
+    return frames, mask, labels
+
+
+def ctc_loss(model, concepts, concept_mask, labels, vocabulary) -> torch.Tensor:
+    """CTC over each clip's real slots: the tokens of its labels in order, the blank token as CTC's blank."""
+    from modeling_concept_talker.modeling_concept_talker import vocabulary_index
+
+    blank = model.config.concept_blank_token_id
+    log_probs = model.concept_logits(concepts, vocabulary).log_softmax(-1).transpose(0, 1)  # [slots, clips, vocab]
+    targets = [vocabulary_index(vocabulary, row[(row != blank) & (row != -100)]) for row in labels]
+    return F.ctc_loss(log_probs, torch.cat(targets), concept_mask.sum(1), torch.tensor([len(t) for t in targets]),
+                      blank=int(vocabulary_index(vocabulary, torch.tensor([blank]))[0]), zero_infinity=True)
+
+
+@torch.no_grad()
+def read_questions(model, adapter, rows, collator, vocabulary, collapse: bool, batch_size: int = 16) -> list[str]:
+    """Each question as its slots read: nearest token per real slot, blanks dropped (and repeats, with `collapse`)."""
+    blank = model.config.concept_blank_token_id
+    texts = []
+    for start in range(0, len(rows), batch_size):
+        frames, mask, _ = slot_batch(rows[start : start + batch_size], collator)
+        concepts, concept_mask = adapter(frames, mask)
+        read = vocabulary[model.concept_logits(concepts, vocabulary).argmax(-1)]
+        for tokens, real in zip(read.tolist(), concept_mask.tolist()):
+            kept, previous = [], None
+            for token, is_real in zip(tokens, real):
+                if is_real and token != blank and not (collapse and token == previous):
+                    kept.append(token)
+                previous = token if is_real else None
+            texts.append(collator.tokenizer.decode(kept).strip())
+    return texts
+
+
+def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-3,
+                  transcribe_rows: int | None = None, examples: int = 100, seed: int = 0, log_every: int = 200) -> dict:
+    """Train a fresh adapter for `steps` and measure its reading of the test questions along the way."""
+    from modeling_concept_talker import ConceptTalkerAdapterModel
+
+    from concept_talker.data.collators import CopyTurns, SpokenTurnCollator, data_vocabulary
+    from concept_talker.data.dataset import with_features
+    from concept_talker.evaluation.metrics import load_metric
+
+    if loss not in ("slots", "ctc"):
+        raise ValueError(f"--loss is slots or ctc, got {loss!r}.")
+    torch.manual_seed(seed)
+    generator = random.Random(seed)
+    config = model.config
+    collator = SpokenTurnCollator(processor, "transcribe", config)
+    texts = [t for name in ("train", "transcribe") if name in dataset
+             for column in ("question_text", "reply_text") for t in dataset[name][column] if t]
+    vocabulary = torch.tensor(data_vocabulary(processor.tokenizer, texts + CopyTurns.vocabulary_texts(), config))
+    train = list(with_features(dataset["train"]))
+    if "transcribe" in dataset and transcribe_rows != 0:
+        general = with_features(dataset["transcribe"])
+        train += [general[i] for i in range(min(len(general), transcribe_rows or len(general)))]
+    test_split = with_features(dataset["test"])
+    test = [test_split[i] for i in range(min(examples, len(test_split)))]
+    references = [row["question_text"] for row in test]
+    error_rate = load_metric("error_rate")
+    model.requires_grad_(False)
+    adapter = ConceptTalkerAdapterModel(config.adapter_config).train()
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=learning_rate, weight_decay=0.01)
+    curve, started = [], time.perf_counter()
+
+    def measure(step: int) -> dict:
+        adapter.eval()
+        read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc")
+        adapter.train()
+        point = {"step": step, "test_cer": error_rate.compute(predictions=read, references=references)["cer"],
+                 "seconds": round(time.perf_counter() - started, 1)}
+        print(point, flush=True)
+        return point
+
+    for step in range(1, steps + 1):
+        for group in optimizer.param_groups:  # 50 warm-up steps, then cosine, as the align stage
+            group["lr"] = learning_rate * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        frames, mask, labels = slot_batch(generator.sample(train, batch_size), collator)
+        concepts, concept_mask = adapter(frames, mask)
+        if loss == "slots":
+            value, _ = model.concept_loss(concepts, concept_mask, labels, vocabulary)
+        else:
+            value = ctc_loss(model, concepts, concept_mask, labels, vocabulary)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        if step % log_every == 0 or step == steps:
+            curve.append(measure(step))
+    read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc")
+    return {"loss": loss, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+            "train_rows": len(train), "test_examples": len(test), "vocabulary": len(vocabulary),
+            "test_cer": curve[-1]["test_cer"], "curve": curve,
+            "samples": [{"question": q, "read": r} for q, r in list(zip(references, read))[:5]]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="a Concept-Talker checkpoint: its config builds the adapter, its thinker's embeddings "
+                             "are what the concepts are read as")
+    parser.add_argument("--data", required=True, help="the dataset folder (concept-talker synth, with an ear's frames)")
+    parser.add_argument("--loss", choices=("slots", "ctc"), nargs="+", default=["slots"],
+                        help="one or more ways to score the slots (one run each)")
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--transcribe-rows", type=int, nargs="+", default=[-1],
+                        help="general-English rows that join training, one run each (-1: all, 0: none)")
+    parser.add_argument("--examples", type=int, default=100, help="test questions read")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args(argv)
+    from datasets import load_from_disk
+
+    from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor
+
+    model = ConceptTalkerForConditionalGeneration.from_pretrained(args.checkpoint).eval()
+    if model.ear is None:
+        raise SystemExit(f"{args.checkpoint} hears through its codec; this benchmark reads an ear's stored frames.")
+    processor = ConceptTalkerProcessor.from_pretrained(args.checkpoint)
+    dataset = load_from_disk(args.data)
+    if "question_features" not in dataset["train"].column_names:
+        raise SystemExit(f"{args.data} holds no ear frames (question_features): make it with concept-talker synth "
+                         "for a model with an ear.")
+    runs = []
+    for loss in args.loss:
+        for rows in args.transcribe_rows:
+            result = train_adapter(model, processor, dataset, loss, args.steps, args.batch_size, args.learning_rate,
+                                   transcribe_rows=None if rows < 0 else rows, examples=args.examples)
+            print(f"{loss:5s} transcribe rows {rows:5d}: test CER {result['test_cer']:.3f} after {args.steps} steps")
+            runs.append(result)
+    if args.json:
+        from concept_talker.files import write_json
+
+        write_json(args.json, {"checkpoint": args.checkpoint, "data": args.data, "runs": runs}, indent=1)
+
+
+if __name__ == "__main__":
+    main()
