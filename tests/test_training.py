@@ -113,6 +113,11 @@ def test_recipe_overrides_and_their_errors(tmp_path):
         load_recipe(path, ["--stages.text.copy_turns", "1.5"])
     with pytest.raises(RecipeError, match=r"stages.align.copy_turns: a share of copy turns is for the text stage"):
         load_recipe(path, ["--stages.align.copy_turns", "0.5"])
+    assert load_recipe(path, ["--stages.align.transcribe_rows", "1000"])["stages"]["align"]["transcribe_rows"] == 1000
+    with pytest.raises(RecipeError, match=r"stages.reply.transcribe_rows: the general-English rows join the listening"):
+        load_recipe(path, ["--stages.reply.transcribe_rows", "10"])
+    with pytest.raises(RecipeError, match=r"stages.align.transcribe_rows must be"):
+        load_recipe(path, ["--stages.align.transcribe_rows", "-1"])
     # the copy stage runs only where a recipe names it
     assert load_recipe(path)["stages"]["copy"] == {"enabled": False}
     assert load_recipe(path, ["--stages.copy.max_steps", "5"])["stages"]["copy"] == {"max_steps": 5}
@@ -271,6 +276,20 @@ def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_proces
 
 
 # ---- whole runs ----------------------------------------------------------------------------------------------------
+
+def test_listening_stages_take_the_general_english_rows_they_are_given():
+    from datasets import Dataset, DatasetDict
+
+    from concept_talker.training.train import stage_train_rows
+
+    dataset = DatasetDict({"train": Dataset.from_dict({"id": [f"d{i}" for i in range(4)]}),
+                           "transcribe": Dataset.from_dict({"id": [f"t{i}" for i in range(6)]})})
+    ids = lambda stage, settings: sorted(stage_train_rows(dataset, stage, settings, seed=0)["id"])
+    assert ids("align", {}) == sorted([f"d{i}" for i in range(4)] + [f"t{i}" for i in range(6)])
+    assert ids("text", {"transcribe_rows": 2}) == ["d0", "d1", "d2", "d3", "t0", "t1"]
+    assert ids("align", {"transcribe_rows": 0}) == ["d0", "d1", "d2", "d3"]
+    assert ids("reply", {}) == ["d0", "d1", "d2", "d3"]  # the reply stage speaks replies: dialogue rows only
+
 
 def check_learning_curve(run: Path, data: str, assets: Path) -> None:
     """benchmarks.learning_curve reads the run's last align and reply checkpoints: listening figures for both, spoken

@@ -22,9 +22,10 @@ OPTIONAL_STAGES = ("copy",)
 # Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
 # dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on) and
 # `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch)
-# and `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`).
+# , `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
+# `transcribe_rows` (text and align: how many of the dataset's general-English rows join the stage; default all).
 STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
-                    "text_labels", "text_vocabulary", "copy_turns"}
+                    "text_labels", "text_vocabulary", "copy_turns", "transcribe_rows"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {
@@ -94,6 +95,7 @@ STAGE_EXTRA_RULES = {
     "text_labels": ("bool", None),
     "text_vocabulary": ("str?", None),
     "copy_turns": ("share", None),
+    "transcribe_rows": ("int?", 0),
 }
 # `text_vocabulary` takes one value: "data" (or null, the whole vocabulary).
 TEXT_VOCABULARIES = ("data",)
@@ -280,6 +282,9 @@ def check_stage(name: str, stage: dict, seed: int = 0) -> None:
     if stage.get("copy_turns") and name != "text":
         raise RecipeError(f"stages.{name}.copy_turns: a share of copy turns is for the text stage (the copy stage "
                           "trains on nothing else); remove it here.")
+    if stage.get("transcribe_rows") is not None and name not in ("text", "align"):
+        raise RecipeError(f"stages.{name}.transcribe_rows: the general-English rows join the listening stages (text "
+                          "and align) only; remove it here.")
     coerce_numbers(name, stage)
     if stage.get("enabled", True):
         import warnings

@@ -43,6 +43,19 @@ LISTENING_STAGES = ("text", "align")
 RUN_FILE = "run.json"
 
 
+def stage_train_rows(dataset, stage: str, settings: dict, seed: int):
+    """A stage's training rows: the train split, and for the listening stages the general-English rows of the
+    `transcribe` split too (the first `settings["transcribe_rows"]` of them where set), shuffled together."""
+    if stage not in LISTENING_STAGES or "transcribe" not in dataset:
+        return dataset["train"]
+    from datasets import concatenate_datasets
+
+    general = dataset["transcribe"]
+    if settings.get("transcribe_rows") is not None:
+        general = general.select(range(min(len(general), int(settings["transcribe_rows"]))))
+    return concatenate_datasets([dataset["train"], general]).shuffle(seed=seed)
+
+
 class TrainingRun:
     """One run of a recipe into `output_dir`."""
 
@@ -284,13 +297,10 @@ class TrainingRun:
             ddp_find_unused_parameters=settings.get("ddp_find_unused_parameters", True),
             use_cpu=settings.get("use_cpu", not _cuda_available()),
         )
-        from datasets import concatenate_datasets
 
         from concept_talker.evaluation.evaluate import with_features
 
-        train = dataset["train"]
-        if stage in LISTENING_STAGES and "transcribe" in dataset:
-            train = concatenate_datasets([train, dataset["transcribe"]]).shuffle(seed=self.recipe["seed"])
+        train = stage_train_rows(dataset, stage, settings, self.recipe["seed"])
         if settings.get("max_train_examples"):
             train = train.select(range(min(len(train), int(settings["max_train_examples"]))))
         from concept_talker.data.collators import CopyTurns
