@@ -76,7 +76,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     """Train a fresh adapter for `steps` and measure its reading of the test questions along the way."""
     from modeling_concept_talker import ConceptTalkerAdapterModel
 
-    from concept_talker.data.collators import CopyTurns, SpokenTurnCollator, data_vocabulary
+    from concept_talker.data.collators import SpokenTurnCollator, dataset_vocabulary
     from concept_talker.data.dataset import with_features
     from concept_talker.evaluation.metrics import load_metric
 
@@ -86,9 +86,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     generator = random.Random(seed)
     config = model.config
     collator = SpokenTurnCollator(processor, "transcribe", config)
-    texts = [t for name in ("train", "transcribe") if name in dataset
-             for column in ("question_text", "reply_text") for t in dataset[name][column] if t]
-    vocabulary = torch.tensor(data_vocabulary(processor.tokenizer, texts + CopyTurns.vocabulary_texts(), config))
+    vocabulary = torch.tensor(dataset_vocabulary(processor.tokenizer, dataset, config, copy_turns=True))
     train = list(with_features(dataset["train"]))
     if "transcribe" in dataset and transcribe_rows != 0:
         general = with_features(dataset["transcribe"])
@@ -100,16 +98,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     model.requires_grad_(False)
     adapter = ConceptTalkerAdapterModel(config.adapter_config).train()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=learning_rate, weight_decay=0.01)
-    curve, started = [], time.perf_counter()
-
-    def measure(step: int) -> dict:
-        adapter.eval()
-        read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc")
-        adapter.train()
-        point = {"step": step, "test_cer": error_rate.compute(predictions=read, references=references)["cer"],
-                 "seconds": round(time.perf_counter() - started, 1)}
-        print(point, flush=True)
-        return point
+    curve, read, started = [], [], time.perf_counter()
 
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:  # 50 warm-up steps, then cosine, as the align stage
@@ -124,8 +113,12 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
         value.backward()
         optimizer.step()
         if step % log_every == 0 or step == steps:
-            curve.append(measure(step))
-    read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc")
+            adapter.eval()
+            read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc")
+            adapter.train()
+            curve.append({"step": step, "test_cer": error_rate.compute(predictions=read, references=references)["cer"],
+                          "seconds": round(time.perf_counter() - started, 1)})
+            print(curve[-1], flush=True)
     return {"loss": loss, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
             "train_rows": len(train), "test_examples": len(test), "vocabulary": len(vocabulary),
             "test_cer": curve[-1]["test_cer"], "curve": curve,

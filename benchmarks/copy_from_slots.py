@@ -41,15 +41,13 @@ def copy_from_slots(thinker, processor, config, dataset, split: str, task: str, 
     """CER / WER / exact share of the thinker's copies of `examples` questions of `split` (see the module doc)."""
     from modeling_concept_talker import build_prompt
 
-    from concept_talker.data.collators import TRANSCRIBE_TASK, CopyTurns, SpokenTurnCollator, data_vocabulary
+    from concept_talker.data.collators import TRANSCRIBE_TASK, SpokenTurnCollator, dataset_vocabulary
     from concept_talker.evaluation.evaluate import with_features
     from concept_talker.evaluation.metrics import load_metric
 
     tokenizer = processor.tokenizer
     collator = SpokenTurnCollator(processor, "text", config)
-    texts = [text for name in ("train", "transcribe") if name in dataset
-             for column in ("question_text", "reply_text") for text in dataset[name][column] if text]
-    vocabulary = torch.tensor(data_vocabulary(tokenizer, texts + CopyTurns.vocabulary_texts(), config))
+    vocabulary = torch.tensor(dataset_vocabulary(tokenizer, dataset, config, copy_turns=True))
     prompt = build_prompt(task=TRANSCRIBE_TASK) if TASKS[task] is None else build_prompt(TASKS[task])
     ends, blank = set(config.reply_end_token_ids), config.concept_blank_token_id
     rows = with_features(dataset[split])

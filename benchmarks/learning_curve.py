@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     house = [validation[i] for i in range(len(validation)) if validation[i].get("reply_pitch") in (None, HOUSE_PITCH)]
     speech_rows = house[: args.speech_examples]
     stage_order = args.stages.split(",")
-    found = sorted((checkpoint_stage_and_step(path), path) for path in args.checkpoints)
+    found = [(checkpoint_stage_and_step(path), path) for path in args.checkpoints]
     unknown = {stage for (stage, _), _ in found} - set(stage_order)
     if unknown:
         raise SystemExit(f"Checkpoints of stages {sorted(unknown)} are not in --stages {args.stages}: name them there.")

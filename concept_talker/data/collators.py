@@ -310,6 +310,17 @@ def data_vocabulary(tokenizer, texts, config) -> list[int]:
     return sorted(ids)
 
 
+def dataset_vocabulary(tokenizer, dataset, config, copy_turns: bool) -> list[int]:
+    """`data_vocabulary` of a dataset: every question and reply of its train and general-English (`transcribe`)
+    splits, and the copy turns' words where a run trains on copy turns (`copy_turns`)."""
+    texts = [t for name in ("train", "transcribe") if name in dataset
+             for column in ("question_text", "reply_text") if column in dataset[name].column_names
+             for t in dataset[name][column]]
+    if copy_turns:
+        texts += CopyTurns.vocabulary_texts()
+    return data_vocabulary(tokenizer, texts, config)
+
+
 def pad_codes(clips: list[torch.Tensor], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips `[codebooks, frames_i]` -> `[clips, codebooks, max_frames]` (padded with `fill`) and mask `[clips, max_frames]`."""
     longest = max(c.shape[1] for c in clips)

@@ -20,9 +20,9 @@ STAGES = ("copy", "text", "align", "reply")
 # thinker learns to copy, on copy turns alone, before the text stage (see `CopyTurns`).
 OPTIONAL_STAGES = ("copy",)
 # Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
-# dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on) and
-# `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch)
-# , `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
+# dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on),
+# `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch),
+# `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
 # `transcribe_rows` (text and align: how many of the dataset's general-English rows join the stage; default all).
 STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
                     "text_labels", "text_vocabulary", "copy_turns", "transcribe_rows"}

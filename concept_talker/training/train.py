@@ -272,14 +272,9 @@ class TrainingRun:
     def data_vocabulary(self, dataset, config) -> list[int]:
         """The tokens of the data (`text_vocabulary: data`): every question and reply, and the copy turns' words when
         a stage trains on them (every stage reads the same words: they are scored in all of them, or none)."""
-        from concept_talker.data.collators import CopyTurns, data_vocabulary
+        from concept_talker.data.collators import dataset_vocabulary
 
-        texts = [t for name in ("train", "transcribe") if name in dataset
-                 for column in ("question_text", "reply_text") if column in dataset[name].column_names
-                 for t in dataset[name][column]]
-        if self.copy_turn_words():
-            texts += CopyTurns.vocabulary_texts()
-        return data_vocabulary(self.processor.tokenizer, texts, config)
+        return dataset_vocabulary(self.processor.tokenizer, dataset, config, copy_turns=self.copy_turn_words())
 
     def run_stage(self, stage: str, model, dataset):
         import concept_talker.training.trainers as trainer_module
