@@ -562,7 +562,8 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
             labels: `[batch, length]` reply-text labels, `-100` where no loss applies (unshifted, as in HF causal LMs).
             audio_labels: `[batch, codebooks, frames]` codec codes of the spoken reply, `-100` after each reply ends.
                 Needs `labels` (the talker reads the thinker's states of the labelled reply tokens) and the reply's
-                symbols.
+                symbols. A row with no frame (all -100: a transcription turn among the replies) has nothing to speak:
+                the talker skips it.
             reply_symbols: `[batch, symbols]` the reply's symbols (`phonemes.symbol_ids`), padded with -100.
             reply_symbol_tokens: `[batch, symbols]` for each symbol, the index of its reply token among the labelled
                 tokens (0 = the first).
@@ -629,11 +630,16 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
                 output.text_loss = F.cross_entropy(logits.float(), vocabulary_index(text_vocabulary, targets[scored]))
             losses.append(output.text_loss)
 
-        if audio_labels is not None:
+        spoken = None if audio_labels is None else (audio_labels[:, 0] != IGNORE_INDEX).any(-1)
+        if spoken is not None and bool(spoken.any()):
             symbols = (reply_symbols, reply_symbol_tokens, reply_symbol_frames)
+            rows = [hidden, inputs_embeds, input_ids, labels, audio_labels, *symbols, style_embeds, voice_given,
+                    attention_mask]
+            if not bool(spoken.all()):  # the talker reads and writes the spoken rows only
+                rows = [None if t is None else t[spoken] for t in rows]
+            hidden_, embeds_, ids_, labels_, audio_labels_, *symbols_, style_, given_, mask_ = rows
             audio_loss, per_codebook, duration_loss, audio_logits, audio_targets = self._audio_loss(
-                hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given,
-                attention_mask
+                hidden_, embeds_, ids_, labels_, audio_labels_, symbols_, style_, given_, mask_
             )
             output.audio_loss, output.audio_codebook_losses = audio_loss, per_codebook
             output.audio_logits, output.audio_targets = audio_logits, audio_targets

@@ -116,6 +116,11 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     assert load_recipe(path, ["--stages.align.transcribe_rows", "1000"])["stages"]["align"]["transcribe_rows"] == 1000
     with pytest.raises(RecipeError, match=r"stages.reply.transcribe_rows: the general-English rows join the listening"):
         load_recipe(path, ["--stages.reply.transcribe_rows", "10"])
+    assert load_recipe(path, ["--stages.reply.transcribe_turns", "0.25"])["stages"]["reply"]["transcribe_turns"] == 0.25
+    with pytest.raises(RecipeError, match=r"stages.align.transcribe_turns: a share of transcription turns"):
+        load_recipe(path, ["--stages.align.transcribe_turns", "0.25"])
+    with pytest.raises(RecipeError, match=r"stages.reply.transcribe_turns must be a share between 0 and 1"):
+        load_recipe(path, ["--stages.reply.transcribe_turns", "2"])
     with pytest.raises(RecipeError, match=r"stages.align.transcribe_rows must be"):
         load_recipe(path, ["--stages.align.transcribe_rows", "-1"])
     # the copy stage runs only where a recipe names it
@@ -228,6 +233,40 @@ def test_copy_turns_give_fresh_sentences_to_copy(rows, tiny_processor, tiny_conf
     assert CopyTurns(1.0).draw()[0].startswith("<|im_start|>system\n")
 
 
+def test_reply_stage_transcription_turns_keep_listening_and_the_talker_skips_them(rows, tiny_model, tiny_processor,
+                                                                                   tiny_config):
+    """`transcribe_turns`: a share of reply-stage rows transcribe their question (the thinker's LoRA keeps reading
+    the concepts); they have nothing to speak, so the talker's loss is that of the other rows alone."""
+    tokenizer = tiny_processor.tokenizer
+    every = SpokenTurnCollator(tiny_processor, "reply", tiny_config, transcribe_turns=1.0)(rows)
+    for i, row in enumerate(rows):
+        assert TRANSCRIBE_TASK in tokenizer.decode(every["input_ids"][i])
+        labelled = every["labels"][i][every["labels"][i] != IGNORE_INDEX]
+        assert tokenizer.decode(labelled) == row["question_text"] + "<|im_end|>"
+    assert (every["audio_labels"] == IGNORE_INDEX).all() and (every["concept_labels"] != IGNORE_INDEX).any()
+
+    collator = SpokenTurnCollator(tiny_processor, "reply", tiny_config, transcribe_turns=0.5, seed=1)
+    batches = [collator(rows) for _ in range(6)]
+    spoken = [(b["audio_labels"][:, 0] != IGNORE_INDEX).any(-1) for b in batches]
+    mixed = next(i for i, s in enumerate(spoken) if 0 < int(s.sum()) < len(rows))
+    assert 0 < int(torch.cat(spoken).sum()) < len(rows) * len(batches)  # both kinds are drawn
+    tiny_model.eval()
+    with torch.no_grad():
+        out = tiny_model(**batches[mixed])
+        replies = SpokenTurnCollator(tiny_processor, "reply", tiny_config)(
+            [row for row, s in zip(rows, spoken[mixed].tolist()) if s])
+        alone = tiny_model(**replies)
+        assert torch.allclose(out.audio_loss, alone.audio_loss, atol=1e-5)
+        assert torch.allclose(out.duration_loss, alone.duration_loss, atol=1e-5)
+        assert out.audio_logits.shape[0] == int(spoken[mixed].sum())
+        nothing_to_say = tiny_model(**every)  # the text and concept losses alone
+        assert nothing_to_say.audio_loss is None and torch.isfinite(nothing_to_say.loss)
+    with pytest.raises(ValueError, match="transcribe_turns mixes transcription turns among the replies"):
+        SpokenTurnCollator(tiny_processor, "transcribe", tiny_config, transcribe_turns=0.3)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]; got 1.5"):
+        SpokenTurnCollator(tiny_processor, "reply", tiny_config, transcribe_turns=1.5)
+
+
 def test_collator_refuses_codes_of_another_codec(rows, tiny_processor, tiny_config):
     tiny_config.codec_num_codebooks = 8
     with pytest.raises(ValueError, match=r"\[8 codebooks\]\[frames\].*made with this model's codec"):
@@ -336,13 +375,31 @@ def check_adapter_alone(run: Path, data: str) -> None:
     assert before and all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def check_talker_alone(run: Path, data: str, assets: Path) -> None:
+    """benchmarks.talker_alone trains a fresh talker (here one layer deep) behind the run's frozen thinker and
+    measures it along the way: code accuracy beside its baselines, Whisper's hearing beside ceiling and garbage."""
+    from benchmarks.talker_alone import main
+
+    out = run / "talker_alone.json"
+    main(["--checkpoint", str(run / "final"), "--data", data, "--steps", "2", "--eval-every", "1", "--examples", "1",
+          "--talker", "num_hidden_layers=1", "--judge", str(assets / "whisper-base"), "--json", str(out)])
+    result = json.loads(out.read_text())["run"]
+    assert [point["step"] for point in result["curve"]] == [1, 2] and result["talker_config"]["num_hidden_layers"] == 1
+    for point in result["curve"]:
+        assert 0 <= point["code_accuracy"] <= 1 and 0 <= point["copy_previous_accuracy"] <= 1
+        assert point["wer"] >= 0 and point["ceiling_wer"] >= 0 and point["garbage_wer"] >= 0
+    with pytest.raises(SystemExit, match="no \\['depth'\\]"):
+        main(["--checkpoint", str(run / "final"), "--data", data, "--talker", "depth=2"])
+
+
 def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, assets):
     """The tiny recipe end to end; then the same run killed with SIGKILL mid-stage, resumed to the same final loss."""
     whole = tmp_path / "whole"
     # as tiny-lyra does: the copy stage scores its losses over the data's tokens, whose embeddings start larger
     thinker_init = ["--model.overrides.thinker_embedding_std", "0.1", "--stages.copy.text_vocabulary", "data"]
+    # half the reply-stage rows transcribe their question instead (the talker skips them)
     result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(whole), "--generation.talker_temperature",
-                        "0.6"] + thinker_init + micro_overrides(micro_dataset))
+                        "0.6", "--stages.reply.transcribe_turns", "0.5"] + thinker_init + micro_overrides(micro_dataset))
     assert result.returncode == 0, result.stderr[-3000:]
     # the recipe's reply settings are the checkpoint's defaults
     assert json.loads((whole / "final" / "generation_config.json").read_text())["talker_temperature"] == 0.6
@@ -373,9 +430,11 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, asse
     assert instructions and all(isinstance(text, str) and text for text in instructions)
     check_learning_curve(whole, micro_dataset, assets)
     check_adapter_alone(whole, micro_dataset)
+    check_talker_alone(whole, micro_dataset, assets)
 
     killed = tmp_path / "killed"
-    args = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed)] + thinker_init + micro_overrides(micro_dataset)
+    args = (["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed), "--stages.reply.transcribe_turns", "0.5"]
+            + thinker_init + micro_overrides(micro_dataset))
     process = subprocess.Popen(TRAIN + args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "align" / "checkpoint-2").is_dir():

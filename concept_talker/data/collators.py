@@ -16,7 +16,10 @@ Tasks, and the formats they teach (the prompt is `build_prompt`'s, so training s
     reply       stage 2, generation. user: <|audio_pad|> ["\\n<instruction>"] -> assistant: "<reply text>", with
                 `concept_labels`, the reply's codec codes as `audio_labels`, its symbols with their tokens and frames
                 (`reply_symbols`, `reply_symbol_tokens`, `reply_symbol_frames`), and the reference voice's codes
-                where the row gives one (`voice_given`).
+                where the row gives one (`voice_given`). With `transcribe_turns`, that share of the rows transcribes
+                its question instead (the transcribe format above, no reply audio: its `audio_labels` are all -100,
+                and the talker skips it), so that the thinker's LoRA keeps reading the concepts while it learns to
+                answer.
 
 Padding is on the right; labels are -100 outside the assistant's answer (which ends with `<|im_end|>`), audio labels
 -100 after each reply's frames, and masks False after each clip's frames.
@@ -170,15 +173,26 @@ class SpokenTurnCollator:
         concept_labels: with "transcribe" and "reply", give each concept slot its token (`concept_labels`).
         text_vocabulary: token ids the losses are scored over (`data_vocabulary`); None: the whole vocabulary.
         copy_turns: with "text", a `CopyTurns` whose share of the rows it replaces by fresh copy turns.
+        transcribe_turns: with "reply", the share of rows (drawn afresh for every batch) that transcribe their
+            question instead of answering it.
+        seed: seeds the draw of transcription turns.
     """
 
     def __init__(self, processor, task: str, config, voice: bool = False, concept_labels: bool = True,
-                 text_vocabulary: list[int] | None = None, copy_turns: CopyTurns | None = None):
+                 text_vocabulary: list[int] | None = None, copy_turns: CopyTurns | None = None,
+                 transcribe_turns: float = 0.0, seed: int = 0):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
         if copy_turns is not None and task != "text":
             raise ValueError(f"copy turns are text-stage turns (no audio); the {task!r} task cannot use them.")
+        if transcribe_turns and task != "reply":
+            raise ValueError(f"transcribe_turns mixes transcription turns among the replies (task 'reply'); the "
+                             f"{task!r} task cannot use them.")
+        if not 0.0 <= transcribe_turns <= 1.0:
+            raise ValueError(f"transcribe_turns is a share of the rows, in [0, 1]; got {transcribe_turns}.")
         self.copy_turns = copy_turns
+        self.transcribe_turns = float(transcribe_turns)
+        self.rng = random.Random(f"concept-talker-transcribe-turns/{seed}")
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.task = task
@@ -192,10 +206,11 @@ class SpokenTurnCollator:
         self.heard_through_ear = config.ear_type != "codec"
         self.text_vocabulary = None if text_vocabulary is None else torch.tensor(sorted(set(text_vocabulary)))
 
-    def prompt_and_answer(self, row: dict) -> tuple[str, str]:
-        """The prompt (ending where the assistant begins) and the answer text of a row for this task."""
+    def prompt_and_answer(self, row: dict, transcribe: bool = False) -> tuple[str, str]:
+        """The prompt (ending where the assistant begins) and the answer text of a row for this task (`transcribe`:
+        a reply-stage row drawn as a transcription turn)."""
         instruction = row.get("instruction") or None
-        transcribe = self.task == "transcribe" or (self.task == "text" and is_transcription_row(row["id"]))
+        transcribe = transcribe or self.task == "transcribe" or (self.task == "text" and is_transcription_row(row["id"]))
         if transcribe:
             return build_prompt(task=TRANSCRIBE_TASK), row["question_text"]
         return build_prompt(instruction), row["reply_text"]
@@ -226,6 +241,7 @@ class SpokenTurnCollator:
         replies, symbols, voices, voice_f0, voice_given = [], [], [], [], []
         audio_id = self.config.audio_token_id
         for row in rows:
+            transcribe = False  # a reply-stage row drawn as a transcription turn
             if self.copy_turns is not None and self.copy_turns.replaces():
                 prompt, answer = self.copy_turns.draw()
                 prompt_ids = self._prompt_ids(prompt, self.tokenizer(answer, add_special_tokens=False).input_ids)
@@ -235,7 +251,8 @@ class SpokenTurnCollator:
                 slots = self.slot_labels(row, self.windows(row))
                 prompt_ids = self._prompt_ids(prompt, [token for token in slots if token != blank])
             else:
-                prompt, answer = self.prompt_and_answer(row)
+                transcribe = self.transcribe_turns > 0 and self.rng.random() < self.transcribe_turns
+                prompt, answer = self.prompt_and_answer(row, transcribe)
                 windows = self.windows(row)
                 prompt_ids = self._prompt_ids(prompt, [audio_id] * (windows * self.per_window))
                 clips.append(row["question_features"] if self.heard_through_ear
@@ -244,10 +261,15 @@ class SpokenTurnCollator:
             answer_ids = self.tokenizer(answer + END_OF_TURN, add_special_tokens=False).input_ids
             input_ids.append(prompt_ids + answer_ids)
             labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
-            if self.task == "reply":
+            if self.task == "reply" and transcribe:  # nothing to speak: one unscored frame, no symbols
+                replies.append(torch.full((self.num_codebooks, 1), IGNORE_INDEX, dtype=torch.long))
+                symbols.append(([], [], []))
+            elif self.task == "reply":
                 replies.append(codes_tensor(row["reply_codes"], "reply_codes", self.num_codebooks))
                 symbols.append(self._symbols(row, answer_ids))
-                given = bool(self.voice and row.get("voice_given") and row.get("reference_codes") is not None)
+            if self.task == "reply":
+                given = bool(not transcribe and self.voice and row.get("voice_given")
+                             and row.get("reference_codes") is not None)
                 voice_given.append(given)
                 voices.append(codes_tensor(row["reference_codes"], "reference_codes", self.num_codebooks)
                               if given else torch.zeros(self.num_codebooks, 1, dtype=torch.long))

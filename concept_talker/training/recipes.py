@@ -23,9 +23,11 @@ OPTIONAL_STAGES = ("copy",)
 # dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on),
 # `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch),
 # `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
-# `transcribe_rows` (text and align: how many of the dataset's general-English rows join the stage; default all).
+# `transcribe_rows` (text and align: how many of the dataset's general-English rows join the stage; default all) and
+# `transcribe_turns` (reply stage: the share of rows that transcribe their question instead of answering it, so that
+# the thinker's LoRA keeps reading the concepts while it learns the replies).
 STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
-                    "text_labels", "text_vocabulary", "copy_turns", "transcribe_rows"}
+                    "text_labels", "text_vocabulary", "copy_turns", "transcribe_rows", "transcribe_turns"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {
@@ -96,6 +98,7 @@ STAGE_EXTRA_RULES = {
     "text_vocabulary": ("str?", None),
     "copy_turns": ("share", None),
     "transcribe_rows": ("int?", 0),
+    "transcribe_turns": ("share", None),
 }
 # `text_vocabulary` takes one value: "data" (or null, the whole vocabulary).
 TEXT_VOCABULARIES = ("data",)
@@ -285,6 +288,9 @@ def check_stage(name: str, stage: dict, seed: int = 0) -> None:
     if stage.get("transcribe_rows") is not None and name not in ("text", "align"):
         raise RecipeError(f"stages.{name}.transcribe_rows: the general-English rows join the listening stages (text "
                           "and align) only; remove it here.")
+    if stage.get("transcribe_turns") and name != "reply":
+        raise RecipeError(f"stages.{name}.transcribe_turns: a share of transcription turns among the replies is for "
+                          "the reply stage (align transcribes every row already); remove it here.")
     coerce_numbers(name, stage)
     if stage.get("enabled", True):
         import warnings

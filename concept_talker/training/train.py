@@ -311,7 +311,9 @@ class TrainingRun:
             logger.info("Stage %s scores its losses over the %d tokens of the data", stage, len(vocabulary))
         collator = SpokenTurnCollator(self.processor, STAGE_TASKS[stage], model.config, voice=voice,
                                       concept_labels=bool(settings.get("concept_labels", True)),
-                                      text_vocabulary=vocabulary, copy_turns=copy_turns)
+                                      text_vocabulary=vocabulary, copy_turns=copy_turns,
+                                      transcribe_turns=settings.get("transcribe_turns") or 0.0,
+                                      seed=self.recipe["seed"])
         trainer_class = getattr(trainer_module, STAGE_TRAINERS[stage])
         trainer = trainer_class(
             model=model, args=args, train_dataset=with_features(train), eval_dataset=with_features(dataset["validation"]),
