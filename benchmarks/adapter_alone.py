@@ -72,8 +72,12 @@ def read_questions(model, adapter, rows, collator, vocabulary, collapse: bool, b
 
 
 def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-3,
-                  transcribe_rows: int | None = None, examples: int = 100, seed: int = 0, log_every: int = 200) -> dict:
-    """Train a fresh adapter for `steps` and measure its reading of the test questions along the way."""
+                  transcribe_rows: int | None = None, examples: int = 100, seed: int = 0, log_every: int = 200,
+                  dropout: float | None = None) -> dict:
+    """Train a fresh adapter for `steps` (with `dropout` instead of its config's, where given) and measure its reading
+    of the test questions along the way, and of as many training questions (how far it fits them)."""
+    import copy
+
     from modeling_concept_talker import ConceptTalkerAdapterModel
 
     from concept_talker.data.collators import SpokenTurnCollator, dataset_vocabulary
@@ -96,7 +100,12 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     references = [row["question_text"] for row in test]
     error_rate = load_metric("error_rate")
     model.requires_grad_(False)
-    adapter = ConceptTalkerAdapterModel(config.adapter_config).train()
+    adapter_config = copy.deepcopy(config.adapter_config)
+    if dropout is not None:
+        adapter_config.dropout = dropout
+    adapter = ConceptTalkerAdapterModel(adapter_config).train()
+    seen = generator.sample(train, min(len(test), len(train)))
+    seen_references = [row["question_text"] for row in seen]
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=learning_rate, weight_decay=0.01)
     curve, read, started = [], [], time.perf_counter()
 
@@ -115,11 +124,14 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
         if step % log_every == 0 or step == steps:
             adapter.eval()
             read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc")
+            read_seen = read_questions(model, adapter, seen, collator, vocabulary, collapse=loss == "ctc")
             adapter.train()
             curve.append({"step": step, "test_cer": error_rate.compute(predictions=read, references=references)["cer"],
+                          "train_cer": error_rate.compute(predictions=read_seen, references=seen_references)["cer"],
                           "seconds": round(time.perf_counter() - started, 1)})
             print(curve[-1], flush=True)
     return {"loss": loss, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+            "dropout": adapter_config.dropout, "train_cer": curve[-1]["train_cer"],
             "train_rows": len(train), "test_examples": len(test), "vocabulary": len(vocabulary),
             "test_cer": curve[-1]["test_cer"], "curve": curve,
             "samples": [{"question": q, "read": r} for q, r in list(zip(references, read))[:5]]}
@@ -138,7 +150,9 @@ def main(argv=None) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--transcribe-rows", type=int, nargs="+", default=[-1],
                         help="general-English rows that join training, one run each (-1: all, 0: none)")
-    parser.add_argument("--examples", type=int, default=100, help="test questions read")
+    parser.add_argument("--dropout", type=float, nargs="+", default=[None],
+                        help="the adapter's dropout, one run each (default: the checkpoint's config)")
+    parser.add_argument("--examples", type=int, default=100, help="test questions read (and as many training ones)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     from datasets import load_from_disk
@@ -156,10 +170,13 @@ def main(argv=None) -> None:
     runs = []
     for loss in args.loss:
         for rows in args.transcribe_rows:
-            result = train_adapter(model, processor, dataset, loss, args.steps, args.batch_size, args.learning_rate,
-                                   transcribe_rows=None if rows < 0 else rows, examples=args.examples)
-            print(f"{loss:5s} transcribe rows {rows:5d}: test CER {result['test_cer']:.3f} after {args.steps} steps")
-            runs.append(result)
+            for dropout in args.dropout:
+                result = train_adapter(model, processor, dataset, loss, args.steps, args.batch_size, args.learning_rate,
+                                       transcribe_rows=None if rows < 0 else rows, examples=args.examples,
+                                       dropout=dropout)
+                print(f"{loss:5s} transcribe rows {rows:5d} dropout {result['dropout']}: test CER "
+                      f"{result['test_cer']:.3f} (training questions {result['train_cer']:.3f}) after {args.steps} steps")
+                runs.append(result)
     if args.json:
         from concept_talker.files import write_json
 

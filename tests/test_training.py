@@ -370,7 +370,11 @@ def check_adapter_alone(run: Path, data: str) -> None:
           "--transcribe-rows", "-1", "0", "--examples", "2", "--json", str(run / "adapter_alone.json")])
     runs = json.loads((run / "adapter_alone.json").read_text())["runs"]
     assert [(r["loss"], r["steps"]) for r in runs] == [("slots", 3)] * 2 + [("ctc", 3)] * 2
-    assert all(r["test_cer"] >= 0 and r["curve"][-1]["step"] == 3 and r["test_examples"] == 2 for r in runs)
+    assert all(r["test_cer"] >= 0 and r["train_cer"] >= 0 and r["curve"][-1]["step"] == 3 and r["test_examples"] == 2
+               for r in runs)
+    main(["--checkpoint", str(run / "final"), "--data", data, "--steps", "1", "--dropout", "0.3", "--examples", "1",
+          "--json", str(run / "adapter_dropout.json")])
+    assert json.loads((run / "adapter_dropout.json").read_text())["runs"][0]["dropout"] == 0.3
     after = load_file(run / "final" / "model.safetensors")
     assert before and all(torch.equal(after[k], v) for k, v in before.items())
 
