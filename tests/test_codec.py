@@ -131,3 +131,20 @@ def test_mimi_codec_plugs_in(tiny_config):
     stream = codec.streaming_decoder(1)
     joined = torch.cat([stream.push(codes[:1, :, :4]), stream.push(codes[:1, :, 4:])], dim=-1)
     assert (joined - whole[:1]).abs().max() < 1e-4
+
+
+def test_a_presets_random_codec_is_the_same_at_any_thread_count():
+    """A dataset made by `synth` with the tiny preset's random codec records its fingerprint; a run at another thread
+    count must build the same codec (two threads rounded the init's reductions differently: CI refused its own data)."""
+    from concept_talker.data.codecs import codec_fingerprint, resolve_codec
+
+    previous = torch.get_num_threads()
+    try:
+        fingerprints = set()
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            fingerprints.add(codec_fingerprint(resolve_codec("tiny")))
+            assert torch.get_num_threads() == threads  # left as the caller set it
+    finally:
+        torch.set_num_threads(previous)
+    assert len(fingerprints) == 1

@@ -64,9 +64,16 @@ def _resolve(spec: str, num_codebooks: int | None) -> AudioCodec:
                 f"the folder holding {', '.join(LYRA_FILES)} as the codec instead (e.g. --codec "
                 f"../shared/assets/lyra-soundstream --num-codebooks {config.codec_num_codebooks})."
             )
+        # Seeded and on one thread: the random init's reductions (weight norm) round differently on two threads than
+        # on one, which made a dataset synthesised at one thread count refuse the codec of a run at another.
+        threads = torch.get_num_threads()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(PRESET_CODEC_SEED)
-            return build_codec(config)
+            torch.set_num_threads(1)
+            try:
+                return build_codec(config)
+            finally:
+                torch.set_num_threads(threads)
     if os.path.isdir(spec):
         if is_lyra_model_dir(spec):
             return _lyra_codec(spec, num_codebooks)
