@@ -28,6 +28,12 @@ import torch
 from torch.nn import functional as F
 
 
+def warmup_cosine(step: int, steps: int, learning_rate: float, warmup: int = 50) -> float:
+    """The learning rate at `step` of `steps` (1-based): linear warm-up over `warmup` steps, under a cosine decay to 0,
+    as the recipes' stages schedule it. The alone-benchmarks set it on their optimiser every step."""
+    return learning_rate * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def slot_batch(rows: list[dict], collator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frames `[clips, frames, width]`, their mask and each slot's label `[clips, slots]` (blank where none spoken)."""
     from concept_talker.data.collators import pad_frames
@@ -111,7 +117,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
 
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:  # 50 warm-up steps, then cosine, as the align stage
-            group["lr"] = learning_rate * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group["lr"] = warmup_cosine(step, steps, learning_rate)
         frames, mask, labels = slot_batch(generator.sample(train, batch_size), collator)
         concepts, concept_mask = adapter(frames, mask)
         if loss == "slots":

@@ -19,22 +19,25 @@ measured on held-out items and voices (the test split):
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 
 import torch
 
+from benchmarks.adapter_alone import warmup_cosine
+
 
 def talker_overrides(pairs: list[str]) -> dict:
-    """`["hidden_size=192", "num_hidden_layers=4"]` -> `{"hidden_size": 192, "num_hidden_layers": 4}` (numbers read
-    as numbers)."""
+    """`["hidden_size=192", "num_hidden_layers=4"]` -> `{"hidden_size": 192, "num_hidden_layers": 4}` (values read
+    as a recipe override reads them)."""
+    from concept_talker.training.recipes import _parse_value
+
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"--talker takes KEY=VALUE pairs of the talker's config, got {pair!r}.")
-        overrides[key] = float(value) if "." in value or "e" in value.lower() else int(value)
+        overrides[key] = _parse_value(value)
     return overrides
 
 
@@ -89,7 +92,7 @@ def train_talker(model, processor, dataset, judge, steps: int, batch_size: int =
     model.train()
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group["lr"] = warmup_cosine(step, steps, learning_rate)
         batch = collator([train[i] for i in generator.sample(range(len(train)), batch_size)])
         out = model(**batch)
         loss = out.audio_loss + duration_weight * out.duration_loss

@@ -630,16 +630,11 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
                 output.text_loss = F.cross_entropy(logits.float(), vocabulary_index(text_vocabulary, targets[scored]))
             losses.append(output.text_loss)
 
-        spoken = None if audio_labels is None else (audio_labels[:, 0] != IGNORE_INDEX).any(-1)
-        if spoken is not None and bool(spoken.any()):
+        if audio_labels is not None and bool((audio_labels[:, 0] != IGNORE_INDEX).any()):  # a row has words to speak
             symbols = (reply_symbols, reply_symbol_tokens, reply_symbol_frames)
-            rows = [hidden, inputs_embeds, input_ids, labels, audio_labels, *symbols, style_embeds, voice_given,
-                    attention_mask]
-            if not bool(spoken.all()):  # the talker reads and writes the spoken rows only
-                rows = [None if t is None else t[spoken] for t in rows]
-            hidden_, embeds_, ids_, labels_, audio_labels_, *symbols_, style_, given_, mask_ = rows
             audio_loss, per_codebook, duration_loss, audio_logits, audio_targets = self._audio_loss(
-                hidden_, embeds_, ids_, labels_, audio_labels_, symbols_, style_, given_, mask_
+                hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given,
+                attention_mask
             )
             output.audio_loss, output.audio_codebook_losses = audio_loss, per_codebook
             output.audio_logits, output.audio_targets = audio_logits, audio_targets
@@ -665,6 +660,12 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
                     attention_mask=None):
         if input_ids is None:
             raise ValueError("audio_labels need input_ids to find the reply tokens the talker reads.")
+        spoken = (audio_labels[:, 0] != IGNORE_INDEX).any(-1)
+        if not bool(spoken.all()):  # rows with nothing to speak (transcription turns): the talker reads the others
+            hidden, inputs_embeds, input_ids, labels, audio_labels, style_embeds, voice_given, attention_mask = (
+                None if t is None else t[spoken] for t in
+                (hidden, inputs_embeds, input_ids, labels, audio_labels, style_embeds, voice_given, attention_mask))
+            symbols = tuple(t[spoken] for t in symbols)
         reply_symbols, symbol_tokens, symbol_frames = symbols
         symbol_real = reply_symbols != IGNORE_INDEX
         symbol_lengths = symbol_real.sum(-1)

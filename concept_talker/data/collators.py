@@ -192,7 +192,7 @@ class SpokenTurnCollator:
             raise ValueError(f"transcribe_turns is a share of the rows, in [0, 1]; got {transcribe_turns}.")
         self.copy_turns = copy_turns
         self.transcribe_turns = float(transcribe_turns)
-        self.rng = random.Random(f"concept-talker-transcribe-turns/{seed}")
+        self.transcribe_rng = random.Random(f"concept-talker-transcribe-turns/{seed}")
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.task = task
@@ -251,7 +251,7 @@ class SpokenTurnCollator:
                 slots = self.slot_labels(row, self.windows(row))
                 prompt_ids = self._prompt_ids(prompt, [token for token in slots if token != blank])
             else:
-                transcribe = self.transcribe_turns > 0 and self.rng.random() < self.transcribe_turns
+                transcribe = self.transcribe_turns > 0 and self.transcribe_rng.random() < self.transcribe_turns
                 prompt, answer = self.prompt_and_answer(row, transcribe)
                 windows = self.windows(row)
                 prompt_ids = self._prompt_ids(prompt, [audio_id] * (windows * self.per_window))
@@ -261,13 +261,13 @@ class SpokenTurnCollator:
             answer_ids = self.tokenizer(answer + END_OF_TURN, add_special_tokens=False).input_ids
             input_ids.append(prompt_ids + answer_ids)
             labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
-            if self.task == "reply" and transcribe:  # nothing to speak: one unscored frame, no symbols
-                replies.append(torch.full((self.num_codebooks, 1), IGNORE_INDEX, dtype=torch.long))
-                symbols.append(([], [], []))
-            elif self.task == "reply":
-                replies.append(codes_tensor(row["reply_codes"], "reply_codes", self.num_codebooks))
-                symbols.append(self._symbols(row, answer_ids))
             if self.task == "reply":
+                if transcribe:  # nothing to speak: one unscored frame, no symbols (the talker skips the row)
+                    replies.append(torch.full((self.num_codebooks, 1), IGNORE_INDEX, dtype=torch.long))
+                    symbols.append(([], [], []))
+                else:
+                    replies.append(codes_tensor(row["reply_codes"], "reply_codes", self.num_codebooks))
+                    symbols.append(self._symbols(row, answer_ids))
                 given = bool(not transcribe and self.voice and row.get("voice_given")
                              and row.get("reference_codes") is not None)
                 voice_given.append(given)
