@@ -11,7 +11,11 @@ frozen. Each batch is scored one of two ways (`--loss`):
 
 The transcript reads each slot as its nearest token over the data's tokens. Blanks are dropped, and under CTC repeated
 readings as well. CER is measured against the question on the test split (held-out voices and items).
-`--transcribe-rows` sets how many of the dataset's general-English sentences join the dialogue questions in training.
+`--transcribe-rows` and `--question-rows` set how many of the dataset's general-English sentences and of its extra
+renditions of training questions join the dialogue questions in training. Each reading also reports the share of
+the test questions' words that the transcript holds, by how often the word was spoken in the training rows
+(`word_recall`: never, 1-9, 10-99, 100 or more times): whether the adapter misses words for the voices or for want
+of hearing them.
 
     python -m benchmarks.adapter_alone --checkpoint runs/tiny-lyra/final --data runs/tiny-lyra/data --steps 800 \
         --json benchmarks/results/adapter_alone.json
@@ -20,8 +24,11 @@ readings as well. CER is measured against the question on the test split (held-o
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import math
 import random
+import re
 import time
 
 import torch
@@ -32,6 +39,31 @@ def warmup_cosine(step: int, steps: int, learning_rate: float, warmup: int = 50)
     """The learning rate at `step` of `steps` (1-based): linear warm-up over `warmup` steps, under a cosine decay to 0,
     as the recipes' stages schedule it. The alone-benchmarks set it on their optimiser every step."""
     return learning_rate * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def words_of(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+# How often a word was spoken in training: the bins of `word_recall`.
+TRAINING_COUNT_BINS = ((0, 0, "never"), (1, 9, "1-9"), (10, 99, "10-99"), (100, None, "100+"))
+
+
+def word_recall(references: list[str], readings: list[str], heard: collections.Counter) -> dict:
+    """For each bin of `TRAINING_COUNT_BINS`: the test words whose training count falls in it, and the share of them
+    that their question's reading holds (as many times as the question says them)."""
+    found = {name: [0, 0] for _, _, name in TRAINING_COUNT_BINS}
+    for reference, reading in zip(references, readings):
+        left = collections.Counter(words_of(reading))
+        for word in words_of(reference):
+            name = next(n for low, high, n in TRAINING_COUNT_BINS if low <= heard[word] and (high is None or
+                                                                                           heard[word] <= high))
+            found[name][0] += 1
+            if left[word] > 0:
+                left[word] -= 1
+                found[name][1] += 1
+    return {name: {"words": total, "recall": round(hits / total, 3) if total else None}
+            for name, (total, hits) in found.items()}
 
 
 def slot_batch(rows: list[dict], collator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,7 +111,7 @@ def read_questions(model, adapter, rows, collator, vocabulary, collapse: bool, b
 
 def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-3,
                   transcribe_rows: int | None = None, examples: int = 100, seed: int = 0, log_every: int = 200,
-                  dropout: float | None = None) -> dict:
+                  dropout: float | None = None, question_rows: int | None = None) -> dict:
     """Train a fresh adapter for `steps` (with `dropout` instead of its config's, where given) and measure its reading
     of the test questions along the way, and of as many training questions (how far it fits them)."""
     import copy
@@ -98,12 +130,14 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     collator = SpokenTurnCollator(processor, "transcribe", config)
     vocabulary = torch.tensor(dataset_vocabulary(processor.tokenizer, dataset, config, copy_turns=True))
     train = list(with_features(dataset["train"]))
-    if "transcribe" in dataset and transcribe_rows != 0:
-        general = with_features(dataset["transcribe"])
-        train += [general[i] for i in range(min(len(general), transcribe_rows or len(general)))]
+    for split, cap in (("transcribe", transcribe_rows), ("questions", question_rows)):
+        if split in dataset and cap != 0:
+            extra = with_features(dataset[split])
+            train += [extra[i] for i in range(min(len(extra), cap or len(extra)))]
     test_split = with_features(dataset["test"])
     test = [test_split[i] for i in range(min(examples, len(test_split)))]
     references = [row["question_text"] for row in test]
+    heard = collections.Counter(word for row in train for word in words_of(row["question_text"]))
     error_rate = load_metric("error_rate")
     model.requires_grad_(False)
     adapter_config = copy.deepcopy(config.adapter_config)
@@ -133,13 +167,14 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
             read_seen = read_questions(model, adapter, seen, collator, vocabulary, collapse=loss == "ctc")
             adapter.train()
             curve.append({"step": step, "test_cer": error_rate.compute(predictions=read, references=references)["cer"],
+                          "word_recall": word_recall(references, read, heard),
                           "train_cer": error_rate.compute(predictions=read_seen, references=seen_references)["cer"],
                           "seconds": round(time.perf_counter() - started, 1)})
             print(curve[-1], flush=True)
     return {"loss": loss, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
             "dropout": adapter_config.dropout, "train_cer": curve[-1]["train_cer"],
             "train_rows": len(train), "test_examples": len(test), "vocabulary": len(vocabulary),
-            "test_cer": curve[-1]["test_cer"], "curve": curve,
+            "test_cer": curve[-1]["test_cer"], "word_recall": curve[-1]["word_recall"], "curve": curve,
             "samples": [{"question": q, "read": r} for q, r in list(zip(references, read))[:5]]}
 
 
@@ -156,8 +191,11 @@ def main(argv=None) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--transcribe-rows", type=int, nargs="+", default=[-1],
                         help="general-English rows that join training, one run each (-1: all, 0: none)")
+    parser.add_argument("--question-rows", type=int, nargs="+", default=[-1],
+                        help="extra renditions of training questions that join training, one run each (-1: all, 0: none)")
     parser.add_argument("--dropout", type=float, nargs="+", default=[None],
                         help="the adapter's dropout, one run each (default: the checkpoint's config)")
+    parser.add_argument("--log-every", type=int, default=200, help="steps between readings of the questions")
     parser.add_argument("--examples", type=int, default=100, help="test questions read (and as many training ones)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
@@ -175,14 +213,14 @@ def main(argv=None) -> None:
                          "for a model with an ear.")
     runs = []
     for loss in args.loss:
-        for rows in args.transcribe_rows:
-            for dropout in args.dropout:
-                result = train_adapter(model, processor, dataset, loss, args.steps, args.batch_size, args.learning_rate,
-                                       transcribe_rows=None if rows < 0 else rows, examples=args.examples,
-                                       dropout=dropout)
-                print(f"{loss:5s} transcribe rows {rows:5d} dropout {result['dropout']}: test CER "
-                      f"{result['test_cer']:.3f} (training questions {result['train_cer']:.3f}) after {args.steps} steps")
-                runs.append(result)
+        for rows, questions, dropout in itertools.product(args.transcribe_rows, args.question_rows, args.dropout):
+            result = train_adapter(model, processor, dataset, loss, args.steps, args.batch_size, args.learning_rate,
+                                   transcribe_rows=None if rows < 0 else rows, examples=args.examples,
+                                   dropout=dropout, question_rows=None if questions < 0 else questions,
+                                   log_every=args.log_every)
+            print(f"{loss:5s} transcribe rows {rows:5d} question rows {questions:5d} dropout {result['dropout']}: test "
+                  f"CER {result['test_cer']:.3f} (training questions {result['train_cer']:.3f}) after {args.steps} steps")
+            runs.append(result)
     if args.json:
         from concept_talker.files import write_json
 

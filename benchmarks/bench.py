@@ -50,7 +50,7 @@ from benchmarks.thinker_decode import (
     peak_rss_bytes,
     time_generate,
     time_runner,
-    use_clock,
+    measuring,
     weight_bytes_per_token,
 )
 
@@ -456,11 +456,9 @@ def run_bench(preset: str = "0.5b", runs: int = 10, reply_tokens: int = REPLY_TO
 def run(args) -> int:
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    use_clock(args.clock)
-    results = run_bench(args.preset, args.runs, args.reply_tokens, args.kernel, int8=not args.no_int8,
-                        compile_baseline=not args.no_compile)
+    with measuring(args.clock, args.threads):
+        results = run_bench(args.preset, args.runs, args.reply_tokens, args.kernel, int8=not args.no_int8,
+                            compile_baseline=not args.no_compile)
     results["clock"] = args.clock
     if args.json:
         write_json(args.json, results)

@@ -28,6 +28,7 @@ Engines run in interleaved rounds; the summary gives medians over rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -53,6 +54,22 @@ def use_clock(name: str) -> None:
     if name == "cpu":
         torch.set_num_threads(1)
     _clock = CLOCKS[name]
+
+
+@contextlib.contextmanager
+def measuring(clock: str, threads: int | None = None):
+    """Measure with `clock` (see `use_clock`) and `threads` torch threads (None: as they are), then put both back:
+    a benchmark run from a test or a notebook leaves the process as it found it."""
+    global _clock
+    saved_clock, saved_threads = _clock, torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        use_clock(clock)
+        yield
+    finally:
+        _clock = saved_clock
+        torch.set_num_threads(saved_threads)
 
 
 def now() -> float:
@@ -414,13 +431,11 @@ def main(argv=None) -> None:
     parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
                         help="wall: elapsed time (default); cpu: CPU time of one thread (a machine shared with others)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    use_clock(args.clock)
     from benchmarks.engines import kernels_to_measure
 
-    report = run(args.preset, args.rounds, args.prompt_length, args.new_tokens, tuple(args.engines.split(",")),
-                 tuple(kernels_to_measure(args.kernels)), int8=not args.no_int8)
+    with measuring(args.clock, args.threads):
+        report = run(args.preset, args.rounds, args.prompt_length, args.new_tokens, tuple(args.engines.split(",")),
+                     tuple(kernels_to_measure(args.kernels)), int8=not args.no_int8)
     if args.json:
         from concept_talker.files import write_json
 

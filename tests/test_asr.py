@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from modeling_concept_talker.audio import load_audio, prepare_audio, resample
 from concept_talker.evaluation.asr import (
@@ -187,3 +189,30 @@ def test_spoken_replies_reports_what_the_judge_heard_against_the_text(assets):
     (row,) = results["replies"]
     assert row["question"] == "What does brave mean?" and isinstance(row["heard"], str)
     assert results["wer"] == row["wer"] and "whisper-base" in results["judge"]
+
+
+def test_the_whisper_judge_hears_real_speech_and_cuts_its_own_loops(ljspeech, assets):
+    """Whisper base hears LJSpeech clips nearly word for word; a transcript that runs on past what a clip can hold
+    (Whisper's loop on short repetitive audio) is cut to the clip's token budget."""
+    from concept_talker.evaluation.asr import WhisperRecognizer
+
+    judge = WhisperRecognizer(str(assets / "whisper-base"))
+    clips, texts, _ = ljspeech
+    heard = judge.transcribe_batch(clips[:2], 16000)
+    assert judge.word_error_rate(texts[:2], heard) < 0.15
+
+    generate = judge.model.generate
+    oh = judge.processor.tokenizer(" oh,", add_special_tokens=False).input_ids
+    asked = {}
+
+    def looping(features, max_new_tokens, **kwargs):  # what Whisper does on "K, O, O, opus": "oh, oh, oh, ..."
+        asked["max_new_tokens"] = max_new_tokens
+        prompt = generate(features, max_new_tokens=1, **kwargs)[:, :-1]
+        return torch.cat([prompt, torch.tensor(oh * max_new_tokens)[None].repeat(len(prompt), 1)], dim=1)
+
+    judge.model.generate = looping
+    one_second, three_seconds = clips[0][:16000], np.tile(clips[0], 3)[:48000]
+    short, longer = judge.transcribe_batch([one_second, three_seconds], 16000)
+    assert asked["max_new_tokens"] == judge.token_budget(3.0) == 34
+    assert len(judge.processor.tokenizer(short, add_special_tokens=False).input_ids) <= judge.token_budget(1.0) == 18
+    assert short.startswith("oh, oh") and len(longer.split()) > len(short.split())

@@ -19,10 +19,18 @@ from concept_talker.cli import main
 
 
 def test_bench_writes_its_report_and_plot(tmp_path, capsys):
+    import time
+
+    from benchmarks import thinker_decode
+
     report, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    threads = torch.get_num_threads()
     assert main(["bench", "--preset", "tiny", "--runs", "1", "--no-compile", "--json", str(report),
-                 "--plot", str(plot)]) == 0
+                 "--plot", str(plot), "--threads", str(threads + 1), "--clock", "cpu"]) == 0
+    # It measured as told, and left the process's threads and clock as it found them.
+    assert torch.get_num_threads() == threads and thinker_decode._clock is time.perf_counter
     results = json.loads(report.read_text())
+    assert (results["clock"], results["threads"]) == ("cpu", 1)  # CPU time counts one thread's work
     for key in ("first_audio_ms_p50", "first_audio_ms_p95", "rtf", "thinker_roofline_fraction",
                 "baseline_first_audio_ms_p50", "peak_rss_mb", "talker_frames_per_s", "speedup_first_audio"):
         assert results[key] > 0, key

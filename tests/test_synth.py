@@ -238,6 +238,36 @@ def test_a_crash_while_saving_leaves_no_dataset_and_the_rerun_reuses_every_shard
     assert [len(dataset[s]) for s in ("train", "validation", "test")] == [2, 1, 1]
 
 
+def test_question_only_splits_for_the_listening_stages(tmp_path):
+    """--transcribe-rows and --question-rows add question-only splits: general English, and more renditions of
+    training questions (training items only, training voices, word timings, no reply)."""
+    from datasets import load_from_disk
+
+    from concept_talker.data.dialogue import item_split
+
+    out = tmp_path / "data"
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(_cli(out, "--transcribe-rows", "2", "--question-rows", "3", "--skills", "vocabulary",
+                                 "spelling"), cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dataset = load_from_disk(str(out))
+    assert {name: len(rows) for name, rows in dataset.items()} == {
+        "train": 10, "validation": 1, "test": 1, "transcribe": 2, "questions": 3}
+    info = load_synth_info(str(out))
+    questions, train = dataset["questions"], dataset["train"]
+    assert questions["id"] == [f"questions-{i:06d}" for i in range(3)]
+    assert set(questions["question_voice"]) <= set(info["splits"]["train"]["voices"])
+    assert info["splits"]["questions"]["voices"] == info["splits"]["train"]["voices"]
+    for row in questions:
+        assert row["skill"] in ("vocabulary", "spelling") and item_split(row["item"]) == "train"
+        assert row["reply_text"] is None and row["reply_codes"] is None and row["question_codes"]
+        assert len(row["question_word_seconds"]) == len(row["question_text"].split())
+    # Other turns than the train split's (the generator's next draws), not copies of them.
+    train_turns = set(zip(train["question_text"], train["instruction"]))
+    assert not set(zip(questions["question_text"], questions["instruction"])) <= train_turns
+    assert all(row["skill"] == "words" for row in dataset["transcribe"])
+
+
 def test_cli_without_espeak_says_how_to_install(monkeypatch, tmp_path, capsys):
     from concept_talker import cli
     from concept_talker.data import tts

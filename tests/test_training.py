@@ -36,8 +36,9 @@ def micro_overrides(data: str, steps: int = 6) -> list[str]:
 
 @pytest.fixture(scope="session")
 def micro_dataset(tmp_path_factory):
-    """24 rows made with the tiny preset's codec and a random ear of the tiny preset's shape, saved next to them
-    (shared by the tests of this file)."""
+    """24 dialogue rows (and 4 general-English and 6 extra training questions, question only) made with the tiny
+    preset's codec and a random ear of the tiny preset's shape, saved next to them (shared by the tests of this
+    file)."""
     import torch
     from transformers import WhisperModel
 
@@ -49,7 +50,7 @@ def micro_dataset(tmp_path_factory):
     WhisperModel(load_preset("tiny").ear_config).save_pretrained(root / "ear")
     out = root / "tutor"
     build_synthetic_dataset(SynthConfig(num_rows=24, validation_size=3, test_size=3, codec="tiny", audio_columns=(),
-                                        ear=str(root / "ear")), str(out), num_proc=1)
+                                        ear=str(root / "ear"), transcribe_rows=4, question_rows=6), str(out), num_proc=1)
     return str(out)
 
 
@@ -116,6 +117,10 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     assert load_recipe(path, ["--stages.align.transcribe_rows", "1000"])["stages"]["align"]["transcribe_rows"] == 1000
     with pytest.raises(RecipeError, match=r"stages.reply.transcribe_rows: the general-English rows join the listening"):
         load_recipe(path, ["--stages.reply.transcribe_rows", "10"])
+    assert load_recipe(path, ["--stages.text.question_rows", "50"])["stages"]["text"]["question_rows"] == 50
+    with pytest.raises(RecipeError, match=r"stages.reply.question_rows: the extra questions join the listening"):
+        load_recipe(path, ["--stages.reply.question_rows", "10"])
+    assert load_recipe(path, ["--data.synth.question_rows", "4000"])["data"]["synth"]["question_rows"] == 4000
     assert load_recipe(path, ["--stages.reply.transcribe_turns", "0.25"])["stages"]["reply"]["transcribe_turns"] == 0.25
     with pytest.raises(RecipeError, match=r"stages.align.transcribe_turns: a share of transcription turns"):
         load_recipe(path, ["--stages.align.transcribe_turns", "0.25"])
@@ -316,18 +321,20 @@ def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_proces
 
 # ---- whole runs ----------------------------------------------------------------------------------------------------
 
-def test_listening_stages_take_the_general_english_rows_they_are_given():
+def test_listening_stages_take_the_question_only_rows_they_are_given():
     from datasets import Dataset, DatasetDict
 
     from concept_talker.training.train import stage_train_rows
 
     dataset = DatasetDict({"train": Dataset.from_dict({"id": [f"d{i}" for i in range(4)]}),
-                           "transcribe": Dataset.from_dict({"id": [f"t{i}" for i in range(6)]})})
+                           "transcribe": Dataset.from_dict({"id": [f"t{i}" for i in range(6)]}),
+                           "questions": Dataset.from_dict({"id": [f"q{i}" for i in range(3)]})})
     ids = lambda stage, settings: sorted(stage_train_rows(dataset, stage, settings, seed=0)["id"])
-    assert ids("align", {}) == sorted([f"d{i}" for i in range(4)] + [f"t{i}" for i in range(6)])
-    assert ids("text", {"transcribe_rows": 2}) == ["d0", "d1", "d2", "d3", "t0", "t1"]
-    assert ids("align", {"transcribe_rows": 0}) == ["d0", "d1", "d2", "d3"]
-    assert ids("reply", {}) == ["d0", "d1", "d2", "d3"]  # the reply stage speaks replies: dialogue rows only
+    dialogue, general, questions = ([f"{k}{i}" for i in range(n)] for k, n in (("d", 4), ("t", 6), ("q", 3)))
+    assert ids("align", {}) == sorted(dialogue + general + questions)
+    assert ids("text", {"transcribe_rows": 2}) == sorted(dialogue + questions + ["t0", "t1"])
+    assert ids("align", {"transcribe_rows": 0, "question_rows": 1}) == sorted(dialogue + ["q0"])
+    assert ids("reply", {}) == dialogue  # the reply stage speaks replies: dialogue rows only
 
 
 def check_learning_curve(run: Path, data: str, assets: Path) -> None:
@@ -358,6 +365,19 @@ def check_learning_curve(run: Path, data: str, assets: Path) -> None:
         checkpoint_stage_and_step(str(run / "final"))
 
 
+def test_word_recall_counts_each_spoken_word_once_in_its_training_bin():
+    import collections
+
+    from benchmarks.adapter_alone import word_recall
+
+    heard = collections.Counter({"the": 500, "cat": 5, "sat": 20, "spell": 200, "mat": 1})
+    recall = word_recall(["The cat sat on the mat.", "Spell engine."], ["the cat the mat", "spell eleven"], heard)
+    assert recall == {"never": {"words": 2, "recall": 0.0}, "1-9": {"words": 2, "recall": 1.0},
+                      "10-99": {"words": 1, "recall": 0.0}, "100+": {"words": 3, "recall": 1.0}}
+    # A word said twice is found twice only if the reading says it twice.
+    assert word_recall(["the the"], ["the"], heard)["100+"] == {"words": 2, "recall": 0.5}
+
+
 def check_adapter_alone(run: Path, data: str) -> None:
     """benchmarks.adapter_alone trains a fresh adapter on the run's stored frames with each loss and reads the test
     questions; the run's own adapter is left as it was."""
@@ -369,12 +389,18 @@ def check_adapter_alone(run: Path, data: str) -> None:
     main(["--checkpoint", str(run / "final"), "--data", data, "--steps", "3", "--loss", "slots", "ctc",
           "--transcribe-rows", "-1", "0", "--examples", "2", "--json", str(run / "adapter_alone.json")])
     runs = json.loads((run / "adapter_alone.json").read_text())["runs"]
-    assert [(r["loss"], r["steps"]) for r in runs] == [("slots", 3)] * 2 + [("ctc", 3)] * 2
+    assert [(r["loss"], r["steps"], r["train_rows"]) for r in runs] == [
+        ("slots", 3, 18 + 4 + 6), ("slots", 3, 18 + 6), ("ctc", 3, 18 + 4 + 6), ("ctc", 3, 18 + 6)]
     assert all(r["test_cer"] >= 0 and r["train_cer"] >= 0 and r["curve"][-1]["step"] == 3 and r["test_examples"] == 2
                for r in runs)
+    # Every word of the test questions is counted in one bin of how often training spoke it.
+    recall = runs[0]["word_recall"]
+    assert list(recall) == ["never", "1-9", "10-99", "100+"] and sum(b["words"] for b in recall.values()) > 0
+    assert all(b["recall"] is None or 0 <= b["recall"] <= 1 for b in recall.values())
     main(["--checkpoint", str(run / "final"), "--data", data, "--steps", "1", "--dropout", "0.3", "--examples", "1",
-          "--json", str(run / "adapter_dropout.json")])
-    assert json.loads((run / "adapter_dropout.json").read_text())["runs"][0]["dropout"] == 0.3
+          "--question-rows", "2", "--json", str(run / "adapter_dropout.json")])
+    (result,) = json.loads((run / "adapter_dropout.json").read_text())["runs"]
+    assert result["dropout"] == 0.3 and result["train_rows"] == 18 + 4 + 2
     after = load_file(run / "final" / "model.safetensors")
     assert before and all(torch.equal(after[k], v) for k, v in before.items())
 

@@ -29,6 +29,15 @@ def add_arguments(parser) -> None:
                         help="preset (tiny), Lyra folder, Concept-Talker checkpoint, or EnCodec/Mimi id or folder")
     parser.add_argument("--num-codebooks", type=int, help="codebooks to keep (default: the codec's)")
     parser.add_argument("--tts", default="espeak", help="espeak (offline), vits, vits:<id or folder>")
+    parser.add_argument("--reply-tts", default="piper",
+                        help="the house voice that speaks the replies (piper: en_US-joe-medium; or a questions' TTS)")
+    parser.add_argument("--ear", help="a Whisper model (Hub id or folder) whose encoder frames are stored for each "
+                                      "question; the model's ear must be the same (default: codes only)")
+    parser.add_argument("--transcribe-rows", type=int, default=0,
+                        help="general-English sentences (question only) in an extra 'transcribe' split")
+    parser.add_argument("--question-rows", type=int, default=0,
+                        help="more renditions of training questions (question only, other voices) in an extra "
+                             "'questions' split, for the listening stages")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes (one torch thread each)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads for encoding when --num-proc is 1 (default 1; prefer --num-proc)")
@@ -79,6 +88,8 @@ def run(args) -> int:
                 tts=args.tts, codec=args.codec, num_codebooks=args.num_codebooks, voices=args.voices,
                 validation_voices=args.validation_voices, test_voices=args.test_voices, skills=args.skills,
                 audio_columns=tuple(args.audio), allow_voice_overlap=args.allow_voice_overlap,
+                reply_tts=args.reply_tts, ear=args.ear, transcribe_rows=args.transcribe_rows,
+                question_rows=args.question_rows,
             )
             dataset = build_synthetic_dataset(
                 config, args.out, work_dir=args.work_dir, overwrite=args.overwrite, keep_work_dir=args.keep_work_dir,

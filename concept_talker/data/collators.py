@@ -47,8 +47,8 @@ TASKS = ("text", "transcribe", "reply")
 
 def is_transcription_row(row_id: str) -> bool:
     """In the text stage, half of the dialogue rows (fixed by a hash of their id) teach copying, the rest answering;
-    question-only rows always teach copying."""
-    return str(row_id).startswith("transcribe-") or zlib.crc32(str(row_id).encode()) % 2 == 0
+    question-only rows (of the `transcribe` and `questions` splits) always teach copying."""
+    return str(row_id).startswith(("transcribe-", "questions-")) or zlib.crc32(str(row_id).encode()) % 2 == 0
 
 
 def codes_tensor(codes, name: str, num_codebooks: int) -> torch.Tensor:
@@ -334,8 +334,9 @@ def data_vocabulary(tokenizer, texts, config) -> list[int]:
 
 def dataset_vocabulary(tokenizer, dataset, config, copy_turns: bool) -> list[int]:
     """`data_vocabulary` of a dataset: every question and reply of its train and general-English (`transcribe`)
-    splits, and the copy turns' words where a run trains on copy turns (`copy_turns`)."""
-    texts = [t for name in ("train", "transcribe") if name in dataset
+    splits (and the extra training questions of `questions`), and the copy turns' words where a run trains on copy
+    turns (`copy_turns`)."""
+    texts = [t for name in ("train", "transcribe", "questions") if name in dataset
              for column in ("question_text", "reply_text") if column in dataset[name].column_names
              for t in dataset[name][column]]
     if copy_turns:

@@ -3,7 +3,8 @@
     concept-talker synth --out data/tutor --n 5000 --codec ../shared/assets/lyra-soundstream \
         --ear ../shared/assets/whisper-base --transcribe-rows 3000 --num-proc 2
 
-builds `train` / `validation` / `test` splits (and `transcribe`, with `--transcribe-rows`). Each row is one tutoring
+builds `train` / `validation` / `test` splits (and `transcribe` with `--transcribe-rows`, `questions` with
+`--question-rows`). Each row is one tutoring
 exchange: the user's spoken question, the typed instruction that comes with it, the tutor's reply, and (where the
 reply stage will pass it) a short reference clip of the reply's voice (another sentence, same voice, normal rate).
 
@@ -17,6 +18,9 @@ reply stage will pass it) a short reference clip of the reply's voice (another s
   (`reply_phonemes`, `reply_phoneme_chars`, `reply_phoneme_frames`). The house voice never speaks a question.
 - `transcribe` rows hold questions only: sentences of common English words (`english_words.txt`), for the listening
   stage to hear many more words than the dialogue holds.
+- `questions` rows hold questions only too: more training questions (the same items, other combinations) in other
+  voices, rates and pitches. A question-only row costs about a tenth of a dialogue row to make, and the listening
+  stages are short of speech per word, not of replies.
 
 Validation and test use held-out items, templates and question voices.
 
@@ -97,6 +101,7 @@ from .dialogue import (
 logger = logging.getLogger("concept_talker.synth")
 
 EXTRA_SPLIT = "transcribe"  # question-only rows of general English, for the listening stages
+QUESTIONS_SPLIT = "questions"  # question-only rows: more renditions of training questions, for the listening stages
 # Speaking rates in words per minute (espeak's scale; the house voice's length scale is 175 / rate) and base
 # pitch (0-99, 50 = the voice's own).
 STYLE_RATES = {"slow": (105, 125), "normal": (155, 185), "fast": (230, 270)}
@@ -144,6 +149,9 @@ class SynthConfig:
         audio_columns: waveforms to store next to the codes (`question`, `reply`, `reference`).
         allow_voice_overlap: let evaluation voices also be training voices (needed for one-voice TTS models).
         transcribe_rows: general-English utterances (question only) in an extra `transcribe` split.
+        question_rows: more renditions of training questions (question only, new voices, rates and pitches) in an
+            extra `questions` split: more speech per word for the listening stages, at a small share of a dialogue
+            row's cost (no reply to render and encode).
         voice_variant_share: share of replies spoken in a pitch-shifted house voice, with a reference clip the reply
             stage passes; the other replies are in the house voice, half of them with a reference clip.
         perturb_share: share of questions perturbed (resampled in speed, white noise added).
@@ -168,6 +176,7 @@ class SynthConfig:
     audio_columns: tuple[str, ...] = DEFAULT_AUDIO
     allow_voice_overlap: bool = False
     transcribe_rows: int = 0
+    question_rows: int = 0
     voice_variant_share: float = 0.4
     perturb_share: float = 0.3
 
@@ -192,8 +201,9 @@ class SynthConfig:
         for name in ("voice_variant_share", "perturb_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share from 0 to 1, got {getattr(self, name)!r}.")
-        if self.transcribe_rows < 0:
-            raise ValueError(f"transcribe_rows must be >= 0, got {self.transcribe_rows}.")
+        for name in ("transcribe_rows", "question_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         return {"train": train, **sizes}
 
 
@@ -259,6 +269,19 @@ def plan_split(config: SynthConfig, split: str, count: int, voices: Sequence[str
             "voice_given": voice_given,
         })
     return rows
+
+
+def plan_question_rows(config: SynthConfig, count: int, voices: Sequence[str], train_rows: int) -> list[dict]:
+    """Question-only rows: `count` more training questions (the turns the dialogue generator draws after the train
+    split's `train_rows`: other item, template and instruction combinations while the pool lasts), each in a voice,
+    rate and pitch of its own. The listening stages hear the training items in more voices than the dialogue rows,
+    whose replies cost far more to render, can give them."""
+    turns = generate_dialogues(train_rows + count, "train", config.seed, config.skills, config.style_weights)[train_rows:]
+    rng = random.Random(f"concept-talker-questions/{config.seed}")
+    return [{"id": f"{QUESTIONS_SPLIT}-{index:06d}", **turn.to_dict(), "reply_text": None, "reference_text": None,
+             **_question_plan(rng, voices, config.perturb_share), "reply_voice": None, "reply_rate": None,
+             "reply_pitch": None, "reference_rate": None, "voice_given": False}
+            for index, turn in enumerate(turns)]
 
 
 def plan_transcribe_rows(config: SynthConfig, count: int, voices: Sequence[str]) -> list[dict]:
@@ -495,13 +518,16 @@ def build_synthetic_dataset(
     voices = resolve_voices(config, tts)
     settings = _settings(config, voices, tts, reply_tts, codec_info, ear_info)
     features = dataset_features(audio_columns, ear_info["width"] if ear_info else None)
-    splits_made = SPLITS + ((EXTRA_SPLIT,) if config.transcribe_rows else ())
+    splits_made = SPLITS + ((EXTRA_SPLIT,) if config.transcribe_rows else ()) + (
+        (QUESTIONS_SPLIT,) if config.question_rows else ())
     house_voice = reply_tts.default_voice
 
     def plan():
         rows = {split: plan_split(config, split, sizes[split], voices[split], house_voice) for split in SPLITS}
         if config.transcribe_rows:
             rows[EXTRA_SPLIT] = plan_transcribe_rows(config, config.transcribe_rows, voices["train"])
+        if config.question_rows:
+            rows[QUESTIONS_SPLIT] = plan_question_rows(config, config.question_rows, voices["train"], sizes["train"])
         return rows
 
     with exclusive(work_dir):
@@ -551,7 +577,7 @@ def build_synthetic_dataset(
             "question_rates": QUESTION_RATES,
             "pitch_range": PITCH_RANGE,
             "reference_seconds": REFERENCE_SECONDS,
-            "splits": {split: {"num_rows": len(rows[split]), "voices": voices["train" if split == EXTRA_SPLIT else split]}
+            "splits": {split: {"num_rows": len(rows[split]), "voices": voices.get(split, voices["train"])}
                        for split in splits_made},
         }
         splits = {}

@@ -111,6 +111,12 @@ def char_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
 # ---------------------------------------------------------------------------------------------------------------
 
 DEFAULT_JUDGE = "openai/whisper-base"
+# Whisper loops on short, repetitive audio ("oh, oh, oh, ..." up to the token limit), and one such transcript would
+# weigh more in a corpus WER than all the others. Speech carries at most about 5 text tokens a second (fast speech:
+# 3.5 words a second), so the judge keeps at most this many tokens of a clip: 8 a second, and 10 for any clip.
+JUDGE_TOKENS_PER_SECOND = 8
+JUDGE_TOKEN_SLACK = 10
+MAX_JUDGE_TOKENS = 220  # a 30 s clip's budget: half of Whisper's 448-token context, prompt included
 OFFLINE_JUDGE = os.path.join("..", "shared", "assets", "whisper-base")
 
 
@@ -163,24 +169,33 @@ class WhisperRecognizer:
         return f"Whisper ({os.path.basename(self.name_or_path.rstrip(os.sep)) or self.name_or_path}), greedy, " \
                "English text normaliser on both sides"
 
+    def token_budget(self, seconds: float) -> int:
+        """The most text tokens a transcript of a clip of `seconds` keeps (see `JUDGE_TOKENS_PER_SECOND`)."""
+        return min(MAX_JUDGE_TOKENS, math.ceil(JUDGE_TOKENS_PER_SECOND * seconds) + JUDGE_TOKEN_SLACK)
+
     def transcribe_batch(self, clips, sampling_rate: int) -> list[str]:
-        """Clips (float32 `[samples]` each, any length under 30 s) at `sampling_rate` -> their transcripts."""
+        """Clips (float32 `[samples]` each, any length under 30 s) at `sampling_rate` -> their transcripts, each cut
+        to its clip's `token_budget` (a recogniser's loop is not speech)."""
         import torch
 
         texts = []
         clips = [to_mono_float(np.asarray(c, dtype=np.float32), name="clip") for c in clips]
         waves = [resample(c, check_sampling_rate(sampling_rate), self.sampling_rate).numpy() for c in clips]
+        special = set(self.processor.tokenizer.all_special_ids)
         for start in range(0, len(waves), self.batch_size):
             chunk = waves[start : start + self.batch_size]
             present = [i for i, w in enumerate(chunk) if len(w)]
             heard = [""] * len(chunk)
             if present:
+                budgets = {i: self.token_budget(len(chunk[i]) / self.sampling_rate) for i in present}
                 features = self.processor([chunk[i] for i in present], sampling_rate=self.sampling_rate,
                                           return_tensors="pt").input_features
                 with torch.inference_mode():
-                    ids = self.model.generate(features, language="en", task="transcribe", max_new_tokens=128)
-                for i, text in zip(present, self.processor.batch_decode(ids, skip_special_tokens=True)):
-                    heard[i] = text.strip()
+                    ids = self.model.generate(features, language="en", task="transcribe",
+                                              max_new_tokens=max(budgets.values()))
+                for i, row in zip(present, ids.tolist()):
+                    tokens = [t for t in row if t not in special][: budgets[i]]
+                    heard[i] = self.processor.tokenizer.decode(tokens).strip()
             texts += heard
         return texts
 

@@ -23,11 +23,13 @@ OPTIONAL_STAGES = ("copy",)
 # dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on),
 # `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch),
 # `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
-# `transcribe_rows` (text and align: how many of the dataset's general-English rows join the stage; default all) and
+# `transcribe_rows` and `question_rows` (text and align: how many of the dataset's general-English rows, and of its
+# extra renditions of training questions, join the stage; default all) and
 # `transcribe_turns` (reply stage: the share of rows that transcribe their question instead of answering it, so that
 # the thinker's LoRA keeps reading the concepts while it learns the replies).
 STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
-                    "text_labels", "text_vocabulary", "copy_turns", "transcribe_rows", "transcribe_turns"}
+                    "text_labels", "text_vocabulary", "copy_turns", "transcribe_rows", "question_rows",
+                    "transcribe_turns"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {
@@ -43,8 +45,8 @@ RECIPE_SCHEMA = {
     },
     "data": {
         "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
-        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0, "reply_tts": "piper",
-                  "voice_variant_share": 0.4, "perturb_share": 0.3},
+        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0, "question_rows": 0,
+                  "reply_tts": "piper", "voice_variant_share": 0.4, "perturb_share": 0.3},
     },
     "stages": {name: None for name in STAGES},
     # The trained checkpoint's default reply settings (`SpokenGenerationConfig` fields, e.g. talker_temperature),
@@ -73,6 +75,7 @@ VALUE_RULES = {
     "data.synth.voices": ("strings?", None),
     "data.synth.seed": ("int", 0),
     "data.synth.transcribe_rows": ("int", 0),
+    "data.synth.question_rows": ("int", 0),
     "data.synth.reply_tts": ("str", None),
     "data.synth.voice_variant_share": ("share", None),
     "data.synth.perturb_share": ("share", None),
@@ -98,6 +101,7 @@ STAGE_EXTRA_RULES = {
     "text_vocabulary": ("str?", None),
     "copy_turns": ("share", None),
     "transcribe_rows": ("int?", 0),
+    "question_rows": ("int?", 0),
     "transcribe_turns": ("share", None),
 }
 # `text_vocabulary` takes one value: "data" (or null, the whole vocabulary).
@@ -285,9 +289,10 @@ def check_stage(name: str, stage: dict, seed: int = 0) -> None:
     if stage.get("copy_turns") and name != "text":
         raise RecipeError(f"stages.{name}.copy_turns: a share of copy turns is for the text stage (the copy stage "
                           "trains on nothing else); remove it here.")
-    if stage.get("transcribe_rows") is not None and name not in ("text", "align"):
-        raise RecipeError(f"stages.{name}.transcribe_rows: the general-English rows join the listening stages (text "
-                          "and align) only; remove it here.")
+    for key, rows in (("transcribe_rows", "the general-English rows"), ("question_rows", "the extra questions")):
+        if stage.get(key) is not None and name not in ("text", "align"):
+            raise RecipeError(f"stages.{name}.{key}: {rows} join the listening stages (text and align) only; remove "
+                              "it here.")
     if stage.get("transcribe_turns") and name != "reply":
         raise RecipeError(f"stages.{name}.transcribe_turns: a share of transcription turns among the replies is for "
                           "the reply stage (align transcribes every row already); remove it here.")

@@ -43,17 +43,24 @@ LISTENING_STAGES = ("text", "align")
 RUN_FILE = "run.json"
 
 
+# The question-only splits the listening stages add to the train split, with the stage setting that caps each.
+QUESTION_ONLY_SPLITS = {"questions": "question_rows", "transcribe": "transcribe_rows"}
+
+
 def stage_train_rows(dataset, stage: str, settings: dict, seed: int):
-    """A stage's training rows: the train split, and for the listening stages the general-English rows of the
-    `transcribe` split too (the first `settings["transcribe_rows"]` of them where set), shuffled together."""
-    if stage not in LISTENING_STAGES or "transcribe" not in dataset:
+    """A stage's training rows: the train split, and for the listening stages the question-only rows too (the
+    `questions` split's more renditions of training questions and the `transcribe` split's general English; the first
+    `settings["question_rows"]` / `settings["transcribe_rows"]` of each where set), shuffled together."""
+    extra = [name for name in QUESTION_ONLY_SPLITS if name in dataset] if stage in LISTENING_STAGES else []
+    if not extra:
         return dataset["train"]
     from datasets import concatenate_datasets
 
-    general = dataset["transcribe"]
-    if settings.get("transcribe_rows") is not None:
-        general = general.select(range(min(len(general), int(settings["transcribe_rows"]))))
-    return concatenate_datasets([dataset["train"], general]).shuffle(seed=seed)
+    parts = [dataset["train"]]
+    for name in extra:
+        rows, cap = dataset[name], settings.get(QUESTION_ONLY_SPLITS[name])
+        parts.append(rows if cap is None else rows.select(range(min(len(rows), int(cap)))))
+    return concatenate_datasets(parts).shuffle(seed=seed)
 
 
 class TrainingRun:
@@ -145,6 +152,7 @@ class TrainingRun:
             num_codebooks=config.codec_num_codebooks, voices=synth["voices"], audio_columns=(),
             ear=self.ear_spec(config), ear_context_windows=config.ear_context_windows,
             window_seconds=config.adapter_config.window_seconds, transcribe_rows=int(synth["transcribe_rows"]),
+            question_rows=int(synth["question_rows"]),
             reply_tts=synth["reply_tts"], voice_variant_share=float(synth["voice_variant_share"]),
             perturb_share=float(synth["perturb_share"]),
         )
