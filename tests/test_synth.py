@@ -243,12 +243,14 @@ def test_question_only_splits_for_the_listening_stages(tmp_path):
     training questions (training items only, training voices, word timings, no reply)."""
     from datasets import load_from_disk
 
-    from concept_talker.data.dialogue import item_split
+    from benchmarks.adapter_alone import words_of
+    from concept_talker.data.dialogue import english_words, item_split
 
     out = tmp_path / "data"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(_cli(out, "--transcribe-rows", "2", "--question-rows", "3", "--skills", "vocabulary",
-                                 "spelling"), cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(_cli(out, "--transcribe-rows", "2", "--transcribe-vocabulary", "40", "--question-rows", "3",
+                                 "--skills", "vocabulary", "spelling"),
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     dataset = load_from_disk(str(out))
     assert {name: len(rows) for name, rows in dataset.items()} == {
@@ -266,6 +268,10 @@ def test_question_only_splits_for_the_listening_stages(tmp_path):
     train_turns = set(zip(train["question_text"], train["instruction"]))
     assert not set(zip(questions["question_text"], questions["instruction"])) <= train_turns
     assert all(row["skill"] == "words" for row in dataset["transcribe"])
+    common = set(english_words()[:40])  # --transcribe-vocabulary 40: the 40 commonest words only
+    assert all(set(words_of(text)) <= common for text in dataset["transcribe"]["question_text"])
+    with pytest.raises(ValueError, match="transcribe_vocabulary must be at least 1 word"):
+        SynthConfig(num_rows=5, transcribe_vocabulary=0).split_sizes()
 
 
 def test_cli_without_espeak_says_how_to_install(monkeypatch, tmp_path, capsys):

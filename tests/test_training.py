@@ -121,6 +121,9 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     with pytest.raises(RecipeError, match=r"stages.reply.question_rows: the extra questions join the listening"):
         load_recipe(path, ["--stages.reply.question_rows", "10"])
     assert load_recipe(path, ["--data.synth.question_rows", "4000"])["data"]["synth"]["question_rows"] == 4000
+    assert load_recipe(path, ["--data.synth.transcribe_vocabulary", "5000"])["data"]["synth"]["transcribe_vocabulary"] == 5000
+    with pytest.raises(RecipeError, match=r"data.synth.transcribe_vocabulary must be"):
+        load_recipe(path, ["--data.synth.transcribe_vocabulary", "0"])
     assert load_recipe(path, ["--stages.reply.transcribe_turns", "0.25"])["stages"]["reply"]["transcribe_turns"] == 0.25
     with pytest.raises(RecipeError, match=r"stages.align.transcribe_turns: a share of transcription turns"):
         load_recipe(path, ["--stages.align.transcribe_turns", "0.25"])

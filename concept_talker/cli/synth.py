@@ -35,6 +35,9 @@ def add_arguments(parser) -> None:
                                       "question; the model's ear must be the same (default: codes only)")
     parser.add_argument("--transcribe-rows", type=int, default=0,
                         help="general-English sentences (question only) in an extra 'transcribe' split")
+    parser.add_argument("--transcribe-vocabulary", type=int,
+                        help="the general-English sentences draw from this many of the most frequent English words "
+                             "(default all 7,990)")
     parser.add_argument("--question-rows", type=int, default=0,
                         help="more renditions of training questions (question only, other voices) in an extra "
                              "'questions' split, for the listening stages")
@@ -89,6 +92,7 @@ def run(args) -> int:
                 validation_voices=args.validation_voices, test_voices=args.test_voices, skills=args.skills,
                 audio_columns=tuple(args.audio), allow_voice_overlap=args.allow_voice_overlap,
                 reply_tts=args.reply_tts, ear=args.ear, transcribe_rows=args.transcribe_rows,
+                transcribe_vocabulary=args.transcribe_vocabulary,
                 question_rows=args.question_rows,
             )
             dataset = build_synthetic_dataset(

@@ -149,6 +149,8 @@ class SynthConfig:
         audio_columns: waveforms to store next to the codes (`question`, `reply`, `reference`).
         allow_voice_overlap: let evaluation voices also be training voices (needed for one-voice TTS models).
         transcribe_rows: general-English utterances (question only) in an extra `transcribe` split.
+        transcribe_vocabulary: the general-English sentences draw their words from this many of the most frequent
+            English words (`english_words.txt`; default all 7,990): fewer words, each heard more often.
         question_rows: more renditions of training questions (question only, new voices, rates and pitches) in an
             extra `questions` split: more speech per word for the listening stages, at a small share of a dialogue
             row's cost (no reply to render and encode).
@@ -176,6 +178,7 @@ class SynthConfig:
     audio_columns: tuple[str, ...] = DEFAULT_AUDIO
     allow_voice_overlap: bool = False
     transcribe_rows: int = 0
+    transcribe_vocabulary: int | None = None
     question_rows: int = 0
     voice_variant_share: float = 0.4
     perturb_share: float = 0.3
@@ -204,6 +207,8 @@ class SynthConfig:
         for name in ("transcribe_rows", "question_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.transcribe_vocabulary is not None and self.transcribe_vocabulary < 1:
+            raise ValueError(f"transcribe_vocabulary must be at least 1 word, got {self.transcribe_vocabulary}.")
         return {"train": train, **sizes}
 
 
@@ -285,10 +290,10 @@ def plan_question_rows(config: SynthConfig, count: int, voices: Sequence[str], t
 
 
 def plan_transcribe_rows(config: SynthConfig, count: int, voices: Sequence[str]) -> list[dict]:
-    """Question-only rows: sentences of 3-8 random common English words, spoken like questions. They let the
+    """Question-only rows: sentences of 3 to 9 random common English words, spoken like questions. They let the
     listening stages hear thousands of words the dialogue never says (the thinker copies what it hears, so a word
     it can hear is a word it can repeat)."""
-    words = english_words()
+    words = english_words()[: config.transcribe_vocabulary]
     rng = random.Random(f"concept-talker-transcribe/{config.seed}")
     rows = []
     for index in range(count):

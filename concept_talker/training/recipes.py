@@ -45,8 +45,9 @@ RECIPE_SCHEMA = {
     },
     "data": {
         "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
-        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0, "question_rows": 0,
-                  "reply_tts": "piper", "voice_variant_share": 0.4, "perturb_share": 0.3},
+        "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0,
+                  "transcribe_vocabulary": None, "question_rows": 0, "reply_tts": "piper", "voice_variant_share": 0.4,
+                  "perturb_share": 0.3},
     },
     "stages": {name: None for name in STAGES},
     # The trained checkpoint's default reply settings (`SpokenGenerationConfig` fields, e.g. talker_temperature),
@@ -76,6 +77,7 @@ VALUE_RULES = {
     "data.synth.seed": ("int", 0),
     "data.synth.transcribe_rows": ("int", 0),
     "data.synth.question_rows": ("int", 0),
+    "data.synth.transcribe_vocabulary": ("int?", 1),
     "data.synth.reply_tts": ("str", None),
     "data.synth.voice_variant_share": ("share", None),
     "data.synth.perturb_share": ("share", None),
