@@ -45,19 +45,18 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-# How often a word was spoken in training: the bins of `word_recall`.
-TRAINING_COUNT_BINS = ((0, 0, "never"), (1, 9, "1-9"), (10, 99, "10-99"), (100, None, "100+"))
+# How often a word was spoken in training: the bins of `word_recall`, each from its smallest count.
+TRAINING_COUNT_BINS = ((0, "never"), (1, "1-9"), (10, "10-99"), (100, "100+"))
 
 
 def word_recall(references: list[str], readings: list[str], heard: collections.Counter) -> dict:
     """For each bin of `TRAINING_COUNT_BINS`: the test words whose training count falls in it, and the share of them
     that their question's reading holds (as many times as the question says them)."""
-    found = {name: [0, 0] for _, _, name in TRAINING_COUNT_BINS}
+    found = {name: [0, 0] for _, name in TRAINING_COUNT_BINS}
     for reference, reading in zip(references, readings):
         left = collections.Counter(words_of(reading))
         for word in words_of(reference):
-            name = next(n for low, high, n in TRAINING_COUNT_BINS if low <= heard[word] and (high is None or
-                                                                                           heard[word] <= high))
+            name = [n for low, n in TRAINING_COUNT_BINS if heard[word] >= low][-1]
             found[name][0] += 1
             if left[word] > 0:
                 left[word] -= 1
@@ -121,6 +120,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     from concept_talker.data.collators import SpokenTurnCollator, dataset_vocabulary
     from concept_talker.data.dataset import with_features
     from concept_talker.evaluation.metrics import load_metric
+    from concept_talker.training.train import question_only_rows
 
     if loss not in ("slots", "ctc"):
         raise ValueError(f"--loss is slots or ctc, got {loss!r}.")
@@ -130,10 +130,8 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     collator = SpokenTurnCollator(processor, "transcribe", config)
     vocabulary = torch.tensor(dataset_vocabulary(processor.tokenizer, dataset, config, copy_turns=True))
     train = list(with_features(dataset["train"]))
-    for split, cap in (("transcribe", transcribe_rows), ("questions", question_rows)):
-        if split in dataset and cap != 0:
-            extra = with_features(dataset[split])
-            train += [extra[i] for i in range(min(len(extra), cap or len(extra)))]
+    for rows in question_only_rows(dataset, {"transcribe_rows": transcribe_rows, "question_rows": question_rows}):
+        train += list(with_features(rows))
     test_split = with_features(dataset["test"])
     test = [test_split[i] for i in range(min(examples, len(test_split)))]
     references = [row["question_text"] for row in test]

@@ -276,6 +276,15 @@ def plan_split(config: SynthConfig, split: str, count: int, voices: Sequence[str
     return rows
 
 
+def _question_only_row(row_id: str, fields: dict, rng: random.Random, voices: Sequence[str],
+                       perturb_share: float) -> dict:
+    """A planned row with a question and no reply: `fields` (skill, item, template, instruction, style,
+    question_text) and how the question is spoken (`_question_plan`)."""
+    return {"id": row_id, **fields, "reply_text": None, "reference_text": None,
+            **_question_plan(rng, voices, perturb_share), "reply_voice": None, "reply_rate": None, "reply_pitch": None,
+            "reference_rate": None, "voice_given": False}
+
+
 def plan_question_rows(config: SynthConfig, count: int, voices: Sequence[str], train_rows: int) -> list[dict]:
     """Question-only rows: `count` more training questions (the turns the dialogue generator draws after the train
     split's `train_rows`: other item, template and instruction combinations while the pool lasts), each in a voice,
@@ -283,9 +292,7 @@ def plan_question_rows(config: SynthConfig, count: int, voices: Sequence[str], t
     whose replies cost far more to render, can give them."""
     turns = generate_dialogues(train_rows + count, "train", config.seed, config.skills, config.style_weights)[train_rows:]
     rng = random.Random(f"concept-talker-questions/{config.seed}")
-    return [{"id": f"{QUESTIONS_SPLIT}-{index:06d}", **turn.to_dict(), "reply_text": None, "reference_text": None,
-             **_question_plan(rng, voices, config.perturb_share), "reply_voice": None, "reply_rate": None,
-             "reply_pitch": None, "reference_rate": None, "voice_given": False}
+    return [_question_only_row(f"{QUESTIONS_SPLIT}-{index:06d}", turn.to_dict(), rng, voices, config.perturb_share)
             for index, turn in enumerate(turns)]
 
 
@@ -298,13 +305,9 @@ def plan_transcribe_rows(config: SynthConfig, count: int, voices: Sequence[str])
     rows = []
     for index in range(count):
         sentence = word_sentence(rng, words, rng.randint(*TRANSCRIBE_WORDS))
-        rows.append({
-            "id": f"{EXTRA_SPLIT}-{index:06d}", "skill": "words", "item": f"words:{index}", "template": "words",
-            "instruction": "", "style": "normal", "question_text": sentence,
-            "reply_text": None, "reference_text": None, **_question_plan(rng, voices, config.perturb_share),
-            "reply_voice": None, "reply_rate": None, "reply_pitch": None, "reference_rate": None,
-            "voice_given": False,
-        })
+        fields = {"skill": "words", "item": f"words:{index}", "template": "words", "instruction": "",
+                  "style": "normal", "question_text": sentence}
+        rows.append(_question_only_row(f"{EXTRA_SPLIT}-{index:06d}", fields, rng, voices, config.perturb_share))
     return rows
 
 

@@ -51,16 +51,23 @@ def stage_train_rows(dataset, stage: str, settings: dict, seed: int):
     """A stage's training rows: the train split, and for the listening stages the question-only rows too (the
     `questions` split's more renditions of training questions and the `transcribe` split's general English; the first
     `settings["question_rows"]` / `settings["transcribe_rows"]` of each where set), shuffled together."""
-    extra = [name for name in QUESTION_ONLY_SPLITS if name in dataset] if stage in LISTENING_STAGES else []
+    extra = question_only_rows(dataset, settings) if stage in LISTENING_STAGES else []
     if not extra:
         return dataset["train"]
     from datasets import concatenate_datasets
 
-    parts = [dataset["train"]]
-    for name in extra:
-        rows, cap = dataset[name], settings.get(QUESTION_ONLY_SPLITS[name])
-        parts.append(rows if cap is None else rows.select(range(min(len(rows), int(cap)))))
-    return concatenate_datasets(parts).shuffle(seed=seed)
+    return concatenate_datasets([dataset["train"], *extra]).shuffle(seed=seed)
+
+
+def question_only_rows(dataset, settings: dict) -> list:
+    """The dataset's question-only splits that it has (`QUESTION_ONLY_SPLITS`), each cut to the first
+    `settings[<its setting>]` rows where that is set (None: all)."""
+    parts = []
+    for name, setting in QUESTION_ONLY_SPLITS.items():
+        if name in dataset:
+            rows, cap = dataset[name], settings.get(setting)
+            parts.append(rows if cap is None else rows.select(range(min(len(rows), int(cap)))))
+    return parts
 
 
 class TrainingRun:
