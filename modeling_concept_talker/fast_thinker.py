@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .lora import is_lora_layer
+
 try:  # the native kernels: a separate package, absent from remote code
     import concept_talker_kernels as _kernels
 except ImportError:  # plain PyTorch
@@ -84,10 +86,6 @@ def kernel_cache_dir() -> str | None:
 
 
 # ---- reading the thinker's weights ------------------------------------------------------------------------
-def _is_lora_layer(module: nn.Module) -> bool:
-    return hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base_layer")
-
-
 @torch.no_grad()
 def effective_linear(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weight `[out, in]` and bias `[out]` (or None) of a linear layer, with peft LoRA adapters folded in.
@@ -95,7 +93,7 @@ def effective_linear(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
     The result computes what the module computes in eval mode: the active, unmerged adapters' `scale * B @ A` is
     added to the base weight (and a `lora_bias` to the bias), in fp32. A plain `nn.Linear` gives its own tensors.
     """
-    if not _is_lora_layer(module):
+    if not is_lora_layer(module):
         if not isinstance(module, nn.Linear):
             raise TypeError(f"expected a Linear layer, got {type(module).__name__}")
         return module.weight.detach(), None if module.bias is None else module.bias.detach()
@@ -150,7 +148,7 @@ def _rms_weight(norm: nn.Module) -> torch.Tensor:
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int]:
-    base = module.get_base_layer() if _is_lora_layer(module) else module
+    base = module.get_base_layer() if is_lora_layer(module) else module
     return tuple(base.weight.shape)
 
 
@@ -288,9 +286,9 @@ class FastThinkerRunner:
         device = thinker.lm_head.weight.device if hasattr(thinker.lm_head, "weight") else torch.device("cpu")
         self.device = device
         embed = backbone.embed_tokens  # None for a decoder fed embeddings only (the talker's)
-        if embed is not None and (_is_lora_layer(embed) or not isinstance(embed, nn.Embedding)):
+        if embed is not None and (is_lora_layer(embed) or not isinstance(embed, nn.Embedding)):
             raise NotImplementedError("Adapters on the input embedding are not supported: merge them first.")
-        tied = embed is not None and thinker.lm_head.weight is embed.weight and not _is_lora_layer(thinker.lm_head)
+        tied = embed is not None and thinker.lm_head.weight is embed.weight and not is_lora_layer(thinker.lm_head)
 
         # The matrices a decode step streams, in reading order: [q; k; v], o, gate, up, down per layer, then lm_head.
         projections = [

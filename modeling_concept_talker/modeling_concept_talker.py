@@ -27,9 +27,10 @@ from .codec import AudioCodec, build_codec
 from .concept_adapter import ConceptTalkerAdapterModel
 from .configuration_concept_talker import CONFIG_FORMAT_VERSION, ConceptTalkerConfig
 from .ear import WhisperEar
+from .lora import has_lora, init_lora_layer, inject_lora, is_lora_layer, merge_lora, set_thinker_trainable
 from .lyra import LyraCodec  # noqa: F401  (registers the Lyra codec with build_codec)
 from .pitch import clips_median_f0
-from .talker import IGNORE_INDEX, ConceptTalkerTalkerModel, build_delay_pattern, prompt_states
+from .talker import IGNORE_INDEX, ConceptTalkerTalkerModel, reply_prompt_states, reply_states
 
 
 @dataclass
@@ -79,16 +80,10 @@ class ConceptTalkerPreTrainedModel(PreTrainedModel):
             mel_filters, stft_window = module.compute_buffers()  # not saved: rebuilt on load
             init.copy_(module.mel_filters, mel_filters)
             init.copy_(module.stft_window, stft_window)
-        elif _is_lora_layer(module):
-            for name in module.lora_A:
-                init.kaiming_uniform_(module.lora_A[name].weight, a=5**0.5)
-                init.zeros_(module.lora_B[name].weight)
+        elif is_lora_layer(module):
+            init_lora_layer(module)
         else:
             super()._init_weights(module)
-
-
-def _is_lora_layer(module: nn.Module) -> bool:
-    return hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base_layer")
 
 
 class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTrainedModel, GenerationMixin):
@@ -138,20 +133,8 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
 
     def _inject_lora(self) -> None:
         """Wrap the thinker's target projections in LoRA adapters (after `post_init`, so `lora_B` stays zero)."""
-        try:
-            from peft import LoraConfig, inject_adapter_in_model
-        except ImportError as err:
-            raise ImportError(
-                "This checkpoint's thinker has LoRA adapters (lora_r > 0), which need peft: pip install peft==0.21.2 "
-                "(or load a merged checkpoint, whose config has lora_r=0)."
-            ) from err
-        lora_config = LoraConfig(
-            r=self.config.lora_r,
-            lora_alpha=self.config.lora_alpha,
-            lora_dropout=self.config.lora_dropout,
-            target_modules=list(self.config.lora_target_modules),
-        )
-        inject_adapter_in_model(lora_config, self.thinker)
+        config = self.config
+        inject_lora(self.thinker, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
 
     def add_lora(self, r: int = 16, alpha: int | None = None, dropout: float = 0.05, target_modules=None) -> None:
         """Add fresh LoRA adapters to a thinker that has none (e.g. after loading pretrained weights into it)."""
@@ -167,21 +150,14 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
 
     @property
     def has_lora(self) -> bool:
-        return any(_is_lora_layer(module) for module in self.thinker.modules())
+        return has_lora(self.thinker)
 
-    @torch.no_grad()
     def merge_lora(self) -> None:
         """Fold the LoRA adapters into the thinker's weights and remove them (for export and fast inference).
 
         Afterwards `config.lora_r == 0`, so a saved checkpoint holds plain Qwen2 weights.
         """
-        for name, module in list(self.thinker.named_modules()):
-            if not _is_lora_layer(module):
-                continue
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            parent = self.thinker.get_submodule(parent_name) if parent_name else self.thinker
-            setattr(parent, child, module.get_base_layer())
+        merge_lora(self.thinker)
         self.config.lora_r = 0
 
     def set_trainable(self, concept_adapter: bool = True, thinker: str = "lora", talker: bool = True) -> None:
@@ -193,14 +169,10 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
                 `"full"` (every thinker weight) or `"frozen"`.
             talker: train the talker.
         """
-        if thinker not in ("lora", "base", "full", "frozen"):
-            raise ValueError(f"thinker must be 'lora', 'base', 'full' or 'frozen', got {thinker!r}.")
+        set_thinker_trainable(self.thinker, thinker)
         self.codec.requires_grad_(False)
         self.concept_adapter.requires_grad_(concept_adapter)
         self.talker.requires_grad_(talker)
-        for name, parameter in self.thinker.named_parameters():
-            is_lora = "lora_" in name
-            parameter.requires_grad_(thinker == "full" or (thinker == "lora" and is_lora) or (thinker == "base" and not is_lora))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.thinker.get_input_embeddings()
@@ -476,44 +448,6 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
             return None
         return self.get_voice_concepts(voice_audio_codes, voice_audio_codes_mask, voice_f0)
 
-    # ---- the talker's view of the reply ------------------------------------------------------------------
-    def reply_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor):
-        """Thinker states of the reply tokens, as the talker reads them.
-
-        The state of reply token t at position p is the thinker's last hidden state at p - 1 (what it knew when it
-        chose t) and t's input embedding. Reply tokens are the positions with a text label.
-
-        Returns:
-            states `[batch, max_reply, hidden]`, token embeddings (same shape), lengths `[batch]`.
-        """
-        is_reply = labels[:, 1:] != IGNORE_INDEX  # token at position p + 1 is a reply token
-        lengths = is_reply.sum(-1)
-        max_reply = int(lengths.max()) if lengths.numel() else 0
-        # Stable sort puts each row's reply positions first, in order.
-        order = torch.sort((~is_reply).to(torch.int8), dim=1, stable=True).indices[:, :max_reply]
-        states = torch.gather(hidden[:, :-1], 1, order[..., None].expand(-1, -1, hidden.shape[-1]))
-        tokens = torch.gather(input_ids[:, 1:], 1, order)
-        return states, self.get_input_embeddings()(tokens), lengths
-
-    def prompt_states(self, hidden: torch.Tensor, inputs_embeds: torch.Tensor, labels: torch.Tensor,
-                      attention_mask: torch.Tensor | None = None):
-        """Thinker states of the last `talker_config.prompt_states` positions before each row's reply (the first
-        labelled token), `[batch, n, hidden]` states and embeddings; None when the talker reads no prompt. Positions
-        the thinker did not read (`attention_mask` 0: padding, blank concepts) are skipped, as in generation, where
-        they are never there."""
-        count = self.config.talker_config.prompt_states
-        if not count:
-            return None
-        ends = (labels != IGNORE_INDEX).int().argmax(-1)
-        if attention_mask is None:
-            return prompt_states(hidden, inputs_embeds, ends, count)
-        rows = []
-        for row in range(hidden.shape[0]):
-            read = attention_mask[row, : int(ends[row])].bool().nonzero()[:, 0]
-            rows.append(prompt_states(hidden[row : row + 1, read], inputs_embeds[row : row + 1, read],
-                                      torch.tensor([len(read)], device=hidden.device), count))
-        return tuple(torch.cat(parts) for parts in zip(*rows))
-
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(
         self,
@@ -646,18 +580,9 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
             output.loss = sum(losses)
         return output
 
-    def talker_symbols(self, states: torch.Tensor, token_embeds: torch.Tensor, symbol_tokens: torch.Tensor):
-        """Each symbol's embedded thinker state: reply states and token embeddings `[batch, reply tokens, hidden]`,
-        symbol -> token indices `[batch, symbols]` -> `[batch, symbols, talker width]`."""
-        talker_dtype = self.talker.heads.dtype
-        detach = self.config.talker_config.detach_thinker_states
-        index = symbol_tokens.clamp(0, max(states.shape[1] - 1, 0))[..., None].expand(-1, -1, states.shape[-1])
-        picked = [torch.gather(t, 1, index) for t in (states, token_embeds)]
-        picked = [(t.detach() if detach else t).to(talker_dtype) for t in picked]
-        return self.talker.embed_text(*picked)
-
     def _audio_loss(self, hidden, inputs_embeds, input_ids, labels, audio_labels, symbols, style_embeds, voice_given,
                     attention_mask=None):
+        """The talker's losses (`ConceptTalkerTalkerModel.reply_loss`) on the rows with a reply to speak."""
         if input_ids is None:
             raise ValueError("audio_labels need input_ids to find the reply tokens the talker reads.")
         spoken = (audio_labels[:, 0] != IGNORE_INDEX).any(-1)
@@ -666,44 +591,11 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
                 None if t is None else t[spoken] for t in
                 (hidden, inputs_embeds, input_ids, labels, audio_labels, style_embeds, voice_given, attention_mask))
             symbols = tuple(t[spoken] for t in symbols)
-        reply_symbols, symbol_tokens, symbol_frames = symbols
-        symbol_real = reply_symbols != IGNORE_INDEX
-        symbol_lengths = symbol_real.sum(-1)
-        symbol_ids = torch.where(symbol_real, reply_symbols, 0)
-        symbol_frames = torch.where(symbol_real, symbol_frames, 0)
-        valid = audio_labels[:, 0] != IGNORE_INDEX
-        frame_lengths = valid.sum(-1)
-        if not torch.equal(symbol_frames.sum(-1), frame_lengths):
-            raise ValueError(
-                f"The reply symbols last {symbol_frames.sum(-1).tolist()} frames but the replies have "
-                f"{frame_lengths.tolist()}: reply_symbol_frames must add up to each reply's frames (rebuild the "
-                "dataset with concept-talker synth)."
-            )
-        codes = self.codec.check_codes(torch.where(audio_labels == IGNORE_INDEX, 0, audio_labels), "audio_labels")
-        states, token_embeds, _ = self.reply_states(hidden, input_ids, labels)
-        symbol_text = self.talker_symbols(states, token_embeds, torch.where(symbol_real, symbol_tokens, 0))
-        prompt = self.prompt_states(hidden, inputs_embeds, labels, attention_mask)
-        talker_dtype = self.talker.heads.dtype
-        if prompt is not None:
-            detach = self.config.talker_config.detach_thinker_states
-            prompt = tuple((t.detach() if detach else t).to(talker_dtype) for t in prompt)
-        audio_inputs, audio_targets = build_delay_pattern(codes, frame_lengths, self.talker.codebook_size)
-        style = None if style_embeds is None else style_embeds.to(talker_dtype)
-        style = self.talker.voice_or_house(style, voice_given, batch=audio_labels.shape[0])
-        prefix = self.talker.embed_prefix(style, prompt)
-        voice_step = self.talker.embed_voice_step(style)
-        logits = self.talker(symbol_ids, symbol_text, symbol_frames, symbol_lengths, audio_inputs, prefix, voice_step)
-        predicted = self.talker.symbol_log_frames(symbol_ids, symbol_text, self.talker.prefix_summary(prefix)).float()
-        duration_loss = F.mse_loss(predicted[symbol_real], torch.log1p(symbol_frames[symbol_real].float()))
-        flat_logits = logits.float().permute(2, 0, 1, 3)  # [codebooks, batch, steps, vocab]
-        flat_targets = audio_targets.permute(1, 0, 2)  # [codebooks, batch, steps]
-        per_codebook = torch.stack(
-            [
-                F.cross_entropy(flat_logits[k].reshape(-1, flat_logits.shape[-1]), flat_targets[k].reshape(-1))
-                for k in range(self.talker.num_codebooks)
-            ]
-        )
-        return per_codebook.mean(), per_codebook, duration_loss, logits, audio_targets
+        self.codec.check_codes(torch.where(audio_labels == IGNORE_INDEX, 0, audio_labels), "audio_labels")
+        states, token_embeds, _ = reply_states(hidden, input_ids, labels, self.get_input_embeddings())
+        prompt = reply_prompt_states(hidden, inputs_embeds, labels, self.config.talker_config.prompt_states,
+                                     attention_mask)
+        return self.talker.reply_loss(*symbols, audio_labels.long(), states, token_embeds, prompt, style_embeds, voice_given)
 
     # ---- spoken replies --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -23,6 +23,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedModel
 from transformers import initialization as init
 
@@ -100,6 +101,45 @@ def prompt_states(hidden: torch.Tensor, embeds: torch.Tensor, ends: torch.Tensor
     width = hidden.shape[-1]
     states = torch.gather(hidden, 1, (positions - 1)[..., None].expand(-1, -1, width))
     return states, torch.gather(embeds, 1, positions[..., None].expand(-1, -1, width))
+
+
+def reply_states(hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, embeddings: nn.Module):
+    """The thinker's states of the reply tokens, as the talker reads them.
+
+    The state of reply token t at position p is the thinker's last hidden state at p - 1 (what it knew when it chose
+    t) and t's input embedding (`embeddings`, the thinker's table). Reply tokens are the positions with a text label.
+
+    Args:
+        hidden: `[batch, length, thinker_hidden]`; input_ids, labels: `[batch, length]` (labels -100 off the reply).
+
+    Returns:
+        states `[batch, max_reply, thinker_hidden]`, token embeddings (same shape), lengths `[batch]`.
+    """
+    is_reply = labels[:, 1:] != IGNORE_INDEX  # token at position p + 1 is a reply token
+    lengths = is_reply.sum(-1)
+    max_reply = int(lengths.max()) if lengths.numel() else 0
+    # Stable sort puts each row's reply positions first, in order.
+    order = torch.sort((~is_reply).to(torch.int8), dim=1, stable=True).indices[:, :max_reply]
+    states = torch.gather(hidden[:, :-1], 1, order[..., None].expand(-1, -1, hidden.shape[-1]))
+    return states, embeddings(torch.gather(input_ids[:, 1:], 1, order)), lengths
+
+
+def reply_prompt_states(hidden: torch.Tensor, embeds: torch.Tensor, labels: torch.Tensor, count: int,
+                        attention_mask: torch.Tensor | None = None):
+    """`prompt_states` of the `count` positions before each row's reply (its first labelled token) in a training
+    batch, or None when `count` is 0. Positions the thinker did not read (`attention_mask` 0: padding, blank
+    concepts) are skipped, as in generation, where they are never there."""
+    if not count:
+        return None
+    ends = (labels != IGNORE_INDEX).int().argmax(-1)
+    if attention_mask is None:
+        return prompt_states(hidden, embeds, ends, count)
+    rows = []
+    for row in range(hidden.shape[0]):
+        read = attention_mask[row, : int(ends[row])].bool().nonzero()[:, 0]
+        rows.append(prompt_states(hidden[row : row + 1, read], embeds[row : row + 1, read],
+                                  torch.tensor([len(read)], device=hidden.device), count))
+    return tuple(torch.cat(parts) for parts in zip(*rows))
 
 
 def frames_from_log(log_frames: torch.Tensor) -> torch.Tensor:
@@ -305,6 +345,66 @@ class ConceptTalkerTalkerModel(PreTrainedModel):
         return layout(frames, self.num_codebooks, self.progress_cap)
 
     # ---- training ------------------------------------------------------------------------------------------
+    def thinker_input(self, states: torch.Tensor, token_embeds: torch.Tensor | None = None):
+        """Thinker tensors as the talker takes them in training: in its dtype, and cut from the thinker's graph
+        with `detach_thinker_states` (so the talker's loss does not train the thinker)."""
+        tensors = [t for t in (states, token_embeds) if t is not None]
+        tensors = [(t.detach() if self.config.detach_thinker_states else t).to(self.heads.dtype) for t in tensors]
+        return tensors[0] if token_embeds is None else tuple(tensors)
+
+    def symbol_text(self, states: torch.Tensor, token_embeds: torch.Tensor, symbol_tokens: torch.Tensor):
+        """Each symbol's embedded thinker state: the reply tokens' states and embeddings `[batch, reply tokens,
+        thinker_hidden]` and each symbol's token index `[batch, symbols]` -> `[batch, symbols, width]`."""
+        index = symbol_tokens.clamp(0, max(states.shape[1] - 1, 0))[..., None].expand(-1, -1, states.shape[-1])
+        return self.embed_text(*self.thinker_input(torch.gather(states, 1, index), torch.gather(token_embeds, 1, index)))
+
+    def reply_loss(self, symbol_ids: torch.Tensor, symbol_tokens: torch.Tensor, symbol_frames: torch.Tensor,
+                   codes: torch.Tensor, states: torch.Tensor, token_embeds: torch.Tensor, prompt=None,
+                   style: torch.Tensor | None = None, voice_given: torch.Tensor | None = None):
+        """The talker's teacher-forced losses on spoken replies, every row with frames to speak.
+
+        Args:
+            symbol_ids, symbol_tokens, symbol_frames: `[batch, symbols]` the reply's symbols, each one's reply-token
+                index and length in frames, padded with -100 (a row's frames add up to its reply's).
+            codes: `[batch, codebooks, frames]` the reply's codec codes, `-100` after each reply ends.
+            states, token_embeds: `[batch, reply tokens, thinker_hidden]` the thinker's reply states
+                (`reply_states`); prompt: (states, embeddings) of the prompt's last positions, or None.
+            style: `[batch, style positions, thinker_hidden]` reference voices (None: the house voice);
+                voice_given: `[batch]` which rows' voices count.
+
+        Returns:
+            the mean codebook cross-entropy, each codebook's `[codebooks]`, the duration loss (squared error of
+            `log(1 + frames)`), the logits `[batch, steps, codebooks, codebook_size]` and their delayed targets
+            `[batch, codebooks, steps]`.
+        """
+        symbol_real = symbol_ids != IGNORE_INDEX
+        symbol_lengths = symbol_real.sum(-1)
+        symbol_ids = torch.where(symbol_real, symbol_ids, 0)
+        symbol_frames = torch.where(symbol_real, symbol_frames, 0)
+        frame_lengths = (codes[:, 0] != IGNORE_INDEX).sum(-1)
+        if not torch.equal(symbol_frames.sum(-1), frame_lengths):
+            raise ValueError(
+                f"The reply symbols last {symbol_frames.sum(-1).tolist()} frames but the replies have "
+                f"{frame_lengths.tolist()}: reply_symbol_frames must add up to each reply's frames (rebuild the "
+                "dataset with concept-talker synth)."
+            )
+        text = self.symbol_text(states, token_embeds, torch.where(symbol_real, symbol_tokens, 0))
+        prompt = None if prompt is None else self.thinker_input(*prompt)
+        audio_inputs, audio_targets = build_delay_pattern(torch.where(codes == IGNORE_INDEX, 0, codes), frame_lengths,
+                                                          self.codebook_size)
+        style = self.voice_or_house(None if style is None else style.to(self.heads.dtype), voice_given,
+                                    batch=codes.shape[0])
+        prefix = self.embed_prefix(style, prompt)
+        logits = self(symbol_ids, text, symbol_frames, symbol_lengths, audio_inputs, prefix,
+                      self.embed_voice_step(style))
+        predicted = self.symbol_log_frames(symbol_ids, text, self.prefix_summary(prefix)).float()
+        duration_loss = F.mse_loss(predicted[symbol_real], torch.log1p(symbol_frames[symbol_real].float()))
+        flat_logits = logits.float().permute(2, 0, 1, 3)  # [codebooks, batch, steps, vocab]
+        flat_targets = audio_targets.permute(1, 0, 2)  # [codebooks, batch, steps]
+        per_codebook = torch.stack([F.cross_entropy(flat_logits[k].reshape(-1, flat_logits.shape[-1]),
+                                                    flat_targets[k].reshape(-1)) for k in range(self.num_codebooks)])
+        return per_codebook.mean(), per_codebook, duration_loss, logits, audio_targets
+
     def forward(
         self,
         symbol_ids: torch.Tensor,

@@ -16,7 +16,8 @@ from modeling_concept_talker.generation import SpokenGenerationConfig, TalkerStr
 from modeling_concept_talker.phonemes import IncrementalPhonemes, reply_symbols, symbol_ids
 from modeling_concept_talker.schedule import layout
 from modeling_concept_talker.streaming import SpokenTurn
-from modeling_concept_talker.talker import IGNORE_INDEX, build_delay_pattern, frames_from_log, prompt_states
+from modeling_concept_talker.talker import (IGNORE_INDEX, build_delay_pattern, frames_from_log, prompt_states,
+                                            reply_prompt_states, reply_states)
 
 GREEDY = dict(thinker_max_new_tokens=8, talker_do_sample=False, max_audio_seconds=2.0)
 
@@ -231,9 +232,10 @@ def test_the_talker_learns_the_speaking_rate_from_the_instruction(voice_config, 
             out = model.hear(batch["input_values"], batch["input_values_mask"])
             embeds = model.embed_inputs(batch["input_ids"], concepts=out)
             hidden = model.thinker.model(inputs_embeds=embeds).last_hidden_state
-            states, tokens, _ = model.reply_states(hidden, batch["input_ids"], batch["labels"])
-            text_embeds = model.talker_symbols(states, tokens, batch["reply_symbol_tokens"])
-            prompt = model.prompt_states(hidden, embeds, batch["labels"])
+            states, tokens, _ = reply_states(hidden, batch["input_ids"], batch["labels"],
+                                             model.get_input_embeddings())
+            text_embeds = model.talker.symbol_text(states, tokens, batch["reply_symbol_tokens"])
+            prompt = reply_prompt_states(hidden, embeds, batch["labels"], model.config.talker_config.prompt_states)
             prefix = model.talker.embed_prefix(model.talker.voice_or_house(None, batch=1), prompt)
             log_frames = model.talker.symbol_log_frames(batch["reply_symbols"], text_embeds,
                                                         model.talker.prefix_summary(prefix))
