@@ -11,6 +11,11 @@ frozen. Each batch is scored one of two ways (`--loss`):
 
 The transcript reads each slot as its nearest token over the data's tokens. Blanks are dropped, and under CTC repeated
 readings as well. CER is measured against the question on the test split (held-out voices and items).
+`--target` sets what a slot is read against: the thinker's token embeddings (`thinker`, as the model reads concepts),
+or a fixed table of its own: `phonemes`, each token a sum of random vectors for the phoneme 1-3-grams of its espeak-ng
+pronunciation (so tokens that sound alike lie close, and a token never heard is made of sounds heard in others), or
+`random`, a random vector per token (the same table without the sound in it: the control). Whether an output that
+carries the word's sound lets the adapter read words it never heard.
 `--transcribe-rows` and `--question-rows` set how many of the dataset's general-English sentences and of its extra
 renditions of training questions join the dialogue questions in training. Each reading also reports the share of
 the test questions' words that the transcript holds, by how often the word was spoken in the training rows
@@ -65,6 +70,16 @@ def word_recall(references: list[str], readings: list[str], heard: collections.C
             for name, (total, hits) in found.items()}
 
 
+def sound_table(tokenizer, vocabulary: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
+    """`phonemes.token_sound_table` of the vocabulary's tokens `[len(vocabulary), width]`, as `use_sound_readout`
+    builds the model's (special tokens, such as the blank, by a vector of their own)."""
+    from modeling_concept_talker.phonemes import token_sound_table
+
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    pieces = ["" if token in special else tokenizer.decode([token]) for token in vocabulary.tolist()]
+    return token_sound_table(pieces, width, seed)
+
+
 def slot_batch(rows: list[dict], collator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frames `[clips, frames, width]`, their mask and each slot's label `[clips, slots]` (blank where none spoken)."""
     from concept_talker.data.collators import pad_frames
@@ -89,15 +104,24 @@ def ctc_loss(model, concepts, concept_mask, labels, vocabulary) -> torch.Tensor:
                       blank=int(vocabulary_index(vocabulary, torch.tensor([blank]))[0]), zero_infinity=True)
 
 
+def table_logits(concepts: torch.Tensor, table: torch.Tensor, scale: float) -> torch.Tensor:
+    """`[..., width]` concepts read against a fixed table of unit vectors `[vocab, width]`: scaled cosine similarity,
+    as `concept_logits` reads the thinker's embeddings."""
+    return scale * F.normalize(concepts.float(), dim=-1) @ table.T
+
+
 @torch.no_grad()
-def read_questions(model, adapter, rows, collator, vocabulary, collapse: bool, batch_size: int = 16) -> list[str]:
+def read_questions(model, adapter, rows, collator, vocabulary, collapse: bool, batch_size: int = 16,
+                   table: torch.Tensor | None = None) -> list[str]:
     """Each question as its slots read: nearest token per real slot, blanks dropped (and repeats, with `collapse`)."""
     blank = model.config.concept_blank_token_id
     texts = []
     for start in range(0, len(rows), batch_size):
         frames, mask, _ = slot_batch(rows[start : start + batch_size], collator)
         concepts, concept_mask = adapter(frames, mask)
-        read = vocabulary[model.concept_logits(concepts, vocabulary).argmax(-1)]
+        logits = (model.concept_logits(concepts, vocabulary) if table is None
+                  else table_logits(concepts, table, model.config.concept_logit_scale))
+        read = vocabulary[logits.argmax(-1)]
         for tokens, real in zip(read.tolist(), concept_mask.tolist()):
             kept, previous = [], None
             for token, is_real in zip(tokens, real):
@@ -110,7 +134,7 @@ def read_questions(model, adapter, rows, collator, vocabulary, collapse: bool, b
 
 def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-3,
                   transcribe_rows: int | None = None, examples: int = 100, seed: int = 0, log_every: int = 200,
-                  dropout: float | None = None, question_rows: int | None = None) -> dict:
+                  dropout: float | None = None, question_rows: int | None = None, target: str = "thinker") -> dict:
     """Train a fresh adapter for `steps` (with `dropout` instead of its config's, where given) and measure its reading
     of the test questions along the way, and of as many training questions (how far it fits them)."""
     import copy
@@ -121,9 +145,14 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     from concept_talker.data.dataset import with_features
     from concept_talker.evaluation.metrics import load_metric
     from concept_talker.training.train import question_only_rows
+    from modeling_concept_talker.modeling_concept_talker import vocabulary_index
 
     if loss not in ("slots", "ctc"):
         raise ValueError(f"--loss is slots or ctc, got {loss!r}.")
+    if target not in ("thinker", "phonemes", "random"):
+        raise ValueError(f"--target is thinker, phonemes or random, got {target!r}.")
+    if target != "thinker" and loss != "slots":
+        raise ValueError("A fixed table (--target phonemes or random) is read with --loss slots only.")
     torch.manual_seed(seed)
     generator = random.Random(seed)
     config = model.config
@@ -138,6 +167,12 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     heard = collections.Counter(word for row in train for word in words_of(row["question_text"]))
     error_rate = load_metric("error_rate")
     model.requires_grad_(False)
+    width = config.thinker_config.hidden_size
+    table = None  # the thinker's embeddings, through model.concept_logits
+    if target == "phonemes":
+        table = sound_table(processor.tokenizer, vocabulary, width, seed)
+    elif target == "random":
+        table = F.normalize(torch.randn(len(vocabulary), width, generator=torch.Generator().manual_seed(seed)), dim=-1)
     adapter_config = copy.deepcopy(config.adapter_config)
     if dropout is not None:
         adapter_config.dropout = dropout
@@ -152,7 +187,11 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
             group["lr"] = warmup_cosine(step, steps, learning_rate)
         frames, mask, labels = slot_batch(generator.sample(train, batch_size), collator)
         concepts, concept_mask = adapter(frames, mask)
-        if loss == "slots":
+        if table is not None:
+            scored = concept_mask & (labels != -100)
+            value = F.cross_entropy(table_logits(concepts[scored], table, config.concept_logit_scale),
+                                    vocabulary_index(vocabulary, labels[scored]))
+        elif loss == "slots":
             value, _ = model.concept_loss(concepts, concept_mask, labels, vocabulary)
         else:
             value = ctc_loss(model, concepts, concept_mask, labels, vocabulary)
@@ -161,15 +200,15 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
         optimizer.step()
         if step % log_every == 0 or step == steps:
             adapter.eval()
-            read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc")
-            read_seen = read_questions(model, adapter, seen, collator, vocabulary, collapse=loss == "ctc")
+            read = read_questions(model, adapter, test, collator, vocabulary, collapse=loss == "ctc", table=table)
+            read_seen = read_questions(model, adapter, seen, collator, vocabulary, collapse=loss == "ctc", table=table)
             adapter.train()
             curve.append({"step": step, "test_cer": error_rate.compute(predictions=read, references=references)["cer"],
                           "word_recall": word_recall(references, read, heard),
                           "train_cer": error_rate.compute(predictions=read_seen, references=seen_references)["cer"],
                           "seconds": round(time.perf_counter() - started, 1)})
             print(curve[-1], flush=True)
-    return {"loss": loss, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+    return {"loss": loss, "target": target, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
             "dropout": adapter_config.dropout, "train_cer": curve[-1]["train_cer"],
             "train_rows": len(train), "test_examples": len(test), "vocabulary": len(vocabulary),
             "test_cer": curve[-1]["test_cer"], "word_recall": curve[-1]["word_recall"], "curve": curve,
@@ -187,6 +226,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--target", choices=("thinker", "phonemes", "random"), nargs="+", default=["thinker"],
+                        help="what the slots are read against, one run each (see above)")
     parser.add_argument("--transcribe-rows", type=int, nargs="+", default=[-1],
                         help="general-English rows that join training, one run each (-1: all, 0: none)")
     parser.add_argument("--question-rows", type=int, nargs="+", default=[-1],
@@ -210,13 +251,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.data} holds no ear frames (question_features): make it with concept-talker synth "
                          "for a model with an ear.")
     runs = []
-    for loss in args.loss:
+    for loss, target in itertools.product(args.loss, args.target):
         for rows, questions, dropout in itertools.product(args.transcribe_rows, args.question_rows, args.dropout):
             result = train_adapter(model, processor, dataset, loss, args.steps, args.batch_size, args.learning_rate,
                                    transcribe_rows=None if rows < 0 else rows, examples=args.examples,
                                    dropout=dropout, question_rows=None if questions < 0 else questions,
-                                   log_every=args.log_every)
-            print(f"{loss:5s} transcribe rows {rows:5d} question rows {questions:5d} dropout {result['dropout']}: test "
+                                   log_every=args.log_every, target=target)
+            print(f"{loss:5s} {target} transcribe rows {rows:5d} question rows {questions:5d} dropout {result['dropout']}: test "
                   f"CER {result['test_cer']:.3f} (training questions {result['train_cer']:.3f}) after {args.steps} steps")
             runs.append(result)
     if args.json:

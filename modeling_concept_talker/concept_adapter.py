@@ -11,6 +11,10 @@ Concept i of a window stands for the tokens spoken in the i-th stretch of it: tr
 embedding of the token spoken there, or of a blank token where none was (`concept_labels`), so the thinker reads the
 concepts as the words of the question, in order, with blanks between them.
 
+With `readout: sound` the adapter also holds a fixed table of how each token sounds (`token_sounds`
+`[sound tokens, thinker_hidden]`, from `phonemes.token_sound_table`, and the tokens' ids, `sound_tokens`): a concept is
+then read as the token whose sound it is nearest, and the thinker is given that token's embedding.
+
 Windows never look at each other, so a window's concepts are final as soon as its frames exist: the adapter
 streams, and feeding audio in pieces gives the same concepts as feeding it whole.
 """
@@ -128,6 +132,11 @@ class ConceptTalkerAdapterModel(PreTrainedModel):
         # Into the thinker's embedding space: concepts are read there as if they were words.
         output_size = config.thinker_hidden_size
         self.projection = nn.Sequential(nn.Linear(width, output_size), nn.GELU(), nn.Linear(output_size, output_size))
+        if config.readout == "sound":
+            self.register_buffer("token_sounds", torch.zeros(config.sound_vocabulary_size, output_size))
+            self.register_buffer("sound_tokens", torch.zeros(config.sound_vocabulary_size, dtype=torch.long))
+        else:
+            self.token_sounds = self.sound_tokens = None
         self.post_init()
 
     def _init_weights(self, module):
@@ -139,6 +148,24 @@ class ConceptTalkerAdapterModel(PreTrainedModel):
             init.normal_(module.frame_position, std=0.02)
             if module.voice_frame_position is not None:
                 init.normal_(module.voice_frame_position, std=0.02)
+
+    def set_token_sounds(self, token_ids: torch.Tensor, table: torch.Tensor) -> None:
+        """Hold `table` `[tokens, thinker_hidden]` (unit rows, `phonemes.token_sound_table`) as how the tokens
+        `token_ids` `[tokens]` sound: the tokens a concept can be read as (`readout: sound`)."""
+        if self.config.readout != "sound":
+            raise ValueError("This adapter reads concepts through the thinker's embeddings (readout='thinker'): "
+                             "set adapter_config.readout='sound' to read them by sound.")
+        if table.shape != (len(token_ids), self.config.thinker_hidden_size):
+            raise ValueError(f"The sound table has shape {tuple(table.shape)}; it needs one "
+                             f"{self.config.thinker_hidden_size}-wide row per token ({len(token_ids)}).")
+        device, dtype = self.projection[0].weight.device, self.projection[0].weight.dtype
+        for name, value in (("token_sounds", table.to(device, dtype)), ("sound_tokens", token_ids.to(device, torch.long))):
+            if name in self._buffers:
+                setattr(self, name, value)
+            else:  # an adapter switched to the sound readout after it was built
+                self.__dict__.pop(name, None)
+                self.register_buffer(name, value)
+        self.config.sound_vocabulary_size = len(token_ids)
 
     def read_windows(self, latents: torch.Tensor, frame_mask: torch.Tensor | None, queries: torch.Tensor,
                      voice: bool = False):

@@ -100,6 +100,8 @@ AUDIO_TOKEN = "<|audio_pad|>"
 AUDIO_END_TOKEN = "<|audio_end|>"
 AUDIO_SPECIAL_TOKENS = (AUDIO_START_TOKEN, AUDIO_TOKEN, AUDIO_END_TOKEN)
 
+# How the concept adapter's concepts are read as tokens (`ConceptAdapterConfig.readout`).
+CONCEPT_READOUTS = ("thinker", "sound")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # The thinker built when a config gives none: the `tiny` preset's (2 layers x 64, Qwen2.5's vocabulary, ~10M
@@ -162,6 +164,12 @@ class ConceptAdapterConfig(PreTrainedConfig):
             queries); 0: a voice is read through the speech input.
         voice_window_frames (`int`, *optional*): codec frames in one window (`window_seconds` x the codec's frame
             rate): a reference voice is read from its codec latents. Used where `voice_feature_size` > 0.
+        readout (`str`): how a concept is read as a token. `"thinker"`: by its cosine with the thinker's token
+            embeddings, and the thinker reads the concept itself. `"sound"`: by its cosine with a fixed table of how
+            each token sounds (`phonemes.token_sound_table`, held by the adapter), and the thinker reads the embedding
+            of the token it reads as (straight-through in training). A from-scratch thinker's embeddings carry
+            nothing of a word's sound, so words heard rarely are read better by sound.
+        sound_vocabulary_size (`int`): tokens in the sound table (set by `set_token_sounds`; 0 until then).
     """
 
     model_type = "concept_talker_adapter"
@@ -181,6 +189,8 @@ class ConceptAdapterConfig(PreTrainedConfig):
     num_style_concepts: int | None = None
     voice_feature_size: int | None = None
     voice_window_frames: int | None = None
+    readout: str = "thinker"
+    sound_vocabulary_size: int = 0
 
 
 class TalkerConfig(PreTrainedConfig):
@@ -544,6 +554,8 @@ class ConceptTalkerConfig(PreTrainedConfig):
                 f"num_attention_heads={talker.num_attention_heads}."
             )
         adapter = self.adapter_config
+        if adapter.readout not in CONCEPT_READOUTS:
+            raise ValueError(f"adapter_config.readout must be one of {list(CONCEPT_READOUTS)}, got {adapter.readout!r}.")
         if adapter.hidden_size % adapter.num_attention_heads:
             raise ValueError(
                 f"adapter_config.hidden_size={adapter.hidden_size} is not divisible by "

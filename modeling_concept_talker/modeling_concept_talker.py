@@ -285,7 +285,7 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
                 "which gives each clip the right number of slots."
             )
         inputs_embeds = inputs_embeds.clone()
-        inputs_embeds[placeholder] = real.to(inputs_embeds.dtype)
+        inputs_embeds[placeholder] = self.concepts_for_thinker(real).to(inputs_embeds.dtype)
         return inputs_embeds
 
     def thinker_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, concepts=None,
@@ -324,16 +324,66 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
         return self.merge_concepts(input_ids, inputs_embeds, *concepts)
 
     def concept_logits(self, concepts: torch.Tensor, vocabulary: torch.Tensor | None = None) -> torch.Tensor:
-        """How much each concept reads as each token: `[..., thinker_hidden]` -> `[..., vocab]` (or `[..., len(vocabulary)]`
-        for those tokens only), the cosine similarity with each row of the thinker's input embeddings times
-        `config.concept_logit_scale` (cosine, so that a token whose embedding is short, such as the blank's, can be
-        read as well as any)."""
-        weight = self.get_input_embeddings().weight
-        if vocabulary is None and not torch.is_grad_enabled():
-            table = self._unit_embeddings(weight)
+        """How much each concept reads as each token: `[..., thinker_hidden]` -> `[..., tokens]` over the tokens
+        `concept_tokens(vocabulary)` gives: the cosine similarity of the concept with each token's row, times
+        `config.concept_logit_scale` (cosine, so that a token whose row is short, such as the blank's, can be read as
+        well as any). The rows are the thinker's input embeddings (`readout: thinker`; `vocabulary`: those tokens
+        only, all by default) or the adapter's table of how its tokens sound (`readout: sound`)."""
+        sounds = self._token_sounds()
+        if sounds is not None:
+            table = sounds.float()
         else:
-            table = F.normalize((weight if vocabulary is None else weight[vocabulary]).float(), dim=-1)
+            weight = self.get_input_embeddings().weight
+            if vocabulary is None and not torch.is_grad_enabled():
+                table = self._unit_embeddings(weight)
+            else:
+                table = F.normalize((weight if vocabulary is None else weight[vocabulary]).float(), dim=-1)
         return self.config.concept_logit_scale * F.normalize(concepts.float(), dim=-1) @ table.T
+
+    def concept_tokens(self, vocabulary: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The token ids `concept_logits` reads over, in its order: `vocabulary` (None: every id) with the thinker's
+        readout, the sound table's tokens with the sound readout."""
+        return self.concept_adapter.sound_tokens if self._token_sounds() is not None else vocabulary
+
+    def _token_sounds(self) -> torch.Tensor | None:
+        """The adapter's sound table (`readout: sound`), or None; an error if it was never filled in."""
+        sounds = self.concept_adapter.token_sounds
+        if sounds is not None and sounds.shape[0] == 0:
+            raise ValueError("This model reads concepts by sound (adapter_config.readout='sound') but its sound table "
+                             "is empty: build it with model.use_sound_readout(tokenizer) before training.")
+        return sounds
+
+    def use_sound_readout(self, tokenizer, token_ids=None, seed: int = 0) -> None:
+        """Read concepts by how tokens sound (`readout: sound`): build the adapter's table of `token_ids` (default:
+        every token of `tokenizer`) with `phonemes.token_sound_table`, from the tokens' text (special tokens,
+        such as the blank, get a vector of their own). Needs espeak-ng; the table is saved with the model."""
+        from .phonemes import token_sound_table
+
+        ids = torch.arange(len(tokenizer)) if token_ids is None else torch.as_tensor(token_ids, dtype=torch.long)
+        blank = self.config.concept_blank_token_id
+        if not bool((ids == blank).any()):
+            ids = torch.cat([ids, torch.tensor([blank])])
+        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | {blank}
+        pieces = ["" if token in special else tokenizer.decode([token]) for token in ids.tolist()]
+        self.config.adapter_config.readout = "sound"
+        self.concept_adapter.config.readout = "sound"
+        table = token_sound_table(pieces, self.config.thinker_config.hidden_size, seed)
+        self.concept_adapter.set_token_sounds(ids, table)
+        self.config.adapter_config.sound_vocabulary_size = len(ids)
+
+    def concepts_for_thinker(self, concepts: torch.Tensor) -> torch.Tensor:
+        """What the thinker reads for concepts `[..., thinker_hidden]`: the concepts themselves (`readout:
+        thinker`), or the thinker's embedding of the token each reads as by sound (`readout: sound`; in training
+        straight-through: that embedding forward, the gradient of the embeddings' softmax-weighted mean backward)."""
+        if self._token_sounds() is None:
+            return concepts
+        logits = self.concept_logits(concepts)
+        table = self.get_input_embeddings().weight[self.concept_adapter.sound_tokens]  # [sound tokens, hidden]
+        chosen = table[logits.argmax(-1)]
+        if not (torch.is_grad_enabled() and concepts.requires_grad):
+            return chosen.to(concepts.dtype)
+        mean = logits.softmax(-1).to(table.dtype) @ table
+        return (chosen + mean - mean.detach()).to(concepts.dtype)
 
     def _unit_embeddings(self, weight: torch.Tensor) -> torch.Tensor:
         """The input embeddings scaled to unit length (fp32), made once and reused while the weights are unchanged:
@@ -354,7 +404,8 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
         read among those tokens only (the whole vocabulary's table is most of a small model's training step)."""
         with torch.no_grad():
             read = self.concept_logits(concepts, vocabulary).argmax(-1)
-            blank = (read if vocabulary is None else vocabulary.to(read.device)[read]) == self.config.concept_blank_token_id
+            tokens = self.concept_tokens(vocabulary)
+            blank = (read if tokens is None else tokens.to(read.device)[read]) == self.config.concept_blank_token_id
         return concept_mask & ~blank
 
     def concept_loss(self, concepts: torch.Tensor, concept_mask: torch.Tensor, concept_labels: torch.Tensor,
@@ -367,8 +418,9 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
                 none was spoken), -100 where no loss applies.
 
         Returns:
-            the loss (cross-entropy of each concept read through the thinker's embeddings, `concept_logits`, plus the
-            squared distance to the label's embedding, averaged over its width) and the accuracy of that reading.
+            the loss (cross-entropy of each concept read as a token, `concept_logits`; with the thinker's readout
+            plus the squared distance to the label's embedding, averaged over its width) and the accuracy of that
+            reading.
         """
         if concept_labels.shape != concept_mask.shape:
             raise ValueError(f"concept_labels has shape {tuple(concept_labels.shape)} but the audio makes concepts of "
@@ -376,16 +428,25 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptTalkerPreTra
         scored = concept_mask & (concept_labels != IGNORE_INDEX)
         if not bool(scored.any()):
             raise ValueError("concept_labels has no slot to learn (all -100).")
-        table = self.get_input_embeddings().weight
         chosen = concepts[scored].float()
         labels = concept_labels[scored]
-        distance = F.mse_loss(chosen, table[labels].float())
         logits = self.concept_logits(chosen, vocabulary)
-        if vocabulary is not None:
-            labels = vocabulary_index(vocabulary, labels)
-        cross_entropy = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(-1) == labels).float().mean()
-        return cross_entropy + distance, accuracy
+        if self._token_sounds() is None:
+            distance = F.mse_loss(chosen, self.get_input_embeddings().weight[labels].float())
+            labels = labels if vocabulary is None else vocabulary_index(vocabulary, labels)
+            return F.cross_entropy(logits, labels) + distance, (logits.argmax(-1) == labels).float().mean()
+        # By sound: a token outside the table cannot be read. In training that is a table built over too few
+        # tokens; in evaluation (held-out words) the slot is a miss.
+        sound_tokens = self.concept_adapter.sound_tokens
+        readable = torch.isin(labels, sound_tokens)
+        if self.training and not bool(readable.all()):
+            missing = sorted(set(labels[~readable].tolist()))[:5]
+            raise ValueError(f"Label token(s) {missing} are not in the sound table: build it over every token the model "
+                             "is taught, model.use_sound_readout(tokenizer, token_ids).")
+        places = vocabulary_index(sound_tokens, torch.where(readable, labels, sound_tokens[0]))
+        places = torch.where(readable, places, IGNORE_INDEX)
+        cross_entropy = F.cross_entropy(logits, places) if bool(readable.any()) else logits.sum() * 0.0
+        return cross_entropy, (logits.argmax(-1) == places).float().mean()
 
     def get_voice_concepts(self, codes: torch.Tensor, frame_mask: torch.Tensor | None = None,
                            voice_f0: torch.Tensor | None = None) -> torch.Tensor:

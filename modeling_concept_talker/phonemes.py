@@ -133,6 +133,38 @@ def phonemize_words(words: list[str], language: str = "en-us") -> list[str]:
     return [_CACHE[(language, w)] for w in words]
 
 
+def token_sound_table(pieces: list[str], width: int, seed: int = 0, own: float = 0.3,
+                      language: str = "en-us"):
+    """How each token sounds, as a fixed unit vector: `[len(pieces), width]` (float32) for the tokens' text `pieces`.
+
+    A token's vector is the sum of random vectors for the 1-, 2- and 3-grams of its espeak-ng phonemes (stress marks
+    dropped; `#` opens a piece that starts a word, i.e. begins with a space), divided by the root of their count, plus
+    `own` times a random vector of its own (so that tokens that sound the same, " engine" and " Engine", stay
+    apart). Tokens that sound alike lie close, and a token never heard is made of sounds heard in others. A piece
+    with no letter or digit (punctuation, a special token) has its own vector only. The same pieces, width and seed
+    give the same table.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    words = [re.sub(r"[^A-Za-z0-9']", "", piece) for piece in pieces]
+    spellings = sorted(set(filter(None, words)))
+    spoken = dict(zip(spellings, phonemize_words(spellings, language))) if spellings else {}
+    grams: dict[str, int] = {}
+    token_grams = []
+    for piece, word in zip(pieces, words):
+        sounds = ("#" if piece[:1].isspace() else "") + spoken.get(word, "").replace("ˈ", "").replace("ˌ", "")
+        sounds = sounds if word else ""
+        token_grams.append([grams.setdefault(sounds[i : i + n], len(grams))
+                            for n in (1, 2, 3) for i in range(len(sounds) - n + 1)])
+    gram_vectors = torch.randn(len(grams) + 1, width, generator=generator)
+    table = torch.randn(len(pieces), width, generator=generator)
+    for row, indices in enumerate(token_grams):
+        if indices:
+            table[row] = own * table[row] + gram_vectors[indices].sum(0) / len(indices) ** 0.5
+    return torch.nn.functional.normalize(table, dim=-1)
+
+
 def text_pieces(text: str) -> list[tuple[str, int, int]]:
     """The words and punctuation marks of `text`, in order, as `(piece, start, end)` character spans. Anything
     else (quotes, hyphens, symbols) separates pieces and is not spoken."""

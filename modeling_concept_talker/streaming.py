@@ -131,7 +131,7 @@ class SpokenTurn:
             concepts, mask = self.model.concept_adapter(frames[None].to(self.model.concept_adapter.frame_proj.weight.dtype))
             keep = self.model.concept_keep(concepts, mask)  # blank concepts are not read
             if keep.any():
-                self._read(concepts[keep][None])
+                self._read(self.model.concepts_for_thinker(concepts[keep])[None])
 
     def _add_codes(self, codes: torch.Tensor, final: bool) -> None:
         self.pending_codes = torch.cat([self.pending_codes, codes], dim=-1)
@@ -145,7 +145,7 @@ class SpokenTurn:
         self.pending_codes = self.pending_codes[..., used:]
         keep = self.model.concept_keep(concepts, mask)  # blank concepts are not read
         if keep.any():
-            self._read(concepts[keep][None])
+            self._read(self.model.concepts_for_thinker(concepts[keep])[None])
 
     @torch.no_grad()
     def end_of_speech(self) -> tuple[torch.Tensor, torch.Tensor]:

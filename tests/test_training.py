@@ -100,7 +100,7 @@ def test_recipe_overrides_and_their_errors(tmp_path):
         load_recipe(path, ["--stages.align.max_stepz", "5"])
     # a run started before a recipe section existed resumes: the section left empty is no change
     assert _changed_keys({"seed": 0}, {"seed": 0, "generation": {}}) == []
-    assert _changed_keys({"seed": 0}, {"seed": 0, "generation": {"talker_top_k": 5}}) == ["generation"]
+    assert _changed_keys({"seed": 0}, {"seed": 0, "generation": {"talker_top_k": 5}}) == ["generation.talker_top_k"]
     recipe = load_recipe(path, ["--generation.talker_temperature", "0.5"])
     assert recipe["generation"] == {"talker_temperature": 0.5}
     with pytest.raises(RecipeError, match=r"generation: Unknown generation setting\(s\) \['temperature'\]"):
@@ -485,6 +485,34 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, asse
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
     assert final_loss(killed) == pytest.approx(final_loss(whole), abs=1e-6)
+
+
+def test_a_run_reads_by_sound_from_its_align_stage_on(micro_dataset, tmp_path):
+    """A run stopped after its text stage is resumed to read concepts by sound: the align and reply stages train the
+    adapter against the table of the data's tokens, which the final checkpoint holds."""
+    from datasets import load_from_disk
+
+    from modeling_concept_talker import ConceptTalkerForConditionalGeneration, ConceptTalkerProcessor
+    from concept_talker.data.collators import dataset_vocabulary
+
+    out = tmp_path / "run"
+    common = ["--recipe", "configuration/tiny.yaml", "--output_dir", str(out), "--stages.text.text_vocabulary", "data",
+              "--stages.copy.enabled", "false"] + micro_overrides(micro_dataset, steps=4)
+    first = run_train(common + ["--stages.align.enabled", "false", "--stages.reply.enabled", "false"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((out / "final" / "config.json").read_text())["adapter_config"]["readout"] == "thinker"
+    by_sound = run_train(common + ["--model.overrides.adapter_config.readout", "sound", "--resume"])
+    assert by_sound.returncode == 0, by_sound.stderr[-3000:]
+    assert "Concepts are read by sound" in by_sound.stderr
+    model = ConceptTalkerForConditionalGeneration.from_pretrained(out / "final")
+    processor = ConceptTalkerProcessor.from_pretrained(out / "final")
+    tokens = set(dataset_vocabulary(processor.tokenizer, load_from_disk(micro_dataset), model.config, copy_turns=False))
+    assert model.config.adapter_config.readout == "sound"
+    assert set(model.concept_adapter.sound_tokens.tolist()) == tokens | {model.config.concept_blank_token_id}
+    aligned = ConceptTalkerForConditionalGeneration.from_pretrained(out / "align" / "model")
+    assert not torch.equal(aligned.concept_adapter.projection[0].weight,
+                           ConceptTalkerForConditionalGeneration.from_pretrained(
+                               out / "text" / "model").concept_adapter.projection[0].weight)  # align trained it
 
 
 def test_bad_recipes_fail_at_start(micro_dataset, tmp_path, assets):

@@ -268,6 +268,20 @@ class TrainingRun:
         except (ValueError, RuntimeError) as err:
             raise SystemExit(f"The dataset at {self.data_path} does not fit this model: {err}") from err
 
+    def prepare_readout(self, model, config, dataset) -> None:
+        """Give a model that is to read concepts by sound (`--model.overrides.adapter_config.readout sound`) its
+        table of how tokens sound, over the data's tokens where the stages score those only (`text_vocabulary:
+        data`), else over every token. A stage model of a run begun with the thinker's readout switches to it here,
+        so the stages still to run (align, reply) read by sound."""
+        if config.adapter_config.readout != "sound" or model.config.adapter_config.sound_vocabulary_size:
+            return
+        import torch
+
+        by_data = any(settings.get("text_vocabulary") == "data" for settings in self.recipe["stages"].values())
+        tokens = torch.tensor(self.data_vocabulary(dataset, model.config)) if by_data else None
+        model.use_sound_readout(self.processor.tokenizer, tokens, seed=self.recipe["seed"])
+        logger.info("Concepts are read by sound, over %d tokens", model.config.adapter_config.sound_vocabulary_size)
+
     def load_processor(self, config):
         from modeling_concept_talker import ConceptTalkerProcessor
         from concept_talker.loading import default_tokenizer
@@ -392,6 +406,7 @@ class TrainingRun:
                     scored = self.data_vocabulary(dataset, config) if first.get("text_vocabulary") == "data" else None
                     model.init_thinker_embeddings(None if scored is None else torch.tensor(scored))
             self.match_codec(model)
+            self.prepare_readout(model, config, dataset)
         for stage in stages:
             if self.stage_done(stage):
                 logger.info("Stage %s is done (%s): skipping it", stage, self.path(stage, "model"))
@@ -467,10 +482,18 @@ def _changes_only_unfinished_work(key: str, unfinished_stages: list[str]) -> boo
     """Whether a changed recipe key (`stages.reply.max_steps`) steers only work a resumed run has still to do: an
     unfinished stage's settings, the evaluation or the final checkpoint's reply settings."""
     return (key.split(".")[0] in ("eval", "generation")
-            or any(key == f"stages.{stage}" or key.startswith(f"stages.{stage}.") for stage in unfinished_stages))
+            or any(key == f"stages.{stage}" or key.startswith(f"stages.{stage}.") for stage in unfinished_stages)
+            or LISTENING_MODEL_KEYS.get(key) in unfinished_stages)
+
+
+# Model settings that steer only the listening stages (align onwards): a resumed run whose align stage is still to do
+# may change them, e.g. to train the listening of a finished text stage by sound.
+LISTENING_MODEL_KEYS = {"model.overrides.adapter_config.readout": "align"}
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and new is None or old is None and isinstance(new, dict):  # a section added or removed:
+        old, new = old or {}, new or {}  # each of its keys changed
     if isinstance(old, dict) and isinstance(new, dict):
         changed = []
         for key in sorted(set(old) | set(new)):
