@@ -16,7 +16,7 @@ import torch
 
 from concept_talker.data.collators import TRANSCRIBE_TASK, SpokenTurnCollator, is_transcription_row
 from concept_talker.training.recipes import RecipeError, load_recipe
-from concept_talker.training.train import _changed_keys
+from concept_talker.training.train import _changed_keys, _changes_only_unfinished_work
 from modeling_concept_talker.talker import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +101,12 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     # a run started before a recipe section existed resumes: the section left empty is no change
     assert _changed_keys({"seed": 0}, {"seed": 0, "generation": {}}) == []
     assert _changed_keys({"seed": 0}, {"seed": 0, "generation": {"talker_top_k": 5}}) == ["generation.talker_top_k"]
+    # how concepts are read may change while the align stage is still to run, not after
+    readout = _changed_keys({"model": {"overrides": {}}}, {"model": {"overrides": {"adapter_config": {"readout": "sound"}}}})
+    assert readout == ["model.overrides.adapter_config.readout"]
+    assert _changes_only_unfinished_work(readout[0], ["align", "reply"])
+    assert not _changes_only_unfinished_work(readout[0], ["reply"])
+    assert not _changes_only_unfinished_work("model.overrides.adapter_config.hidden_size", ["align", "reply"])
     recipe = load_recipe(path, ["--generation.talker_temperature", "0.5"])
     assert recipe["generation"] == {"talker_temperature": 0.5}
     with pytest.raises(RecipeError, match=r"generation: Unknown generation setting\(s\) \['temperature'\]"):
