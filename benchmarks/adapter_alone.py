@@ -70,16 +70,6 @@ def word_recall(references: list[str], readings: list[str], heard: collections.C
             for name, (total, hits) in found.items()}
 
 
-def sound_table(tokenizer, vocabulary: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
-    """`phonemes.token_sound_table` of the vocabulary's tokens `[len(vocabulary), width]`, as `use_sound_readout`
-    builds the model's (special tokens, such as the blank, by a vector of their own)."""
-    from modeling_concept_talker.phonemes import token_sound_table
-
-    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    pieces = ["" if token in special else tokenizer.decode([token]) for token in vocabulary.tolist()]
-    return token_sound_table(pieces, width, seed)
-
-
 def slot_batch(rows: list[dict], collator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frames `[clips, frames, width]`, their mask and each slot's label `[clips, slots]` (blank where none spoken)."""
     from concept_talker.data.collators import pad_frames
@@ -95,7 +85,7 @@ def slot_batch(rows: list[dict], collator) -> tuple[torch.Tensor, torch.Tensor, 
 
 def ctc_loss(model, concepts, concept_mask, labels, vocabulary) -> torch.Tensor:
     """CTC over each clip's real slots: the tokens of its labels in order, the blank token as CTC's blank."""
-    from modeling_concept_talker.concept_reading import vocabulary_index
+    from modeling_concept_talker.concept_reading import tokens_sound_table, vocabulary_index
 
     blank = model.config.concept_blank_token_id
     log_probs = model.concept_logits(concepts, vocabulary).log_softmax(-1).transpose(0, 1)  # [slots, clips, vocab]
@@ -170,7 +160,8 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     width = config.thinker_config.hidden_size
     table = None  # the thinker's embeddings, through model.concept_logits
     if target == "phonemes":
-        table = sound_table(processor.tokenizer, vocabulary, width, seed)
+        table = tokens_sound_table(processor.tokenizer, vocabulary, width, seed,
+                                   special=(config.concept_blank_token_id,))
     elif target == "random":
         table = F.normalize(torch.randn(len(vocabulary), width, generator=torch.Generator().manual_seed(seed)), dim=-1)
     adapter_config = copy.deepcopy(config.adapter_config)

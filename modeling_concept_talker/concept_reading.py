@@ -16,6 +16,16 @@ from torch.nn import functional as F
 from .talker import IGNORE_INDEX
 
 
+def tokens_sound_table(tokenizer, token_ids: torch.Tensor, width: int, seed: int = 0, special=()) -> torch.Tensor:
+    """`phonemes.token_sound_table` of the tokens `token_ids` `[tokens]` -> `[tokens, width]`, from their text;
+    special tokens (the tokenizer's and `special`, such as the concept blank) get a vector of their own."""
+    from .phonemes import token_sound_table
+
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | set(special)
+    pieces = ["" if token in special else tokenizer.decode([token]) for token in token_ids.tolist()]
+    return token_sound_table(pieces, width, seed)
+
+
 class ConceptReadingMixin:
     """Reading the concept adapter's concepts as the thinker's tokens. Needs `config` (a `ConceptTalkerConfig`),
     `concept_adapter` and `get_input_embeddings()`."""
@@ -52,21 +62,15 @@ class ConceptReadingMixin:
 
     def use_sound_readout(self, tokenizer, token_ids=None, seed: int = 0) -> None:
         """Read concepts by how tokens sound (`readout: sound`): build the adapter's table of `token_ids` (default:
-        every token of `tokenizer`) with `phonemes.token_sound_table`, from the tokens' text (special tokens,
-        such as the blank, get a vector of their own). Needs espeak-ng; the table is saved with the model."""
-        from .phonemes import token_sound_table
-
+        every token of `tokenizer`; the blank token is always added) with `tokens_sound_table`. Needs espeak-ng; the
+        table is saved with the model."""
         ids = torch.arange(len(tokenizer)) if token_ids is None else torch.as_tensor(token_ids, dtype=torch.long)
         blank = self.config.concept_blank_token_id
         if not bool((ids == blank).any()):
             ids = torch.cat([ids, torch.tensor([blank])])
-        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | {blank}
-        pieces = ["" if token in special else tokenizer.decode([token]) for token in ids.tolist()]
-        self.config.adapter_config.readout = "sound"
-        self.concept_adapter.config.readout = "sound"
-        table = token_sound_table(pieces, self.config.thinker_config.hidden_size, seed)
+        self.config.adapter_config.readout = "sound"  # the adapter's own config: one object
+        table = tokens_sound_table(tokenizer, ids, self.config.thinker_config.hidden_size, seed, special=(blank,))
         self.concept_adapter.set_token_sounds(ids, table)
-        self.config.adapter_config.sound_vocabulary_size = len(ids)
 
     def concepts_for_thinker(self, concepts: torch.Tensor) -> torch.Tensor:
         """What the thinker reads for concepts `[..., thinker_hidden]`: the concepts themselves (`readout:

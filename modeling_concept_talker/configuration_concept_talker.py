@@ -167,8 +167,9 @@ class ConceptAdapterConfig(PreTrainedConfig):
         readout (`str`): how a concept is read as a token. `"thinker"`: by its cosine with the thinker's token
             embeddings, and the thinker reads the concept itself. `"sound"`: by its cosine with a fixed table of how
             each token sounds (`phonemes.token_sound_table`, held by the adapter), and the thinker reads the embedding
-            of the token it reads as (straight-through in training). A from-scratch thinker's embeddings carry
-            nothing of a word's sound, so words heard rarely are read better by sound.
+            of the token it reads as (no gradient reaches the adapter from the thinker: it learns from its slots'
+            tokens). A from-scratch thinker's embeddings carry nothing of a word's sound, so words heard rarely are
+            read better by sound.
         sound_vocabulary_size (`int`): tokens in the sound table (set by `set_token_sounds`; 0 until then).
     """
 

@@ -128,10 +128,8 @@ class SpokenTurn:
     def _add_frames(self, frames: torch.Tensor) -> None:
         """The ear's frames of completed windows `[n, d_model]` -> concepts, read by the thinker."""
         if frames.shape[0]:
-            concepts, mask = self.model.concept_adapter(frames[None].to(self.model.concept_adapter.frame_proj.weight.dtype))
-            keep = self.model.concept_keep(concepts, mask)  # blank concepts are not read
-            if keep.any():
-                self._read(self.model.concepts_for_thinker(concepts[keep])[None])
+            self._read_concepts(*self.model.concept_adapter(
+                frames[None].to(self.model.concept_adapter.frame_proj.weight.dtype)))
 
     def _add_codes(self, codes: torch.Tensor, final: bool) -> None:
         self.pending_codes = torch.cat([self.pending_codes, codes], dim=-1)
@@ -143,7 +141,12 @@ class SpokenTurn:
         used = min(windows * self.window_frames, self.pending_codes.shape[-1])
         concepts, mask = self.model.get_concepts(self.pending_codes[..., :used])
         self.pending_codes = self.pending_codes[..., used:]
-        keep = self.model.concept_keep(concepts, mask)  # blank concepts are not read
+        self._read_concepts(concepts, mask)
+
+    def _read_concepts(self, concepts: torch.Tensor, mask: torch.Tensor) -> None:
+        """A window's concepts `[1, slots, hidden]` and mask -> the thinker reads those not read as blank, as the
+        thinker reads them (`concepts_for_thinker`)."""
+        keep = self.model.concept_keep(concepts, mask)
         if keep.any():
             self._read(self.model.concepts_for_thinker(concepts[keep])[None])
 
