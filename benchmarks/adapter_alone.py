@@ -85,7 +85,7 @@ def slot_batch(rows: list[dict], collator) -> tuple[torch.Tensor, torch.Tensor, 
 
 def ctc_loss(model, concepts, concept_mask, labels, vocabulary) -> torch.Tensor:
     """CTC over each clip's real slots: the tokens of its labels in order, the blank token as CTC's blank."""
-    from modeling_concept_talker.concept_reading import tokens_sound_table, vocabulary_index
+    from modeling_concept_talker.concept_reading import vocabulary_index
 
     blank = model.config.concept_blank_token_id
     log_probs = model.concept_logits(concepts, vocabulary).log_softmax(-1).transpose(0, 1)  # [slots, clips, vocab]
@@ -135,7 +135,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     from concept_talker.data.dataset import with_features
     from concept_talker.evaluation.metrics import load_metric
     from concept_talker.training.train import question_only_rows
-    from modeling_concept_talker.concept_reading import vocabulary_index
+    from modeling_concept_talker.concept_reading import tokens_sound_table, vocabulary_index
 
     if loss not in ("slots", "ctc"):
         raise ValueError(f"--loss is slots or ctc, got {loss!r}.")

@@ -400,6 +400,11 @@ class ConceptTalkerConfig(PreTrainedConfig):
             self.reply_end_token_ids = [151645, 151643]  # Qwen2.5's <|im_end|> and <|endoftext|>
         self.validate_parts()
 
+    def get_text_config(self, decoder=None, encoder=None):
+        """The thinker's config: the part that reads and writes text (transformers' generation loop sizes its cache
+        from it, so `generate_text` works as for any causal LM)."""
+        return self.thinker_config
+
     # ---- codec facts, whatever the codec -------------------------------------------------------------
     @property
     def codec_type(self) -> str:

@@ -634,27 +634,27 @@ class ConceptTalkerForConditionalGeneration(CheckpointMixin, ConceptReadingMixin
             if kind == "audio":
                 yield payload
 
-    def generate_text(self, **kwargs):
-        """Reply text only, through transformers' own `GenerationMixin.generate` (the audio goes in on the first
-        step). Takes the usual generation arguments (`max_new_tokens`, `do_sample`, ...)."""
-        return GenerationMixin.generate(self, **kwargs)
+    def generate_text(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Reply text only, through transformers' own `generate` on the thinker: the prompt read as `generate` reads
+        it (concepts at the audio slots, blank concepts left out), then the usual generation arguments
+        (`max_new_tokens`, `do_sample`, `num_beams`, logits processors, ...). Audio goes in as for `forward`
+        (`input_values`, `input_features`, ...).
 
-    # ---- text generation through GenerationMixin ----------------------------------------------------------
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
-        """Audio goes in on the first step only; later steps feed the newest token with the thinker's cache."""
-        model_inputs = self.thinker.prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
-        )
-        first_step = kwargs.get("cache_position") is None or int(kwargs["cache_position"][0]) == 0
-        if first_step:
-            for key in ("input_values", "input_values_mask", "input_audio_codes", "input_audio_codes_mask",
-                        "input_features", "input_features_mask"):
-                if kwargs.get(key) is not None:
-                    model_inputs[key] = kwargs[key]
-            if model_inputs.get("inputs_embeds") is None:
-                model_inputs["input_ids"] = input_ids
-        model_inputs.pop("logits_to_keep", None)
-        return model_inputs
+        Returns:
+            `[batch, new tokens]` the reply's token ids only (decode with the processor); greedy, the same text as
+            `generate`'s `sequences`.
+        """
+        from .generation import left_aligned
+
+        audio_names = ("input_values", "input_values_mask", "input_audio_codes", "input_audio_codes_mask",
+                       "input_features", "input_features_mask")
+        audio = {name: kwargs.pop(name) for name in audio_names if name in kwargs}
+        with torch.no_grad():
+            embeds, attention_mask = self.thinker_inputs(input_ids, attention_mask, **audio)
+        embeds, attention_mask = left_aligned(embeds, attention_mask)
+        kwargs.setdefault("eos_token_id", list(self.config.reply_end_token_ids))
+        kwargs.setdefault("pad_token_id", self.generation_config.pad_token_id)
+        return self.thinker.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
 
 __all__ = ["ConceptTalkerForConditionalGeneration", "ConceptTalkerPreTrainedModel", "ConceptTalkerOutput"]

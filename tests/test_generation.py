@@ -65,6 +65,27 @@ def test_streaming_output_equals_generate(lively_model, tiny_processor):
     assert chunks[-1].text_tokens == whole.sequences[0].tolist()
 
 
+def test_generate_text_writes_what_generate_writes(lively_model, tiny_processor, monkeypatch):
+    """transformers' own loop on the thinker (`generate_text`) reads the prompt as `generate` does, blank concepts
+    left out: greedy, the same reply text, row by row in a left-padded batch."""
+    keep = lively_model.concept_keep
+
+    def every_other(concepts, mask, vocabulary=None):  # as if every other concept were read as the blank
+        kept = keep(concepts, mask, vocabulary).clone()
+        kept[:, ::2] = False
+        return kept
+
+    monkeypatch.setattr(lively_model, "concept_keep", every_other)
+    batch = tiny_processor(text=[build_prompt(), build_prompt("Speak slowly.")],
+                           audio=[question(2.3, 24000), question(1.2, 24000, seed=1)], sampling_rate=24000)
+    spoken = lively_model.generate(**batch, **GREEDY)
+    written = lively_model.generate_text(**batch, max_new_tokens=10, do_sample=False)
+    pad = lively_model.generation_config.pad_token_id
+    for row in range(2):
+        assert [t for t in written[row].tolist() if t != pad] == [t for t in spoken.sequences[row].tolist() if t != pad]
+    assert len(spoken.sequences[0]) > 3
+
+
 def test_first_audio_comes_before_the_reply_text_is_finished(lively_model, tiny_processor):
     """The talker starts as soon as the reply's first word is finished (the next token shows it ended)."""
     text = "The capital of France is Paris, and the capital of Italy is Rome."
