@@ -46,6 +46,20 @@ def warmup_cosine(step: int, steps: int, learning_rate: float, warmup: int = 50)
     return learning_rate * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
+def config_overrides(pairs: list[str], flag: str) -> dict:
+    """`["hidden_size=384", "num_layers=4"]` -> `{"hidden_size": 384, "num_layers": 4}` (values read as a recipe
+    override reads them); `flag` names the option in the error."""
+    from concept_talker.training.recipes import _parse_value
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} takes KEY=VALUE pairs, got {pair!r}.")
+        overrides[key] = _parse_value(value)
+    return overrides
+
+
 def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
@@ -124,9 +138,11 @@ def read_questions(model, adapter, rows, collator, vocabulary, collapse: bool, b
 
 def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: int = 16, learning_rate: float = 1e-3,
                   transcribe_rows: int | None = None, examples: int = 100, seed: int = 0, log_every: int = 200,
-                  dropout: float | None = None, question_rows: int | None = None, target: str = "thinker") -> dict:
-    """Train a fresh adapter for `steps` (with `dropout` instead of its config's, where given) and measure its reading
-    of the test questions along the way, and of as many training questions (how far it fits them)."""
+                  dropout: float | None = None, question_rows: int | None = None, target: str = "thinker",
+                  adapter_overrides: dict | None = None) -> dict:
+    """Train a fresh adapter for `steps` (with `dropout` instead of its config's, where given, and its config's
+    `adapter_overrides`, such as `{"num_layers": 4}`) and measure its reading of the test questions along the way,
+    and of as many training questions (how far it fits them)."""
     import copy
 
     from modeling_concept_talker import ConceptTalkerAdapterModel
@@ -167,6 +183,11 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     adapter_config = copy.deepcopy(config.adapter_config)
     if dropout is not None:
         adapter_config.dropout = dropout
+    unknown = [key for key in adapter_overrides or {} if not hasattr(adapter_config, key)]
+    if unknown:
+        raise SystemExit(f"--adapter: the adapter's config has no {unknown}.")
+    for key, value in (adapter_overrides or {}).items():
+        setattr(adapter_config, key, value)
     adapter = ConceptTalkerAdapterModel(adapter_config).train()
     seen = generator.sample(train, min(len(test), len(train)))
     seen_references = [row["question_text"] for row in seen]
@@ -200,7 +221,8 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
                           "seconds": round(time.perf_counter() - started, 1)})
             print(curve[-1], flush=True)
     return {"loss": loss, "target": target, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
-            "dropout": adapter_config.dropout, "train_cer": curve[-1]["train_cer"],
+            "dropout": adapter_config.dropout, "adapter_overrides": dict(adapter_overrides or {}),
+            "adapter_parameters": sum(p.numel() for p in adapter.parameters()), "train_cer": curve[-1]["train_cer"],
             "train_rows": len(train), "test_examples": len(test), "vocabulary": len(vocabulary),
             "test_cer": curve[-1]["test_cer"], "word_recall": curve[-1]["word_recall"], "curve": curve,
             "samples": [{"question": q, "read": r} for q, r in list(zip(references, read))[:5]]}
@@ -225,6 +247,8 @@ def main(argv=None) -> None:
                         help="extra renditions of training questions that join training, one run each (-1: all, 0: none)")
     parser.add_argument("--dropout", type=float, nargs="+", default=[None],
                         help="the adapter's dropout, one run each (default: the checkpoint's config)")
+    parser.add_argument("--adapter", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="the fresh adapter's config overrides, e.g. num_layers=4 hidden_size=384")
     parser.add_argument("--log-every", type=int, default=200, help="steps between readings of the questions")
     parser.add_argument("--examples", type=int, default=100, help="test questions read (and as many training ones)")
     parser.add_argument("--json", help="write the figures to this file")
@@ -247,7 +271,8 @@ def main(argv=None) -> None:
             result = train_adapter(model, processor, dataset, loss, args.steps, args.batch_size, args.learning_rate,
                                    transcribe_rows=None if rows < 0 else rows, examples=args.examples,
                                    dropout=dropout, question_rows=None if questions < 0 else questions,
-                                   log_every=args.log_every, target=target)
+                                   log_every=args.log_every, target=target,
+                                   adapter_overrides=config_overrides(args.adapter, "--adapter"))
             print(f"{loss:5s} {target} transcribe rows {rows:5d} question rows {questions:5d} dropout {result['dropout']}: test "
                   f"CER {result['test_cer']:.3f} (training questions {result['train_cer']:.3f}) after {args.steps} steps")
             runs.append(result)

@@ -24,21 +24,7 @@ import time
 
 import torch
 
-from benchmarks.adapter_alone import warmup_cosine
-
-
-def talker_overrides(pairs: list[str]) -> dict:
-    """`["hidden_size=192", "num_hidden_layers=4"]` -> `{"hidden_size": 192, "num_hidden_layers": 4}` (values read
-    as a recipe override reads them)."""
-    from concept_talker.training.recipes import _parse_value
-
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--talker takes KEY=VALUE pairs of the talker's config, got {pair!r}.")
-        overrides[key] = _parse_value(value)
-    return overrides
+from benchmarks.adapter_alone import config_overrides, warmup_cosine
 
 
 def fresh_talker(model, overrides: dict):
@@ -149,7 +135,7 @@ def main(argv=None) -> None:
     if "reply_codes" not in dataset["train"].column_names:
         raise SystemExit(f"{args.data} holds no reply codes: make it with concept-talker synth.")
     if not args.keep_talker:
-        fresh_talker(model, talker_overrides(args.talker))
+        fresh_talker(model, config_overrides(args.talker, "--talker"))
     judge = WhisperRecognizer(args.judge)
     result = train_talker(model, processor, dataset, judge, args.steps, args.batch_size, args.learning_rate,
                           args.examples, args.eval_every)

@@ -407,12 +407,12 @@ def check_adapter_alone(run: Path, data: str) -> None:
     assert list(recall) == ["never", "1-9", "10-99", "100+"] and sum(b["words"] for b in recall.values()) > 0
     assert all(b["recall"] is None or 0 <= b["recall"] <= 1 for b in recall.values())
     main(["--checkpoint", str(run / "final"), "--data", data, "--steps", "1", "--dropout", "0.3", "--examples", "1",
-          "--question-rows", "2", "--target", "phonemes", "random", "--json", str(run / "adapter_dropout.json")])
+          "--question-rows", "2", "--target", "phonemes", "random", "--adapter", "num_layers=1", "--json", str(run / "adapter_dropout.json")])
     # The fixed tables the slots may be read against instead of the thinker's embeddings, one run each.
     runs = json.loads((run / "adapter_dropout.json").read_text())["runs"]
     assert [(r["target"], r["dropout"], r["train_rows"]) for r in runs] == [
         ("phonemes", 0.3, 18 + 4 + 2), ("random", 0.3, 18 + 4 + 2)]
-    assert all(0 <= r["test_cer"] and r["vocabulary"] > 0 for r in runs)
+    assert all(0 <= r["test_cer"] and r["vocabulary"] > 0 and r["adapter_overrides"] == {"num_layers": 1} for r in runs)
     after = load_file(run / "final" / "model.safetensors")
     assert before and all(torch.equal(after[k], v) for k, v in before.items())
 
