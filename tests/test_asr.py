@@ -191,6 +191,23 @@ def test_spoken_replies_reports_what_the_judge_heard_against_the_text(assets):
     assert results["wer"] == row["wer"] and "whisper-base" in results["judge"]
 
 
+def test_the_listening_ceiling_is_what_the_ears_own_recogniser_reads(ljspeech, assets):
+    """The evaluation's listening ceiling: the judge transcribes the questions' own audio (here real recordings),
+    and the model's transcripts of the same rows are scored with the same normaliser, so the two figures compare."""
+    from concept_talker.evaluation.asr import WhisperRecognizer
+    from concept_talker.evaluation.evaluate import listening_ceiling
+
+    clips, texts, _ = ljspeech
+    rows = [{"question_audio": clip.tolist(), "question_text": text} for clip, text in zip(clips[:2], texts[:2])]
+    judge = WhisperRecognizer(str(assets / "whisper-base"))
+    model_heard = [texts[0], "the cat sat on the mat"]  # one transcript right, one wrong
+    results = listening_ceiling(rows, model_heard, judge, 16000)
+    assert results["judge_question_cer"] < 0.1 and results["judge_question_wer"] < 0.15
+    right = judge.char_error_rate(texts[:1], model_heard[:1])
+    assert right == 0.0 and results["stage1_cer_judge_normalised"] > 0.3
+    assert [example["question"] for example in results["judge_question_examples"]] == texts[:2]
+
+
 def test_the_whisper_judge_hears_real_speech_and_cuts_its_own_loops(ljspeech, assets):
     """Whisper base hears LJSpeech clips nearly word for word; a transcript that runs on past what a clip can hold
     (Whisper's loop on short repetitive audio) is cut to the clip's token budget."""

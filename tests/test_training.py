@@ -37,8 +37,8 @@ def micro_overrides(data: str, steps: int = 6) -> list[str]:
 @pytest.fixture(scope="session")
 def micro_dataset(tmp_path_factory):
     """24 dialogue rows (and 4 general-English and 6 extra training questions, question only) made with the tiny
-    preset's codec and a random ear of the tiny preset's shape, saved next to them (shared by the tests of this
-    file)."""
+    preset's codec and a random ear of the tiny preset's shape, saved next to them, the questions' audio kept for the
+    evaluation's listening ceiling (shared by the tests of this file)."""
     import torch
     from transformers import WhisperModel
 
@@ -49,8 +49,9 @@ def micro_dataset(tmp_path_factory):
     torch.manual_seed(0)
     WhisperModel(load_preset("tiny").ear_config).save_pretrained(root / "ear")
     out = root / "tutor"
-    build_synthetic_dataset(SynthConfig(num_rows=24, validation_size=3, test_size=3, codec="tiny", audio_columns=(),
-                                        ear=str(root / "ear"), transcribe_rows=4, question_rows=6), str(out), num_proc=1)
+    build_synthetic_dataset(SynthConfig(num_rows=24, validation_size=3, test_size=3, codec="tiny",
+                                        audio_columns=("question",), ear=str(root / "ear"), transcribe_rows=4,
+                                        question_rows=6), str(out), num_proc=1)
     return str(out)
 
 
@@ -118,7 +119,8 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     assert load_recipe(path, ["--stages.text.copy_turns", "0.5"])["stages"]["text"]["copy_turns"] == 0.5
     with pytest.raises(RecipeError, match=r"stages.text.copy_turns must be a share between 0 and 1, got 1.5"):
         load_recipe(path, ["--stages.text.copy_turns", "1.5"])
-    with pytest.raises(RecipeError, match=r"stages.align.copy_turns: a share of copy turns is for the text stage"):
+    assert load_recipe(path, ["--stages.reply.copy_turns", "0.2"])["stages"]["reply"]["copy_turns"] == 0.2
+    with pytest.raises(RecipeError, match=r"stages.align.copy_turns: a share of copy turns is for the text and reply"):
         load_recipe(path, ["--stages.align.copy_turns", "0.5"])
     assert load_recipe(path, ["--stages.align.transcribe_rows", "1000"])["stages"]["align"]["transcribe_rows"] == 1000
     with pytest.raises(RecipeError, match=r"stages.reply.transcribe_rows: the general-English rows join the listening"):
@@ -234,10 +236,10 @@ def test_copy_turns_give_fresh_sentences_to_copy(rows, tiny_processor, tiny_conf
             answers.add(answer)
             assert set(labelled) <= vocabulary  # a thinker scored over the data's tokens can write every copy turn
     assert len(answers) == 10 * len(rows) and TRANSCRIBE_TASK in tasks and len(tasks) >= 3
-    # share 0 keeps every row; copy turns are for the text stage only; a share is in [0, 1]
+    # share 0 keeps every row; copy turns are for the text and reply stages only; a share is in [0, 1]
     kept = SpokenTurnCollator(tiny_processor, "text", tiny_config, copy_turns=CopyTurns(0.0))(rows)
     assert (kept["input_ids"] == SpokenTurnCollator(tiny_processor, "text", tiny_config)(rows)["input_ids"]).all()
-    with pytest.raises(ValueError, match="copy turns are text-stage turns"):
+    with pytest.raises(ValueError, match="the 'transcribe' task .* cannot use them"):
         SpokenTurnCollator(tiny_processor, "transcribe", tiny_config, copy_turns=turns)
     with pytest.raises(ValueError, match=r"in \[0, 1\]; got 2"):
         CopyTurns(2)
@@ -279,6 +281,36 @@ def test_reply_stage_transcription_turns_keep_listening_and_the_talker_skips_the
         SpokenTurnCollator(tiny_processor, "transcribe", tiny_config, transcribe_turns=0.3)
     with pytest.raises(ValueError, match=r"in \[0, 1\]; got 1.5"):
         SpokenTurnCollator(tiny_processor, "reply", tiny_config, transcribe_turns=1.5)
+
+
+def test_reply_stage_copy_turns_keep_copying_and_the_talker_skips_them(rows, tiny_model, tiny_processor, tiny_config):
+    """`copy_turns` in the reply stage: a share of the rows are text copy turns (the sentence's tokens where the
+    concepts go, no audio), so the LoRA keeps copying; the spoken rows' clips, concepts and talker losses are those
+    of the spoken rows alone."""
+    from concept_talker.data.collators import CopyTurns
+
+    audio_pad = tiny_config.audio_token_id
+    collator = SpokenTurnCollator(tiny_processor, "reply", tiny_config, copy_turns=CopyTurns(0.5, seed=3))
+    batches = [collator(rows) for _ in range(8)]
+    heard = [(b["input_ids"] == audio_pad).any(-1) for b in batches]
+    mixed = next(i for i, h in enumerate(heard) if 0 < int(h.sum()) < len(rows))
+    batch, clips = batches[mixed], heard[mixed]
+    spoken = (batch["audio_labels"][:, 0] != IGNORE_INDEX).any(-1)
+    assert torch.equal(spoken, clips)  # a copy turn has nothing to speak and no clip
+    assert batch["input_features"].shape[0] == batch["concept_labels"].shape[0] == int(clips.sum())
+    for i in (~clips).nonzero().flatten().tolist():
+        labelled = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX].tolist()
+        answer = tiny_processor.tokenizer.decode(labelled).removesuffix("<|im_end|>")
+        assert f"<|audio_start|>{answer}<|audio_end|>" in tiny_processor.tokenizer.decode(batch["input_ids"][i])
+    tiny_model.eval()
+    with torch.no_grad():
+        out = tiny_model(**batch)
+        alone = tiny_model(**SpokenTurnCollator(tiny_processor, "reply", tiny_config)(
+            [row for row, c in zip(rows, clips.tolist()) if c]))
+        assert torch.allclose(out.audio_loss, alone.audio_loss, atol=1e-5)
+        assert torch.allclose(out.concept_loss, alone.concept_loss, atol=1e-5)
+        every = SpokenTurnCollator(tiny_processor, "reply", tiny_config, copy_turns=CopyTurns(1.0))(rows)
+        assert "input_features" not in every and torch.isfinite(tiny_model(**every).loss)  # all copy turns: text only
 
 
 def test_collator_refuses_codes_of_another_codec(rows, tiny_processor, tiny_config):
@@ -417,6 +449,21 @@ def check_adapter_alone(run: Path, data: str) -> None:
     assert before and all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def check_eval_speech(run: Path, data: str, assets: Path) -> None:
+    """`concept-talker eval-speech` judges a checkpoint's spoken replies on a dataset's test split, and says clearly
+    when the split is not there."""
+    out = run / "speech.json"
+    command = [sys.executable, "-m", "concept_talker.cli", "eval-speech", "--model", str(run / "final"), "--data", data,
+               "--max-examples", "1", "--judge", str(assets / "whisper-base"), "--json", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["examples_scored"] == 1 and results["split"] == "test" and "Whisper" in results["judge"]
+    assert results["wer"] >= 0 and results["ceiling_wer"] >= 0 and results["garbage_wer"] >= 0
+    missing = subprocess.run(command + ["--split", "nowhere"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "has no 'nowhere' split" in missing.stderr
+
+
 def check_talker_alone(run: Path, data: str, assets: Path) -> None:
     """benchmarks.talker_alone trains a fresh talker (here one layer deep) behind the run's frozen thinker and
     measures it along the way: code accuracy beside its baselines, Whisper's hearing beside ceiling and garbage."""
@@ -440,8 +487,11 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, asse
     # as tiny-lyra does: the copy stage scores its losses over the data's tokens, whose embeddings start larger
     thinker_init = ["--model.overrides.thinker_embedding_std", "0.1", "--stages.copy.text_vocabulary", "data"]
     # half the reply-stage rows transcribe their question instead (the talker skips them)
+    # the evaluation judges one spoken reply and the listening ceiling with the offline Whisper
+    judged = ["--eval.speech", "true", "--eval.speech_examples", "1", "--eval.judge", str(assets / "whisper-base")]
     result = run_train(["--recipe", "configuration/tiny.yaml", "--output_dir", str(whole), "--generation.talker_temperature",
-                        "0.6", "--stages.reply.transcribe_turns", "0.5"] + thinker_init + micro_overrides(micro_dataset))
+                        "0.6", "--stages.reply.transcribe_turns", "0.5"] + thinker_init + micro_overrides(micro_dataset)
+                       + judged)
     assert result.returncode == 0, result.stderr[-3000:]
     # the recipe's reply settings are the checkpoint's defaults
     assert json.loads((whole / "final" / "generation_config.json").read_text())["talker_temperature"] == 0.6
@@ -453,6 +503,9 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, asse
     results = json.loads((whole / "eval_results.json").read_text())
     for key in ("stage1_cer", "stage2_reply_accuracy", "audio_code_accuracy", "stage2_reply_accuracy_by_skill"):
         assert key in results
+    assert results["speech_examples_scored"] == 1 and results["wer"] >= 0 and "Whisper" in results["judge"]
+    # the judge read the test questions' own audio: random-ear speech, but espeak-ng's clean voices
+    assert 0 <= results["judge_question_cer"] < 0.5 and results["stage1_cer_judge_normalised"] >= 0
     assert (whole / "loss_curves.png").stat().st_size > 1000
     assert (whole / "copy" / "model" / "config.json").exists()  # the copy stage ran, before the text stage
     # the thinker's embeddings of the data's tokens were drawn at thinker_embedding_std, the rest left small
@@ -473,6 +526,7 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, asse
     check_learning_curve(whole, micro_dataset, assets)
     check_adapter_alone(whole, micro_dataset)
     check_talker_alone(whole, micro_dataset, assets)
+    check_eval_speech(whole, micro_dataset, assets)
 
     killed = tmp_path / "killed"
     args = (["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed), "--stages.reply.transcribe_turns", "0.5"]

@@ -8,7 +8,8 @@ import os
 
 import torch
 
-from concept_talker.evaluation.speech import build_judge, speech_intelligibility, talker_sampling
+from concept_talker.data.dataset import with_features
+from concept_talker.evaluation.speech import build_judge, reply_sentences, speech_intelligibility, talker_sampling
 from concept_talker.files import write_json
 
 
@@ -34,11 +35,9 @@ def run(args) -> int:
     dataset = load_from_disk(args.data)
     if args.split not in dataset:
         raise SystemExit(f"{args.data} has no '{args.split}' split.")
-    split = dataset[args.split].with_format("numpy", columns=["question_features"], output_all_columns=True) \
-        if "question_features" in dataset[args.split].column_names else dataset[args.split]
+    split = with_features(dataset[args.split])
     rows = [split[i] for i in range(min(len(split), args.max_examples))]
-    sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"] if text})
-    judge = build_judge(args.judge, sentences)
+    judge = build_judge(args.judge, reply_sentences(dataset))
     voice = model.config.talker_config.num_style_concepts > 0 and "reference_codes" in split.column_names
     training_replies = dataset["train"]["reply_text"] if "train" in dataset else None
     with torch.inference_mode():

@@ -19,7 +19,8 @@ Tasks, and the formats they teach (the prompt is `build_prompt`'s, so training s
                 where the row gives one (`voice_given`). With `transcribe_turns`, that share of the rows transcribes
                 its question instead (the transcribe format above, no reply audio: its `audio_labels` are all -100,
                 and the talker skips it), so that the thinker's LoRA keeps reading the concepts while it learns to
-                answer.
+                answer. With `copy_turns`, that share of the rows is a text copy turn (as in the text stage; silent
+                too), so that the LoRA keeps copying what it reads while it learns the replies.
 
 Padding is on the right; labels are -100 outside the assistant's answer (which ends with `<|im_end|>`), audio labels
 -100 after each reply's frames, and masks False after each clip's frames.
@@ -135,7 +136,7 @@ class CopyTurns:
 
     def __init__(self, share: float, seed: int = 0, system_turn: bool = True):
         if not 0.0 <= share <= 1.0:
-            raise ValueError(f"copy_turns is the share of text-stage rows replaced by copy turns, in [0, 1]; got {share}.")
+            raise ValueError(f"copy_turns is the share of rows replaced by copy turns, in [0, 1]; got {share}.")
         self.share = float(share)
         self.system_prompt = DEFAULT_SYSTEM_PROMPT if system_turn else None
         self.words = english_words()
@@ -172,7 +173,8 @@ class SpokenTurnCollator:
             measured median F0 (`voice_f0`) where the rows carry `reference_f0`.
         concept_labels: with "transcribe" and "reply", give each concept slot its token (`concept_labels`).
         text_vocabulary: token ids the losses are scored over (`data_vocabulary`); None: the whole vocabulary.
-        copy_turns: with "text", a `CopyTurns` whose share of the rows it replaces by fresh copy turns.
+        copy_turns: with "text" or "reply", a `CopyTurns` whose share of the rows it replaces by fresh copy turns
+            (in "reply", silent rows: the talker skips them).
         transcribe_turns: with "reply", the share of rows (drawn afresh for every batch) that transcribe their
             question instead of answering it.
         seed: seeds the draw of transcription turns.
@@ -183,8 +185,9 @@ class SpokenTurnCollator:
                  transcribe_turns: float = 0.0, seed: int = 0):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-        if copy_turns is not None and task != "text":
-            raise ValueError(f"copy turns are text-stage turns (no audio); the {task!r} task cannot use them.")
+        if copy_turns is not None and task not in ("text", "reply"):
+            raise ValueError(f"copy turns are text turns mixed into the text or reply task; the {task!r} task (which "
+                             "teaches the concepts from speech) cannot use them.")
         if transcribe_turns and task != "reply":
             raise ValueError(f"transcribe_turns mixes transcription turns among the replies (task 'reply'); the "
                              f"{task!r} task cannot use them.")
@@ -241,18 +244,19 @@ class SpokenTurnCollator:
         replies, symbols, voices, voice_f0, voice_given = [], [], [], [], []
         audio_id = self.config.audio_token_id
         for row in rows:
-            transcribe = False  # a reply-stage row drawn as a transcription turn
+            silent = False  # a reply-stage row with nothing to speak: a transcription or copy turn
             if self.copy_turns is not None and self.copy_turns.replaces():
                 prompt, answer = self.copy_turns.draw()
                 prompt_ids = self._prompt_ids(prompt, self.tokenizer(answer, add_special_tokens=False).input_ids)
+                silent = True
             elif self.task == "text":
                 prompt, answer = self.prompt_and_answer(row)
                 blank = self.config.concept_blank_token_id
                 slots = self.slot_labels(row, self.windows(row))
                 prompt_ids = self._prompt_ids(prompt, [token for token in slots if token != blank])
             else:
-                transcribe = self.transcribe_turns > 0 and self.transcribe_rng.random() < self.transcribe_turns
-                prompt, answer = self.prompt_and_answer(row, transcribe)
+                silent = self.transcribe_turns > 0 and self.transcribe_rng.random() < self.transcribe_turns
+                prompt, answer = self.prompt_and_answer(row, transcribe=silent)
                 windows = self.windows(row)
                 prompt_ids = self._prompt_ids(prompt, [audio_id] * (windows * self.per_window))
                 clips.append(row["question_features"] if self.heard_through_ear
@@ -262,13 +266,13 @@ class SpokenTurnCollator:
             input_ids.append(prompt_ids + answer_ids)
             labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
             if self.task == "reply":
-                if transcribe:  # nothing to speak: one unscored frame, no symbols (the talker skips the row)
+                if silent:  # nothing to speak: one unscored frame, no symbols (the talker skips the row)
                     replies.append(torch.full((self.num_codebooks, 1), IGNORE_INDEX, dtype=torch.long))
                     symbols.append(([], [], []))
                 else:
                     replies.append(codes_tensor(row["reply_codes"], "reply_codes", self.num_codebooks))
                     symbols.append(self._symbols(row, answer_ids))
-                given = bool(not transcribe and self.voice and row.get("voice_given")
+                given = bool(not silent and self.voice and row.get("voice_given")
                              and row.get("reference_codes") is not None)
                 voice_given.append(given)
                 voices.append(codes_tensor(row["reference_codes"], "reference_codes", self.num_codebooks)

@@ -5,6 +5,10 @@
                             voice (which never speaks a training question); `stage1_cer_real_speech`: real recordings
                             (LJSpeech, out of the tutoring domain)
     stage1_wer              the same in words
+    judge_question_cer      the listening ceiling of a frozen Whisper ear: the judge (Whisper, whose encoder is the
+                            ear) transcribes the same test questions' audio with its own decoder; scored with the
+                            judge's normaliser on both sides, next to the model's transcripts scored the same way
+                            (`stage1_cer_judge_normalised`), so the two compare
     concept_accuracy        share of concept slots whose nearest token (through the thinker's embeddings) is the one
                             spoken in their stretch of time
     stage2_reply_accuracy   fraction of spoken questions whose greedy reply text is the reference reply, after
@@ -29,6 +33,7 @@ import torch
 from concept_talker.data.collators import SpokenTurnCollator
 from concept_talker.data.dataset import with_features
 from concept_talker.files import atomic_path
+from concept_talker.evaluation.speech import build_judge, reply_sentences
 from concept_talker.evaluation.turns import greedy_texts, normalized
 
 
@@ -127,7 +132,10 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
     results.update(audio_code_accuracy(model, processor, rows, voice=voice))
     with torch.inference_mode():
         if settings.get("speech"):
-            results.update(speech_metrics(model, processor, dataset, rows, settings, voice))
+            judge = build_judge(settings.get("judge"), reply_sentences(dataset))
+            if "question_audio" in test_split.column_names:
+                results.update(listening_ceiling(rows, transcripts, judge, processor.sampling_rate))
+            results.update(speech_metrics(model, processor, dataset, rows, settings, judge))
         if settings.get("voice"):
             results.update(tutor_metrics(model, processor, test_split, rows, settings, voice))
     if settings.get("speech") or settings.get("voice"):
@@ -173,14 +181,27 @@ def listening_elsewhere(model, processor, rows, settings, max_new_tokens: int, e
     return results
 
 
-def speech_metrics(model, processor, dataset, rows, settings, voice: bool) -> dict:
-    """Spoken WER of the model and of the codec's ceiling, judged by Whisper (see `concept_talker.evaluation.speech`)."""
-    from concept_talker.evaluation.speech import build_judge, speech_intelligibility
+def listening_ceiling(rows: list[dict], transcripts: list[str], judge, sampling_rate: int) -> dict:
+    """What the ear's own recogniser reads from the same speech: the judge transcribes the rows' question audio
+    (`question_audio`, float32 at `sampling_rate` Hz), scored against the question text with the judge's normaliser;
+    the model's `transcripts` of the same rows are scored the same way. With the judge's Whisper as the frozen ear, its
+    CER is about as well as listening through that ear can be expected to do."""
+    references = [row["question_text"] for row in rows]
+    heard = judge.transcribe_batch([np.asarray(row["question_audio"], dtype=np.float32) for row in rows],
+                                   sampling_rate)
+    return {"judge_question_cer": judge.char_error_rate(references, heard),
+            "judge_question_wer": judge.word_error_rate(references, heard),
+            "stage1_cer_judge_normalised": judge.char_error_rate(references, transcripts),
+            "judge_question_examples": [{"question": r, "judge_heard": h, "model_heard": t}
+                                        for r, h, t in list(zip(references, heard, transcripts))[:4]]}
+
+
+def speech_metrics(model, processor, dataset, rows, settings, judge) -> dict:
+    """Spoken WER of the model and of the codec's ceiling, judged by `judge` (see `concept_talker.evaluation.speech`)."""
+    from concept_talker.evaluation.speech import speech_intelligibility
 
     from concept_talker.data.synth import HOUSE_PITCH
 
-    sentences = sorted({text for name in dataset for text in dataset[name]["reply_text"] if text})
-    judge = build_judge(settings.get("judge"), sentences)
     # The house voice's own replies (not the pitch-shifted voice rows, which the voice metric scores), spoken by the
     # model in its house voice: the ceiling is then the same sentences in the same voice through the codec.
     house = [row for row in rows if row.get("reply_pitch") in (None, HOUSE_PITCH)]

@@ -45,6 +45,11 @@ class PocketsphinxJudge:
 
         return word_error_rate(references, hypotheses)
 
+    def char_error_rate(self, references, hypotheses) -> float:
+        from concept_talker.evaluation.asr import char_error_rate
+
+        return char_error_rate(references, hypotheses)
+
 
 def build_judge(spec: str | None, sentences: list[str]):
     """The recogniser that judges the spoken replies: Whisper (`spec` a folder or Hub id; None: `default_judge()`)
@@ -54,6 +59,11 @@ def build_judge(spec: str | None, sentences: list[str]):
     from concept_talker.evaluation.asr import WhisperRecognizer
 
     return WhisperRecognizer(spec)
+
+
+def reply_sentences(dataset) -> list[str]:
+    """Every reply sentence of the dataset (all splits): the pocketsphinx judge's language model."""
+    return sorted({text for name in dataset for text in dataset[name]["reply_text"] if text})
 
 
 def unseen_words(references: list[str], training_replies: list[str], judge) -> list[bool]:

@@ -22,7 +22,7 @@ OPTIONAL_STAGES = ("copy",)
 # Besides TrainingArguments: `voice` (reply stage: pass reference clips), `concept_labels` (align and reply: the
 # dense slot-by-slot signal, default on), `text_labels` (align: the frozen thinker's transcript loss, default on),
 # `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch),
-# `copy_turns` (text stage: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
+# `copy_turns` (text and reply stages: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
 # `transcribe_rows` and `question_rows` (text and align: how many of the dataset's general-English rows, and of its
 # extra renditions of training questions, join the stage; default all) and
 # `transcribe_turns` (reply stage: the share of rows that transcribe their question instead of answering it, so that
@@ -288,9 +288,9 @@ def check_stage(name: str, stage: dict, seed: int = 0) -> None:
     if stage.get("text_vocabulary") not in (None, *TEXT_VOCABULARIES):
         raise RecipeError(f"stages.{name}.text_vocabulary must be one of {list(TEXT_VOCABULARIES)} or null, got "
                           f"{stage['text_vocabulary']!r}.")
-    if stage.get("copy_turns") and name != "text":
-        raise RecipeError(f"stages.{name}.copy_turns: a share of copy turns is for the text stage (the copy stage "
-                          "trains on nothing else); remove it here.")
+    if stage.get("copy_turns") and name not in ("text", "reply"):
+        raise RecipeError(f"stages.{name}.copy_turns: a share of copy turns is for the text and reply stages (the "
+                          "copy stage trains on nothing else, the align stage on speech only); remove it here.")
     for key, rows in (("transcribe_rows", "the general-English rows"), ("question_rows", "the extra questions")):
         if stage.get(key) is not None and name not in ("text", "align"):
             raise RecipeError(f"stages.{name}.{key}: {rows} join the listening stages (text and align) only; remove "
