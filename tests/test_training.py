@@ -55,6 +55,24 @@ def micro_dataset(tmp_path_factory):
     return str(out)
 
 
+def test_the_evaluation_renders_a_rows_question_again_as_the_dataset_heard_it(micro_dataset):
+    """Recipes keep no audio; the listening ceiling renders each test question again from its row (voice, rate,
+    pitch, speed, noise), and gets the very samples synth stored."""
+    import numpy as np
+    from datasets import load_from_disk
+
+    from concept_talker.evaluation.evaluate import question_waves
+
+    dataset = load_from_disk(micro_dataset)
+    perturbed = [row for row in dataset["train"] if row["question_snr_db"] > 0 or row["question_speed"] != 1.0]
+    rows = [dataset["test"][i] for i in range(len(dataset["test"]))] + perturbed[:3]
+    assert perturbed  # sped up or noisy questions render the same too
+    stored = question_waves(dataset, rows, 16000)
+    again = question_waves(dataset, [{k: v for k, v in row.items() if k != "question_audio"} for row in rows], 16000)
+    for kept, rendered in zip(stored, again):
+        assert kept.shape == rendered.shape and np.allclose(kept, rendered, atol=1e-6)
+
+
 def run_train(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(TRAIN + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     return result

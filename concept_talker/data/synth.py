@@ -335,6 +335,25 @@ def perturb_question(wave: np.ndarray, sampling_rate: int, speed: float, snr_db:
     return np.clip(wave, -1.0, 1.0).astype(np.float32), 1.0 / speed
 
 
+# What a row says of how its question is spoken (`render_question` renders it from these alone).
+QUESTION_FIELDS = ("id", "question_text", "question_voice", "question_rate", "question_pitch", "question_speed",
+                   "question_snr_db")
+
+
+def render_question(tts, row: dict, sampling_rate: int, max_seconds: float | None = MAX_CLIP_SECONDS):
+    """A row's question as the dataset heard it: `tts` speaks `question_text` in the row's voice, rate and pitch at
+    `sampling_rate` Hz, then `perturb_question` applies its speed and noise (seeded by its `id`, so a row renders the
+    same every time). Returns the audio (float32 `[samples]`), the word timings (`Utterance.words`, in the unperturbed
+    clip's samples) and the factor the times were scaled by."""
+    from .tts import render_utterance
+
+    question = render_utterance(tts, row["question_text"], sampling_rate, row["question_voice"],
+                                int(row["question_rate"]), int(row["question_pitch"]), max_seconds)
+    wave, scale = perturb_question(question.audio, sampling_rate, float(row["question_speed"]),
+                                   float(row["question_snr_db"]), row["id"])
+    return wave, question.words or [], scale
+
+
 class RenderRows:
     """Batched `map` function: renders each row's question (with `tts`, at the ear's rate), reply and reference
     (with the house voice `reply_tts`, at the codec's rate).
@@ -355,7 +374,7 @@ class RenderRows:
         self.max_seconds = max_seconds
 
     def __call__(self, batch: dict) -> dict:
-        from .tts import load_tts, render_utterance
+        from .tts import load_tts
 
         if os.getpid() != MAIN_PID:
             torch.set_num_threads(1)  # a forked worker: one thread each (resampling gains nothing from threads)
@@ -366,13 +385,8 @@ class RenderRows:
         out = {name: [] for name in names}
         for i, row_id in enumerate(batch["id"]):
             try:
-                question = render_utterance(tts, batch["question_text"][i], self.question_sampling_rate,
-                                            batch["question_voice"][i], int(batch["question_rate"][i]),
-                                            int(batch["question_pitch"][i]), self.max_seconds)
-                wave, scale = perturb_question(question.audio, self.question_sampling_rate,
-                                               float(batch["question_speed"][i]), float(batch["question_snr_db"][i]),
-                                               row_id)
-                words = question.words or []
+                row = {name: batch[name][i] for name in QUESTION_FIELDS}
+                wave, words, scale = render_question(tts, row, self.question_sampling_rate, self.max_seconds)
                 out["question_audio"].append(wave)
                 out["question_seconds"].append(len(wave) / self.question_sampling_rate)
                 out["question_word_spans"].append([[w.start, w.end] for w in words])

@@ -24,6 +24,7 @@ Text metrics go through the project's `error_rate` metric and code accuracy thro
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 
@@ -35,6 +36,8 @@ from concept_talker.data.dataset import with_features
 from concept_talker.files import atomic_path
 from concept_talker.evaluation.speech import build_judge, reply_sentences
 from concept_talker.evaluation.turns import greedy_texts, normalized
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -133,8 +136,9 @@ def evaluate_model(model_dir: str, dataset, settings: dict, processor=None) -> d
     with torch.inference_mode():
         if settings.get("speech"):
             judge = build_judge(settings.get("judge"), reply_sentences(dataset))
-            if "question_audio" in test_split.column_names:
-                results.update(listening_ceiling(rows, transcripts, judge, processor.sampling_rate))
+            waves = question_waves(dataset, rows, processor.sampling_rate)
+            if waves is not None:
+                results.update(listening_ceiling(rows, transcripts, judge, waves, processor.sampling_rate))
             results.update(speech_metrics(model, processor, dataset, rows, settings, judge))
         if settings.get("voice"):
             results.update(tutor_metrics(model, processor, test_split, rows, settings, voice))
@@ -181,14 +185,31 @@ def listening_elsewhere(model, processor, rows, settings, max_new_tokens: int, e
     return results
 
 
-def listening_ceiling(rows: list[dict], transcripts: list[str], judge, sampling_rate: int) -> dict:
-    """What the ear's own recogniser reads from the same speech: the judge transcribes the rows' question audio
-    (`question_audio`, float32 at `sampling_rate` Hz), scored against the question text with the judge's normaliser;
-    the model's `transcripts` of the same rows are scored the same way. With the judge's Whisper as the frozen ear, its
-    CER is about as well as listening through that ear can be expected to do."""
+def question_waves(dataset, rows: list[dict], sampling_rate: int) -> list | None:
+    """The rows' question audio at `sampling_rate` Hz: stored (`question_audio`), or rendered again from each row's
+    voice, rate, pitch, speed and noise by the dataset's question TTS (recipes keep no audio); None when neither
+    can be had (a TTS this machine lacks)."""
+    if rows and rows[0].get("question_audio") is not None:
+        return [np.asarray(row["question_audio"], dtype=np.float32) for row in rows]
+    from concept_talker.data.dataset import load_synth_info
+    from concept_talker.data.synth import render_question
+    from concept_talker.data.tts import load_tts
+
+    try:
+        tts = load_tts(load_synth_info(dataset)["tts"]["questions"]["backend"])
+    except (ValueError, KeyError, OSError) as err:
+        logger.warning("No listening ceiling: the dataset's questions cannot be rendered again here (%s).", err)
+        return None
+    return [render_question(tts, row, sampling_rate, max_seconds=None)[0] for row in rows]
+
+
+def listening_ceiling(rows: list[dict], transcripts: list[str], judge, waves: list, sampling_rate: int) -> dict:
+    """What the ear's own recogniser reads from the same speech: the judge transcribes the rows' questions (`waves`,
+    float32 at `sampling_rate` Hz), scored against the question text with the judge's normaliser; the model's
+    `transcripts` of the same rows are scored the same way. With the judge's Whisper as the frozen ear, its CER is
+    about as well as listening through that ear can be expected to do."""
     references = [row["question_text"] for row in rows]
-    heard = judge.transcribe_batch([np.asarray(row["question_audio"], dtype=np.float32) for row in rows],
-                                   sampling_rate)
+    heard = judge.transcribe_batch(waves, sampling_rate)
     return {"judge_question_cer": judge.char_error_rate(references, heard),
             "judge_question_wer": judge.word_error_rate(references, heard),
             "stage1_cer_judge_normalised": judge.char_error_rate(references, transcripts),
