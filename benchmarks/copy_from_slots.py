@@ -57,8 +57,8 @@ def copy_from_slots(thinker, processor, config, dataset, split: str, task: str, 
         slots = [token for token in collator.slot_labels(row, collator.windows(row)) if token != blank]
         ids, cache, written = torch.tensor([collator._prompt_ids(prompt, slots)]), None, []
         for _ in range(max_new_tokens):
-            out = thinker(input_ids=ids, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = thinker(input_ids=ids, cache=cache, use_cache=True)
+            cache = out.cache
             token = int(vocabulary[out.logits[0, -1, vocabulary].argmax()])
             if token in ends:
                 break

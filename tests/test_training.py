@@ -467,6 +467,20 @@ def check_adapter_alone(run: Path, data: str) -> None:
     assert before and all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def check_copy_from_slots(run: Path, data: str) -> None:
+    """benchmarks.copy_from_slots: the text stage's thinker, and a whole checkpoint's (LoRA as it is), transcribe and
+    repeat questions whose slots hold their true tokens."""
+    from benchmarks.copy_from_slots import main
+
+    for thinker in (run / "text" / "thinker", run / "final"):
+        out = run / "copy_from_slots.json"
+        main(["--thinker", str(thinker), "--data", data, "--examples", "2", "--json", str(out)])
+        results = json.loads(out.read_text())["results"]
+        assert {(r["task"], r["split"]) for r in results} == {(t, s) for t in ("transcribe", "repeat")
+                                                             for s in ("validation", "test")}
+        assert all(r["examples"] == 2 and 0 <= r["exact"] <= 1 and r["cer"] >= 0 for r in results)
+
+
 def check_eval_speech(run: Path, data: str, assets: Path) -> None:
     """`concept-talker eval-speech` judges a checkpoint's spoken replies on a dataset's test split, and says clearly
     when the split is not there."""
@@ -545,6 +559,7 @@ def test_a_whole_run_and_a_killed_run_that_resumes(micro_dataset, tmp_path, asse
     check_adapter_alone(whole, micro_dataset)
     check_talker_alone(whole, micro_dataset, assets)
     check_eval_speech(whole, micro_dataset, assets)
+    check_copy_from_slots(whole, micro_dataset)
 
     killed = tmp_path / "killed"
     args = (["--recipe", "configuration/tiny.yaml", "--output_dir", str(killed), "--stages.reply.transcribe_turns", "0.5"]
