@@ -150,7 +150,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     from concept_talker.data.collators import SpokenTurnCollator, dataset_vocabulary
     from concept_talker.data.dataset import with_features
     from concept_talker.evaluation.metrics import load_metric
-    from concept_talker.training.train import question_only_rows
+    from concept_talker.training.train import extra_rows
     from modeling_concept_talker.concept_reading import tokens_sound_table, vocabulary_index
 
     if loss not in ("slots", "ctc"):
@@ -165,7 +165,7 @@ def train_adapter(model, processor, dataset, loss: str, steps: int, batch_size: 
     collator = SpokenTurnCollator(processor, "transcribe", config)
     vocabulary = torch.tensor(dataset_vocabulary(processor.tokenizer, dataset, config, copy_turns=True))
     train = list(with_features(dataset["train"]))
-    for rows in question_only_rows(dataset, {"transcribe_rows": transcribe_rows, "question_rows": question_rows}):
+    for rows in extra_rows(dataset, {"transcribe_rows": transcribe_rows, "question_rows": question_rows}):
         train += list(with_features(rows))
     test_split = with_features(dataset["test"])
     test = [test_split[i] for i in range(min(examples, len(test_split)))]

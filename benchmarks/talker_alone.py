@@ -56,18 +56,20 @@ def measure(model, processor, rows, judge, seed: int = 0) -> dict:
 
 
 def train_talker(model, processor, dataset, judge, steps: int, batch_size: int = 16, learning_rate: float = 2e-3,
-                 examples: int = 24, eval_every: int = 500, seed: int = 0) -> dict:
+                 examples: int = 24, eval_every: int = 500, seed: int = 0, repeat_rows: int | None = None) -> dict:
     """Train the model's talker alone for `steps` (50 warm-up steps, then cosine, as the reply stage) and measure it
-    along the way."""
+    along the way. It trains on the rows the reply stage does: the train split and the first `repeat_rows` of the
+    `repeats` split where the dataset has one (None: all)."""
     from concept_talker.data.collators import SpokenTurnCollator, dataset_vocabulary
     from concept_talker.data.dataset import with_features
+    from concept_talker.training.train import stage_train_rows
 
     torch.manual_seed(seed)
     generator = random.Random(seed)
     collator = SpokenTurnCollator(processor, "reply", model.config, concept_labels=False,
                                   text_vocabulary=dataset_vocabulary(processor.tokenizer, dataset, model.config,
                                                                      copy_turns=True))
-    train = with_features(dataset["train"])
+    train = with_features(stage_train_rows(dataset, "reply", {"repeat_rows": repeat_rows}, seed))
     test_split = with_features(dataset["test"])
     test = [test_split[i] for i in range(min(examples, len(test_split)))]
     model.set_trainable(concept_adapter=False, thinker="frozen", talker=True)
@@ -95,7 +97,9 @@ def train_talker(model, processor, dataset, judge, steps: int, batch_size: int =
             curve.append(point)
             print(point, flush=True)
     last = curve[-1]
-    return {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "test_examples": len(test),
+    return {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "train_rows": len(train),
+            "train_words": len({w for text in train["reply_text"] for w in text.lower().split()}),
+            "test_examples": len(test),
             "talker_config": {k: v for k, v in model.config.talker_config.to_dict().items()
                               if k in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
                                        "dropout", "history_dropout")},
@@ -115,6 +119,9 @@ def main(argv=None) -> None:
     parser.add_argument("--talker", nargs="*", default=[], metavar="KEY=VALUE",
                         help="talker config overrides for the fresh talker, e.g. hidden_size=192 num_hidden_layers=4")
     parser.add_argument("--keep-talker", action="store_true", help="train the checkpoint's own talker further")
+    parser.add_argument("--repeat-rows", type=int, default=None,
+                        help="how many of the dataset's spoken repeat turns (its `repeats` split) join the training "
+                             "rows (default all)")
     parser.add_argument("--examples", type=int, default=24, help="test replies measured")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--judge", default=None, help="a Whisper model (folder or Hub id; default: the offline one)")
@@ -138,7 +145,7 @@ def main(argv=None) -> None:
         fresh_talker(model, config_overrides(args.talker, "--talker"))
     judge = WhisperRecognizer(args.judge)
     result = train_talker(model, processor, dataset, judge, args.steps, args.batch_size, args.learning_rate,
-                          args.examples, args.eval_every)
+                          args.examples, args.eval_every, repeat_rows=args.repeat_rows)
     print(f"talker alone, {args.steps} steps: WER {result['wer']:.3f} (ceiling {result['ceiling_wer']:.3f}, garbage "
           f"{result['garbage_wer']:.3f}); code accuracy {result['code_accuracy']:.3f}")
     if args.json:

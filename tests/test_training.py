@@ -51,7 +51,7 @@ def micro_dataset(tmp_path_factory):
     out = root / "tutor"
     build_synthetic_dataset(SynthConfig(num_rows=24, validation_size=3, test_size=3, codec="tiny",
                                         audio_columns=("question",), ear=str(root / "ear"), transcribe_rows=4,
-                                        question_rows=6), str(out), num_proc=1)
+                                        question_rows=6, repeat_rows=3), str(out), num_proc=1)
     return str(out)
 
 
@@ -147,6 +147,10 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     with pytest.raises(RecipeError, match=r"stages.reply.question_rows: the extra questions join the listening"):
         load_recipe(path, ["--stages.reply.question_rows", "10"])
     assert load_recipe(path, ["--data.synth.question_rows", "4000"])["data"]["synth"]["question_rows"] == 4000
+    assert load_recipe(path, ["--data.synth.repeat_rows", "4000"])["data"]["synth"]["repeat_rows"] == 4000
+    assert load_recipe(path, ["--stages.reply.repeat_rows", "100"])["stages"]["reply"]["repeat_rows"] == 100
+    with pytest.raises(RecipeError, match=r"stages.align.repeat_rows: the spoken repeat turns join the reply stage"):
+        load_recipe(path, ["--stages.align.repeat_rows", "10"])
     assert load_recipe(path, ["--data.synth.transcribe_vocabulary", "5000"])["data"]["synth"]["transcribe_vocabulary"] == 5000
     with pytest.raises(RecipeError, match=r"data.synth.transcribe_vocabulary must be"):
         load_recipe(path, ["--data.synth.transcribe_vocabulary", "0"])
@@ -208,6 +212,39 @@ def test_reply_collator_masks_and_pads(rows, tiny_processor, tiny_config):
         # the talker reads the reply's symbols, whose lengths add up to the reply's frames
         symbols = batch["reply_symbols"][i][batch["reply_symbols"][i] != IGNORE_INDEX]
         assert len(symbols) == len(row["reply_phonemes"]) and int(batch["reply_symbol_frames"][i].sum()) == frames_of(row)
+
+
+def test_repeat_rows_are_spoken_repeat_turns_of_general_english(micro_dataset, tiny_processor, tiny_config):
+    """The `repeats` split: a sentence of common words said in a training voice with a training phrasing of "repeat
+    after me", said back by the house voice with the symbol timings the talker learns from; the reply stage (and the
+    talker) learn from it, the listening stages do not."""
+    from datasets import load_from_disk
+
+    from concept_talker.data.dataset import load_synth_info
+    from concept_talker.data.dialogue import REPEAT_INSTRUCTIONS, english_words
+    from concept_talker.evaluation.evaluate import with_features
+    from concept_talker.training.train import stage_train_rows
+
+    dataset = load_from_disk(micro_dataset)
+    repeats = with_features(dataset["repeats"])
+    assert len(repeats) == 3
+    words = set(english_words())
+    phrasings = [text for _, text, held_out in REPEAT_INSTRUCTIONS if not held_out]
+    voices = {split: set(info["voices"]) for split, info in load_synth_info(micro_dataset)["splits"].items()}
+    rows = [repeats[i] for i in range(len(repeats))]
+    for row in rows:
+        assert row["skill"] == "repeat" and row["question_text"] == row["reply_text"]
+        assert {w.strip(".").lower() for w in row["question_text"].split()} <= words
+        assert any(row["instruction"].startswith(text) for text in phrasings)
+        assert row["question_voice"] in voices["train"] - voices["test"] and row["question_features"].shape[0] > 0
+    batch = SpokenTurnCollator(tiny_processor, "reply", tiny_config)(rows)
+    for i, row in enumerate(rows):  # the talker learns to say it, symbol by symbol
+        assert (batch["audio_labels"][i, :, : frames_of(row)] >= 0).all()
+        assert int(batch["reply_symbol_frames"][i].sum()) == frames_of(row)
+    ids = lambda stage, settings: set(stage_train_rows(dataset, stage, settings, seed=0)["id"])
+    assert ids("reply", {}) == set(dataset["train"]["id"]) | set(repeats["id"])
+    assert ids("reply", {"repeat_rows": 1}) == set(dataset["train"]["id"]) | {repeats["id"][0]}
+    assert not ids("align", {}) & set(repeats["id"])
 
 
 def frames_of(row) -> int:
@@ -380,20 +417,23 @@ def test_reply_trainer_logs_loss_parts_and_code_accuracy(tiny_model, tiny_proces
 
 # ---- whole runs ----------------------------------------------------------------------------------------------------
 
-def test_listening_stages_take_the_question_only_rows_they_are_given():
+def test_each_stage_takes_the_extra_rows_it_is_given():
     from datasets import Dataset, DatasetDict
 
     from concept_talker.training.train import stage_train_rows
 
     dataset = DatasetDict({"train": Dataset.from_dict({"id": [f"d{i}" for i in range(4)]}),
                            "transcribe": Dataset.from_dict({"id": [f"t{i}" for i in range(6)]}),
-                           "questions": Dataset.from_dict({"id": [f"q{i}" for i in range(3)]})})
+                           "questions": Dataset.from_dict({"id": [f"q{i}" for i in range(3)]}),
+                           "repeats": Dataset.from_dict({"id": [f"r{i}" for i in range(2)]})})
     ids = lambda stage, settings: sorted(stage_train_rows(dataset, stage, settings, seed=0)["id"])
     dialogue, general, questions = ([f"{k}{i}" for i in range(n)] for k, n in (("d", 4), ("t", 6), ("q", 3)))
     assert ids("align", {}) == sorted(dialogue + general + questions)
     assert ids("text", {"transcribe_rows": 2}) == sorted(dialogue + questions + ["t0", "t1"])
     assert ids("align", {"transcribe_rows": 0, "question_rows": 1}) == sorted(dialogue + ["q0"])
-    assert ids("reply", {}) == dialogue  # the reply stage speaks replies: dialogue rows only
+    # the reply stage speaks replies: dialogue rows and the spoken repeat turns
+    assert ids("reply", {}) == sorted(dialogue + ["r0", "r1"])
+    assert ids("reply", {"repeat_rows": 0}) == dialogue
 
 
 def check_learning_curve(run: Path, data: str, assets: Path) -> None:

@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--question-rows", type=int, default=0,
                         help="more renditions of training questions (question only, other voices) in an extra "
                              "'questions' split, for the listening stages")
+    parser.add_argument("--repeat-rows", type=int, default=0,
+                        help="'repeat after me' turns of general English with spoken replies in an extra 'repeats' "
+                             "split, for the reply stage (many more words for the talker to say)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes (one torch thread each)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads for encoding when --num-proc is 1 (default 1; prefer --num-proc)")
@@ -93,7 +96,7 @@ def run(args) -> int:
                 audio_columns=tuple(args.audio), allow_voice_overlap=args.allow_voice_overlap,
                 reply_tts=args.reply_tts, ear=args.ear, transcribe_rows=args.transcribe_rows,
                 transcribe_vocabulary=args.transcribe_vocabulary,
-                question_rows=args.question_rows,
+                question_rows=args.question_rows, repeat_rows=args.repeat_rows,
             )
             dataset = build_synthetic_dataset(
                 config, args.out, work_dir=args.work_dir, overwrite=args.overwrite, keep_work_dir=args.keep_work_dir,

@@ -337,10 +337,10 @@ def data_vocabulary(tokenizer, texts, config) -> list[int]:
 
 
 def dataset_vocabulary(tokenizer, dataset, config, copy_turns: bool) -> list[int]:
-    """`data_vocabulary` of a dataset: every question and reply of its train and general-English (`transcribe`)
-    splits (and the extra training questions of `questions`), and the copy turns' words where a run trains on copy
-    turns (`copy_turns`)."""
-    texts = [t for name in ("train", "transcribe", "questions") if name in dataset
+    """`data_vocabulary` of a dataset: every question and reply of its train and general-English (`transcribe`,
+    `repeats`) splits (and the extra training questions of `questions`), and the copy turns' words where a run trains
+    on copy turns (`copy_turns`)."""
+    texts = [t for name in ("train", "transcribe", "questions", "repeats") if name in dataset
              for column in ("question_text", "reply_text") if column in dataset[name].column_names
              for t in dataset[name][column]]
     if copy_turns:

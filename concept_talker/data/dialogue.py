@@ -648,6 +648,31 @@ def repeat_instruction(rng: random.Random, split: str) -> tuple[str, str]:
     return repeat_id, text
 
 
+def typed_instruction(rng: random.Random, skill: str, split: str,
+                      style_weights: Sequence[float] = STYLE_WEIGHTS) -> tuple[str, str, str]:
+    """The typed instruction of a turn: a reply style drawn by `style_weights` and a phrasing that asks for it (often
+    none for `normal`), after a "repeat after me" phrasing for the repeat skill. Returns (style, instruction
+    template id, instruction text)."""
+    style = rng.choices(STYLES, weights=style_weights)[0]
+    style_id, style_text, _ = rng.choice(_templates(STYLE_INSTRUCTIONS[style], split))
+    if style == "normal" and rng.random() < EMPTY_NORMAL_INSTRUCTION:
+        style_id, style_text = "0", ""
+    instruction_id = f"{style}.{style_id}"
+    if skill != "repeat":
+        return style, instruction_id, style_text
+    repeat_id, repeat_text = repeat_instruction(rng, split)
+    return style, f"repeat.{repeat_id}+{instruction_id}", f"{repeat_text} {style_text}".strip()
+
+
+def repeat_turn(rng: random.Random, sentence: str, item: str, split: str = "train",
+                style_weights: Sequence[float] = STYLE_WEIGHTS) -> DialogueTurn:
+    """A "repeat after me" turn for any `sentence` (the user says it, the tutor says it back), phrased and styled as
+    the dialogue's repeat turns of `split` are; `item` names it."""
+    style, instruction_id, instruction = typed_instruction(rng, "repeat", split, style_weights)
+    return DialogueTurn(skill="repeat", item=item, template=f"repeat.words/repeat.words/{instruction_id}",
+                        instruction=instruction, style=style, question_text=sentence, reply_text=sentence)
+
+
 def english_words() -> list[str]:
     """The common English word list (`english_words.txt`), most frequent first."""
     with open(WORDS_FILE, encoding="utf-8") as f:
@@ -700,16 +725,7 @@ class DialogueGenerator:
         key, fields = rng.choice(self.items[skill])
         question_id, question, _ = rng.choice(_templates(QUESTION_TEMPLATES[skill], self.split))
         reply_id, reply, _ = rng.choice(_templates(REPLY_TEMPLATES[skill], self.split))
-        style = rng.choices(STYLES, weights=self.style_weights)[0]
-        style_id, style_text, _ = rng.choice(_templates(STYLE_INSTRUCTIONS[style], self.split))
-        if style == "normal" and rng.random() < EMPTY_NORMAL_INSTRUCTION:
-            style_id, style_text = "0", ""
-        instruction_id = f"{style}.{style_id}"
-        instruction = style_text
-        if skill == "repeat":
-            repeat_id, repeat_text = repeat_instruction(rng, self.split)
-            instruction_id = f"repeat.{repeat_id}+{instruction_id}"
-            instruction = f"{repeat_text} {style_text}".strip()
+        style, instruction_id, instruction = typed_instruction(rng, skill, self.split, self.style_weights)
         return DialogueTurn(
             skill=skill,
             item=key,
@@ -768,5 +784,6 @@ __all__ = [
     "item_split",
     "number_to_words",
     "reference_sentences",
+    "repeat_turn",
     "split_items",
 ]

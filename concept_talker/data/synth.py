@@ -4,7 +4,7 @@
         --ear ../shared/assets/whisper-base --transcribe-rows 3000 --num-proc 2
 
 builds `train` / `validation` / `test` splits (and `transcribe` with `--transcribe-rows`, `questions` with
-`--question-rows`). Each row is one tutoring
+`--question-rows`, `repeats` with `--repeat-rows`). Each row is one tutoring
 exchange: the user's spoken question, the typed instruction that comes with it, the tutor's reply, and (where the
 reply stage will pass it) a short reference clip of the reply's voice (another sentence, same voice, normal rate).
 
@@ -21,6 +21,8 @@ reply stage will pass it) a short reference clip of the reply's voice (another s
 - `questions` rows hold questions only too: more training questions (the same items, other combinations) in other
   voices, rates and pitches. A question-only row costs about a tenth of a dialogue row to make, and the listening
   stages are short of speech per word, not of replies.
+- `repeats` rows are "repeat after me" turns of general English (a sentence of common words, said back by the house
+  voice): the dialogue's replies hold a few hundred words, too few for a talker to learn to say words it never heard.
 
 Validation and test use held-out items, templates and question voices.
 
@@ -95,6 +97,7 @@ from .dialogue import (
     english_words,
     generate_dialogues,
     reference_sentences,
+    repeat_turn,
     word_sentence,
 )
 
@@ -102,6 +105,7 @@ logger = logging.getLogger("concept_talker.synth")
 
 EXTRA_SPLIT = "transcribe"  # question-only rows of general English, for the listening stages
 QUESTIONS_SPLIT = "questions"  # question-only rows: more renditions of training questions, for the listening stages
+REPEATS_SPLIT = "repeats"  # "repeat after me" turns of general English with spoken replies, for the reply stage
 # Speaking rates in words per minute (espeak's scale; the house voice's length scale is 175 / rate) and base
 # pitch (0-99, 50 = the voice's own).
 STYLE_RATES = {"slow": (105, 125), "normal": (155, 185), "fast": (230, 270)}
@@ -154,6 +158,8 @@ class SynthConfig:
         question_rows: more renditions of training questions (question only, new voices, rates and pitches) in an
             extra `questions` split: more speech per word for the listening stages, at a small share of a dialogue
             row's cost (no reply to render and encode).
+        repeat_rows: "repeat after me" turns of general English with the reply spoken (`plan_repeat_rows`), in an
+            extra `repeats` split for the reply stage: far more words for the talker to say than the dialogue holds.
         voice_variant_share: share of replies spoken in a pitch-shifted house voice, with a reference clip the reply
             stage passes; the other replies are in the house voice, half of them with a reference clip.
         perturb_share: share of questions perturbed (resampled in speed, white noise added).
@@ -180,6 +186,7 @@ class SynthConfig:
     transcribe_rows: int = 0
     transcribe_vocabulary: int | None = None
     question_rows: int = 0
+    repeat_rows: int = 0
     voice_variant_share: float = 0.4
     perturb_share: float = 0.3
 
@@ -204,7 +211,7 @@ class SynthConfig:
         for name in ("voice_variant_share", "perturb_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share from 0 to 1, got {getattr(self, name)!r}.")
-        for name in ("transcribe_rows", "question_rows"):
+        for name in ("transcribe_rows", "question_rows", "repeat_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.transcribe_vocabulary is not None and self.transcribe_vocabulary < 1:
@@ -251,29 +258,35 @@ def _question_plan(rng: random.Random, voices: Sequence[str], perturb_share: flo
 def plan_split(config: SynthConfig, split: str, count: int, voices: Sequence[str],
                house_voice: str = "default") -> list[dict]:
     """The rows of one split before rendering: texts, voices, rates and pitches (see `dataset_features`)."""
-    from .tts import clean_text
-
     turns = generate_dialogues(count, split, config.seed, config.skills, config.style_weights)
     rng = random.Random(f"concept-talker-voices/{split}/{config.seed}")
     references = reference_sentences(split)
-    rows = []
-    for index, turn in enumerate(turns):
-        variant = rng.random() < config.voice_variant_share
-        voice_given = variant or rng.random() < 0.5
-        reply_text = clean_text(turn.reply_text)  # the text exactly as the voice reads it: symbols index into it
-        rows.append({
-            "id": f"{split}-{index:06d}",
-            **turn.to_dict(),
-            "reply_text": reply_text,
-            "reference_text": rng.choice([s for s in references if s != reply_text]) if voice_given else None,
-            **_question_plan(rng, voices, config.perturb_share),
-            "reply_voice": house_voice,
-            "reply_rate": rng.randint(*STYLE_RATES[turn.style]),
-            "reply_pitch": rng.randint(*VOICE_VARIANT_PITCH) if variant else HOUSE_PITCH,
-            "reference_rate": rng.randint(*STYLE_RATES["normal"]),
-            "voice_given": voice_given,
-        })
-    return rows
+    return [_spoken_turn_row(f"{split}-{index:06d}", turn, rng, config, voices, references, house_voice)
+            for index, turn in enumerate(turns)]
+
+
+def _spoken_turn_row(row_id: str, turn, rng: random.Random, config: SynthConfig, voices: Sequence[str],
+                     references: Sequence[str], house_voice: str) -> dict:
+    """A planned row with a spoken reply: the turn's texts, how its question is spoken (`_question_plan`) and how the
+    house voice speaks its reply: at the style's rate, in its own voice or (a `voice_variant_share` of the rows)
+    pitch-shifted into another, with a reference clip of that voice for the variants and half of the others."""
+    from .tts import clean_text
+
+    variant = rng.random() < config.voice_variant_share
+    voice_given = variant or rng.random() < 0.5
+    reply_text = clean_text(turn.reply_text)  # the text exactly as the voice reads it: symbols index into it
+    return {
+        "id": row_id,
+        **turn.to_dict(),
+        "reply_text": reply_text,
+        "reference_text": rng.choice([s for s in references if s != reply_text]) if voice_given else None,
+        **_question_plan(rng, voices, config.perturb_share),
+        "reply_voice": house_voice,
+        "reply_rate": rng.randint(*STYLE_RATES[turn.style]),
+        "reply_pitch": rng.randint(*VOICE_VARIANT_PITCH) if variant else HOUSE_PITCH,
+        "reference_rate": rng.randint(*STYLE_RATES["normal"]),
+        "voice_given": voice_given,
+    }
 
 
 def _question_only_row(row_id: str, fields: dict, rng: random.Random, voices: Sequence[str],
@@ -308,6 +321,23 @@ def plan_transcribe_rows(config: SynthConfig, count: int, voices: Sequence[str])
         fields = {"skill": "words", "item": f"words:{index}", "template": "words", "instruction": "",
                   "style": "normal", "question_text": sentence}
         rows.append(_question_only_row(f"{EXTRA_SPLIT}-{index:06d}", fields, rng, voices, config.perturb_share))
+    return rows
+
+
+def plan_repeat_rows(config: SynthConfig, count: int, voices: Sequence[str], house_voice: str = "default") -> list[dict]:
+    """Spoken "repeat after me" turns of general English: a sentence of 3 to 9 common words (`english_words`, the
+    first `transcribe_vocabulary`) said in a training voice, with a training phrasing of the request, and said back
+    by the house voice in the turn's style. The dialogue's 1,800-odd replies give the talker a few hundred words to
+    say; these give it thousands, and the thinker a sentence to repeat that no template holds."""
+    words = english_words()[: config.transcribe_vocabulary]
+    rng = random.Random(f"concept-talker-repeats/{config.seed}")
+    references = reference_sentences("train")
+    rows = []
+    for index in range(count):
+        sentence = word_sentence(rng, words, rng.randint(*TRANSCRIBE_WORDS))
+        turn = repeat_turn(rng, sentence, f"words:{index}", "train", config.style_weights)
+        rows.append(_spoken_turn_row(f"{REPEATS_SPLIT}-{index:06d}", turn, rng, config, voices, references,
+                                     house_voice))
     return rows
 
 
@@ -540,8 +570,9 @@ def build_synthetic_dataset(
     voices = resolve_voices(config, tts)
     settings = _settings(config, voices, tts, reply_tts, codec_info, ear_info)
     features = dataset_features(audio_columns, ear_info["width"] if ear_info else None)
-    splits_made = SPLITS + ((EXTRA_SPLIT,) if config.transcribe_rows else ()) + (
-        (QUESTIONS_SPLIT,) if config.question_rows else ())
+    splits_made = SPLITS + tuple(split for split, rows in ((EXTRA_SPLIT, config.transcribe_rows),
+                                                            (QUESTIONS_SPLIT, config.question_rows),
+                                                            (REPEATS_SPLIT, config.repeat_rows)) if rows)
     house_voice = reply_tts.default_voice
 
     def plan():
@@ -550,6 +581,8 @@ def build_synthetic_dataset(
             rows[EXTRA_SPLIT] = plan_transcribe_rows(config, config.transcribe_rows, voices["train"])
         if config.question_rows:
             rows[QUESTIONS_SPLIT] = plan_question_rows(config, config.question_rows, voices["train"], sizes["train"])
+        if config.repeat_rows:
+            rows[REPEATS_SPLIT] = plan_repeat_rows(config, config.repeat_rows, voices["train"], house_voice)
         return rows
 
     with exclusive(work_dir):

@@ -24,12 +24,13 @@ OPTIONAL_STAGES = ("copy",)
 # `text_vocabulary` ("data": score the losses over the tokens of the data only, for a thinker trained from scratch),
 # `copy_turns` (text and reply stages: the share of rows replaced by fresh random-word copy turns, `CopyTurns`) and
 # `transcribe_rows` and `question_rows` (text and align: how many of the dataset's general-English rows, and of its
-# extra renditions of training questions, join the stage; default all) and
+# extra renditions of training questions, join the stage; default all), `repeat_rows` (reply stage: how many of the
+# dataset's general-English "repeat after me" turns join it; default all) and
 # `transcribe_turns` (reply stage: the share of rows that transcribe their question instead of answering it, so that
 # the thinker's LoRA keeps reading the concepts while it learns the replies).
 STAGE_EXTRA_KEYS = {"enabled", "adapter_learning_rate", "max_train_examples", "voice", "concept_labels",
                     "text_labels", "text_vocabulary", "copy_turns", "transcribe_rows", "question_rows",
-                    "transcribe_turns"}
+                    "repeat_rows", "transcribe_turns"}
 
 # Keys a recipe may have, with their defaults. `None` under a mapping means "any TrainingArguments field".
 RECIPE_SCHEMA = {
@@ -46,7 +47,7 @@ RECIPE_SCHEMA = {
     "data": {
         "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
         "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0,
-                  "transcribe_vocabulary": None, "question_rows": 0, "reply_tts": "piper", "voice_variant_share": 0.4,
+                  "transcribe_vocabulary": None, "question_rows": 0, "repeat_rows": 0, "reply_tts": "piper", "voice_variant_share": 0.4,
                   "perturb_share": 0.3},
     },
     "stages": {name: None for name in STAGES},
@@ -77,6 +78,7 @@ VALUE_RULES = {
     "data.synth.seed": ("int", 0),
     "data.synth.transcribe_rows": ("int", 0),
     "data.synth.question_rows": ("int", 0),
+    "data.synth.repeat_rows": ("int", 0),
     "data.synth.transcribe_vocabulary": ("int?", 1),
     "data.synth.reply_tts": ("str", None),
     "data.synth.voice_variant_share": ("share", None),
@@ -104,6 +106,7 @@ STAGE_EXTRA_RULES = {
     "copy_turns": ("share", None),
     "transcribe_rows": ("int?", 0),
     "question_rows": ("int?", 0),
+    "repeat_rows": ("int?", 0),
     "transcribe_turns": ("share", None),
 }
 # `text_vocabulary` takes one value: "data" (or null, the whole vocabulary).
@@ -295,6 +298,9 @@ def check_stage(name: str, stage: dict, seed: int = 0) -> None:
         if stage.get(key) is not None and name not in ("text", "align"):
             raise RecipeError(f"stages.{name}.{key}: {rows} join the listening stages (text and align) only; remove "
                               "it here.")
+    if stage.get("repeat_rows") is not None and name != "reply":
+        raise RecipeError(f"stages.{name}.repeat_rows: the spoken repeat turns join the reply stage only (they are "
+                          "there for the talker); remove it here.")
     if stage.get("transcribe_turns") and name != "reply":
         raise RecipeError(f"stages.{name}.transcribe_turns: a share of transcription turns among the replies is for "
                           "the reply stage (align transcribes every row already); remove it here.")

@@ -45,13 +45,17 @@ RUN_FILE = "run.json"
 
 # The question-only splits the listening stages add to the train split, with the stage setting that caps each.
 QUESTION_ONLY_SPLITS = {"questions": "question_rows", "transcribe": "transcribe_rows"}
+# The extra splits with spoken replies the reply stage adds (general-English "repeat after me" turns).
+SPOKEN_REPLY_SPLITS = {"repeats": "repeat_rows"}
 
 
 def stage_train_rows(dataset, stage: str, settings: dict, seed: int):
-    """A stage's training rows: the train split, and for the listening stages the question-only rows too (the
-    `questions` split's more renditions of training questions and the `transcribe` split's general English; the first
-    `settings["question_rows"]` / `settings["transcribe_rows"]` of each where set), shuffled together."""
-    extra = question_only_rows(dataset, settings) if stage in LISTENING_STAGES else []
+    """A stage's training rows: the train split, and the extra splits the stage learns from, shuffled together: for
+    the listening stages the question-only rows (the `questions` split's more renditions of training questions and
+    the `transcribe` split's general English), for the reply stage the `repeats` split's spoken repeat turns; the first
+    `settings["question_rows"]` / `["transcribe_rows"]` / `["repeat_rows"]` of each where set."""
+    splits = QUESTION_ONLY_SPLITS if stage in LISTENING_STAGES else SPOKEN_REPLY_SPLITS if stage == "reply" else {}
+    extra = extra_rows(dataset, settings, splits)
     if not extra:
         return dataset["train"]
     from datasets import concatenate_datasets
@@ -59,15 +63,15 @@ def stage_train_rows(dataset, stage: str, settings: dict, seed: int):
     return concatenate_datasets([dataset["train"], *extra]).shuffle(seed=seed)
 
 
-def question_only_rows(dataset, settings: dict) -> list:
-    """The dataset's question-only splits that it has (`QUESTION_ONLY_SPLITS`), each cut to the first
-    `settings[<its setting>]` rows where that is set (None: all)."""
+def extra_rows(dataset, settings: dict, splits: dict[str, str] = QUESTION_ONLY_SPLITS) -> list:
+    """The dataset's extra splits of `splits` (split name -> the stage setting that caps it) that it has, each cut to
+    the first `settings[<its setting>]` rows where that is set (None: all)."""
     parts = []
-    for name, setting in QUESTION_ONLY_SPLITS.items():
+    for name, setting in splits.items():
         if name in dataset:
             rows, cap = dataset[name], settings.get(setting)
             parts.append(rows if cap is None else rows.select(range(min(len(rows), int(cap)))))
-    return parts
+    return [part for part in parts if len(part)]
 
 
 class TrainingRun:
@@ -159,7 +163,8 @@ class TrainingRun:
             num_codebooks=config.codec_num_codebooks, voices=synth["voices"], audio_columns=(),
             ear=self.ear_spec(config), ear_context_windows=config.ear_context_windows,
             window_seconds=config.adapter_config.window_seconds, transcribe_rows=int(synth["transcribe_rows"]),
-            question_rows=int(synth["question_rows"]), transcribe_vocabulary=synth["transcribe_vocabulary"],
+            question_rows=int(synth["question_rows"]), repeat_rows=int(synth["repeat_rows"]),
+            transcribe_vocabulary=synth["transcribe_vocabulary"],
             reply_tts=synth["reply_tts"], voice_variant_share=float(synth["voice_variant_share"]),
             perturb_share=float(synth["perturb_share"]),
         )
