@@ -150,3 +150,18 @@ def test_bad_arguments_say_what_to_pass():
         generate_dialogues(1, "train", skills=["poetry"])
     only = generate_dialogues(40, "train", skills=["vocabulary"])
     assert {t.skill for t in only} == {"vocabulary"}
+
+
+def test_a_repeat_turn_for_any_sentence_is_phrased_as_the_dialogues_repeat_turns():
+    import random
+
+    from concept_talker.data.dialogue import REPEAT_INSTRUCTIONS, STYLES, repeat_turn
+
+    training = [text for _, text, held_out in REPEAT_INSTRUCTIONS if not held_out]
+    rng = random.Random(0)
+    turns = [repeat_turn(rng, "Emit incomplete hyper downtown.", f"words:{i}") for i in range(200)]
+    for turn in turns:
+        assert turn.skill == "repeat" and turn.question_text == turn.reply_text == "Emit incomplete hyper downtown."
+        assert any(turn.instruction.startswith(text) for text in training)  # training phrasings only
+        assert turn.style in STYLES and turn.template.startswith("repeat.words/")
+    assert {turn.style for turn in turns} == set(STYLES)

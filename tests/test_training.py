@@ -149,6 +149,8 @@ def test_recipe_overrides_and_their_errors(tmp_path):
     assert load_recipe(path, ["--data.synth.question_rows", "4000"])["data"]["synth"]["question_rows"] == 4000
     assert load_recipe(path, ["--data.synth.repeat_rows", "4000"])["data"]["synth"]["repeat_rows"] == 4000
     assert load_recipe(path, ["--stages.reply.repeat_rows", "100"])["stages"]["reply"]["repeat_rows"] == 100
+    with pytest.raises(RecipeError, match=r"data.synth.repeat_vocabulary must be"):
+        load_recipe(path, ["--data.synth.repeat_vocabulary", "0"])
     with pytest.raises(RecipeError, match=r"stages.align.repeat_rows: the spoken repeat turns join the reply stage"):
         load_recipe(path, ["--stages.align.repeat_rows", "10"])
     assert load_recipe(path, ["--data.synth.transcribe_vocabulary", "5000"])["data"]["synth"]["transcribe_vocabulary"] == 5000
@@ -222,13 +224,14 @@ def test_repeat_rows_are_spoken_repeat_turns_of_general_english(micro_dataset, t
 
     from concept_talker.data.dataset import load_synth_info
     from concept_talker.data.dialogue import REPEAT_INSTRUCTIONS, english_words
+    from concept_talker.data.synth import SynthConfig
     from concept_talker.evaluation.evaluate import with_features
     from concept_talker.training.train import stage_train_rows
 
     dataset = load_from_disk(micro_dataset)
     repeats = with_features(dataset["repeats"])
     assert len(repeats) == 3
-    words = set(english_words())
+    words = set(english_words()[: SynthConfig(num_rows=1).repeat_vocabulary])  # the 3,000 most common by default
     phrasings = [text for _, text, held_out in REPEAT_INSTRUCTIONS if not held_out]
     voices = {split: set(info["voices"]) for split, info in load_synth_info(micro_dataset)["splits"].items()}
     rows = [repeats[i] for i in range(len(repeats))]
@@ -539,6 +542,8 @@ def check_eval_speech(run: Path, data: str, assets: Path) -> None:
 def check_talker_alone(run: Path, data: str, assets: Path) -> None:
     """benchmarks.talker_alone trains a fresh talker (here one layer deep) behind the run's frozen thinker and
     measures it along the way: code accuracy beside its baselines, Whisper's hearing beside ceiling and garbage."""
+    from datasets import load_from_disk
+
     from benchmarks.talker_alone import main
 
     out = run / "talker_alone.json"
@@ -546,6 +551,8 @@ def check_talker_alone(run: Path, data: str, assets: Path) -> None:
           "--talker", "num_hidden_layers=1", "--judge", str(assets / "whisper-base"), "--json", str(out)])
     result = json.loads(out.read_text())["run"]
     assert [point["step"] for point in result["curve"]] == [1, 2] and result["talker_config"]["num_hidden_layers"] == 1
+    dataset = load_from_disk(data)
+    assert result["train_rows"] == len(dataset["train"]) + len(dataset["repeats"])  # the reply stage's rows
     for point in result["curve"]:
         assert 0 <= point["code_accuracy"] <= 1 and 0 <= point["copy_previous_accuracy"] <= 1
         assert point["wer"] >= 0 and point["ceiling_wer"] >= 0 and point["garbage_wer"] >= 0

@@ -44,6 +44,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeat-rows", type=int, default=0,
                         help="'repeat after me' turns of general English with spoken replies in an extra 'repeats' "
                              "split, for the reply stage (many more words for the talker to say)")
+    parser.add_argument("--repeat-vocabulary", type=int, default=3000,
+                        help="the repeat turns draw from this many of the most frequent English words (default 3,000)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes (one torch thread each)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads for encoding when --num-proc is 1 (default 1; prefer --num-proc)")
@@ -97,6 +99,7 @@ def run(args) -> int:
                 reply_tts=args.reply_tts, ear=args.ear, transcribe_rows=args.transcribe_rows,
                 transcribe_vocabulary=args.transcribe_vocabulary,
                 question_rows=args.question_rows, repeat_rows=args.repeat_rows,
+                repeat_vocabulary=args.repeat_vocabulary,
             )
             dataset = build_synthetic_dataset(
                 config, args.out, work_dir=args.work_dir, overwrite=args.overwrite, keep_work_dir=args.keep_work_dir,

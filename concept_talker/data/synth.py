@@ -160,6 +160,8 @@ class SynthConfig:
             row's cost (no reply to render and encode).
         repeat_rows: "repeat after me" turns of general English with the reply spoken (`plan_repeat_rows`), in an
             extra `repeats` split for the reply stage: far more words for the talker to say than the dialogue holds.
+        repeat_vocabulary: the repeat turns draw their words from this many of the most frequent English words
+            (default 3,000: words a tutor says; the list's tail holds names and fragments such as "cref").
         voice_variant_share: share of replies spoken in a pitch-shifted house voice, with a reference clip the reply
             stage passes; the other replies are in the house voice, half of them with a reference clip.
         perturb_share: share of questions perturbed (resampled in speed, white noise added).
@@ -187,6 +189,7 @@ class SynthConfig:
     transcribe_vocabulary: int | None = None
     question_rows: int = 0
     repeat_rows: int = 0
+    repeat_vocabulary: int = 3000
     voice_variant_share: float = 0.4
     perturb_share: float = 0.3
 
@@ -214,8 +217,9 @@ class SynthConfig:
         for name in ("transcribe_rows", "question_rows", "repeat_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.transcribe_vocabulary is not None and self.transcribe_vocabulary < 1:
-            raise ValueError(f"transcribe_vocabulary must be at least 1 word, got {self.transcribe_vocabulary}.")
+        for name in ("transcribe_vocabulary", "repeat_vocabulary"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 word, got {getattr(self, name)}.")
         return {"train": train, **sizes}
 
 
@@ -326,10 +330,10 @@ def plan_transcribe_rows(config: SynthConfig, count: int, voices: Sequence[str])
 
 def plan_repeat_rows(config: SynthConfig, count: int, voices: Sequence[str], house_voice: str = "default") -> list[dict]:
     """Spoken "repeat after me" turns of general English: a sentence of 3 to 9 common words (`english_words`, the
-    first `transcribe_vocabulary`) said in a training voice, with a training phrasing of the request, and said back
+    first `repeat_vocabulary`) said in a training voice, with a training phrasing of the request, and said back
     by the house voice in the turn's style. The dialogue's 1,800-odd replies give the talker a few hundred words to
     say; these give it thousands, and the thinker a sentence to repeat that no template holds."""
-    words = english_words()[: config.transcribe_vocabulary]
+    words = english_words()[: config.repeat_vocabulary]
     rng = random.Random(f"concept-talker-repeats/{config.seed}")
     references = reference_sentences("train")
     rows = []

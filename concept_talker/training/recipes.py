@@ -47,7 +47,8 @@ RECIPE_SCHEMA = {
     "data": {
         "path": None,  # an existing dataset folder (save_to_disk); None: synthesise into <output_dir>/data
         "synth": {"n": 2000, "num_proc": 1, "voices": None, "seed": 0, "transcribe_rows": 0,
-                  "transcribe_vocabulary": None, "question_rows": 0, "repeat_rows": 0, "reply_tts": "piper", "voice_variant_share": 0.4,
+                  "transcribe_vocabulary": None, "question_rows": 0, "repeat_rows": 0,
+                  "repeat_vocabulary": 3000, "reply_tts": "piper", "voice_variant_share": 0.4,
                   "perturb_share": 0.3},
     },
     "stages": {name: None for name in STAGES},
@@ -79,6 +80,7 @@ VALUE_RULES = {
     "data.synth.transcribe_rows": ("int", 0),
     "data.synth.question_rows": ("int", 0),
     "data.synth.repeat_rows": ("int", 0),
+    "data.synth.repeat_vocabulary": ("int", 1),
     "data.synth.transcribe_vocabulary": ("int?", 1),
     "data.synth.reply_tts": ("str", None),
     "data.synth.voice_variant_share": ("share", None),

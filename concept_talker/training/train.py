@@ -164,6 +164,7 @@ class TrainingRun:
             ear=self.ear_spec(config), ear_context_windows=config.ear_context_windows,
             window_seconds=config.adapter_config.window_seconds, transcribe_rows=int(synth["transcribe_rows"]),
             question_rows=int(synth["question_rows"]), repeat_rows=int(synth["repeat_rows"]),
+            repeat_vocabulary=int(synth["repeat_vocabulary"]),
             transcribe_vocabulary=synth["transcribe_vocabulary"],
             reply_tts=synth["reply_tts"], voice_variant_share=float(synth["voice_variant_share"]),
             perturb_share=float(synth["perturb_share"]),
