@@ -31,8 +31,11 @@ QUESTIONS = (
 )
 
 
-def spoken_replies(model_spec: str, questions=QUESTIONS, judge: str | None = None, max_new_tokens: int = 48) -> dict:
-    """Reply text, what the judge heard, and their WER for each question; the WER over all of them."""
+def spoken_replies(model_spec: str, questions=QUESTIONS, judge: str | None = None, max_new_tokens: int = 48,
+                   repetition_penalty: float | None = None) -> dict:
+    """Reply text, what the judge heard, and their WER for each question; the WER over all of them. With
+    `repetition_penalty`, the thinker writes under that penalty (`thinker_repetition_penalty`) instead of the
+    checkpoint's own setting."""
     from modeling_concept_talker import build_prompt
     from concept_talker.evaluation.asr import WhisperRecognizer
     from concept_talker.loading import load_model
@@ -47,7 +50,8 @@ def spoken_replies(model_spec: str, questions=QUESTIONS, judge: str | None = Non
         wave = render(voice, question, processor.sampling_rate)
         batch = processor(text=build_prompt(), audio=wave, sampling_rate=processor.sampling_rate)
         with torch.inference_mode():
-            reply = model.generate(**batch, thinker_max_new_tokens=max_new_tokens)
+            settings = {} if repetition_penalty is None else {"thinker_repetition_penalty": repetition_penalty}
+            reply = model.generate(**batch, thinker_max_new_tokens=max_new_tokens, **settings)
         text = processor.decode(reply.sequences[0], skip_special_tokens=True).strip()
         heard = recognizer.transcribe(reply.waveforms[0], reply.sampling_rate)
         rows.append({"question": question, "reply": text, "heard": heard,
@@ -55,6 +59,7 @@ def spoken_replies(model_spec: str, questions=QUESTIONS, judge: str | None = Non
     return {
         "model": loaded.description,
         "judge": recognizer.describe(),
+        "thinker_repetition_penalty": repetition_penalty,
         "wer": recognizer.word_error_rate([r["reply"] for r in rows], [r["heard"] for r in rows]),
         "replies": rows,
     }
@@ -64,9 +69,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="checkpoints/tiny-lyra", help="checkpoint folder, Hub id or preset")
     parser.add_argument("--judge", default=None, help="Whisper id or folder (default: Whisper base, offline copy)")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help="the thinker's repetition penalty (default: the checkpoint's own setting)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
-    results = spoken_replies(args.model, judge=args.judge)
+    results = spoken_replies(args.model, judge=args.judge, repetition_penalty=args.repetition_penalty)
     for row in results["replies"]:
         print(f"{row['wer']:.2f}  {row['reply']!r} -> heard {row['heard']!r}")
     print(f"WER of the spoken replies against their text: {results['wer']:.3f} ({results['judge']})")

@@ -189,6 +189,11 @@ def test_spoken_replies_reports_what_the_judge_heard_against_the_text(assets):
     (row,) = results["replies"]
     assert row["question"] == "What does brave mean?" and isinstance(row["heard"], str)
     assert results["wer"] == row["wer"] and "whisper-base" in results["judge"]
+    assert results["thinker_repetition_penalty"] is None  # the checkpoint's own setting
+    penalised = spoken_replies(str(EMBEDDED_MODEL), questions=("What does brave mean?",),
+                               judge=str(assets / "whisper-base"), max_new_tokens=12, repetition_penalty=50.0)
+    tokens = penalised["replies"][0]["reply"].split()
+    assert penalised["thinker_repetition_penalty"] == 50.0 and len(tokens) == len(set(tokens))  # no word twice
 
 
 def test_the_listening_ceiling_is_what_the_ears_own_recogniser_reads(ljspeech, assets):
