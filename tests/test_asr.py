@@ -227,10 +227,10 @@ def test_the_whisper_judge_hears_real_speech_and_cuts_its_own_loops(ljspeech, as
     oh = judge.processor.tokenizer(" oh,", add_special_tokens=False).input_ids
     asked = {}
 
-    def looping(features, max_new_tokens, **kwargs):  # what Whisper does on "K, O, O, opus": "oh, oh, oh, ..."
-        asked["max_new_tokens"] = max_new_tokens
-        prompt = generate(features, max_new_tokens=1, **kwargs)[:, :-1]
-        return torch.cat([prompt, torch.tensor(oh * max_new_tokens)[None].repeat(len(prompt), 1)], dim=1)
+    def looping(features, max_length, **kwargs):  # what Whisper does on "K, O, O, opus": "oh, oh, oh, ..."
+        asked["max_new_tokens"] = max_length  # Whisper counts it in text tokens
+        prompt = generate(features, max_length=1, **kwargs)[:, :-1]
+        return torch.cat([prompt, torch.tensor(oh * max_length)[None].repeat(len(prompt), 1)], dim=1)
 
     judge.model.generate = looping
     one_second, three_seconds = clips[0][:16000], np.tile(clips[0], 3)[:48000]

@@ -190,9 +190,11 @@ class WhisperRecognizer:
                 budgets = {i: self.token_budget(len(chunk[i]) / self.sampling_rate) for i in present}
                 features = self.processor([chunk[i] for i in present], sampling_rate=self.sampling_rate,
                                           return_tensors="pt").input_features
-                with torch.inference_mode():
+                with torch.inference_mode():  # Whisper's generate counts max_length in text tokens (its decoder
+                    # prompt apart); max_new_tokens would clash with the max_length of its generation config, and
+                    # transformers warns of that on every call
                     ids = self.model.generate(features, language="en", task="transcribe",
-                                              max_new_tokens=max(budgets.values()))
+                                              max_length=max(budgets.values()))
                 for i, row in zip(present, ids.tolist()):
                     tokens = [t for t in row if t not in special][: budgets[i]]
                     heard[i] = self.processor.tokenizer.decode(tokens).strip()
