@@ -5,8 +5,9 @@ stage.
 A checkpoint's thinker and concept adapter stay frozen and give the talker what it reads in the reply stage: the
 thinker's states of the reply tokens (the reply text teacher-forced) and the reply's phonemes on the timeline with
 their true lengths, on the rows the reply stage learns from (the train split and the spoken repeat turns of the
-`repeats` split where the dataset has one; `--repeat-rows N` takes the first N, 0 none). The talker is trained afresh from the checkpoint's talker config (with `--talker` overrides such
-as `hidden_size=192`), or, with `--keep-talker`, further from the checkpoint's own. Every `--eval-every` steps it is
+`repeats` split where the dataset has one; `--repeat-rows N` takes the first N, 0 none). The talker is trained
+afresh from the checkpoint's talker config (with `--talker` overrides such as `hidden_size=192`), or, with
+`--keep-talker`, further from the checkpoint's own. Every `--eval-every` steps it is
 measured on held-out items and voices (the test split):
 - teacher-forced code accuracy over all codebooks, beside the copy-the-previous-frame and unigram baselines;
 - Whisper's WER of the reference replies spoken by the talker (text forced, durations predicted, as `chat` speaks),

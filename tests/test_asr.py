@@ -194,6 +194,8 @@ def test_spoken_replies_reports_what_the_judge_heard_against_the_text(assets):
                                judge=str(assets / "whisper-base"), max_new_tokens=12, repetition_penalty=50.0)
     tokens = penalised["replies"][0]["reply"].split()
     assert penalised["thinker_repetition_penalty"] == 50.0 and len(tokens) == len(set(tokens))  # no word twice
+    # the plain reply ends on a token it already wrote ("question." ... "area."): the penalty must change it
+    assert row["reply"].count(".") == 2 and penalised["replies"][0]["reply"] != row["reply"]
 
 
 def test_the_listening_ceiling_is_what_the_ears_own_recogniser_reads(ljspeech, assets):
